@@ -1,0 +1,112 @@
+"""Replies. Embedded default: an offline joke engine.
+
+It is not a language model: it fills pun templates from word lists with a word from the
+question and facts from the caption, and avoids repeating what it said earlier in the
+conversation. Real language models replace it through host.toml.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+from . import ReplyContext
+
+_STOPWORDS = set("""
+a an the and or but if then so to of in on at by for with from up down out over under about into
+is are was were be been being am do does did doing have has had having can could will would shall
+should may might must i me my mine you your yours he him his she her hers it its we us our they them
+their this that these those what which who whom whose when where why how there here not no yes
+just very really please tell say said like know think want let get got go going some any all one
+hello hi hey okay ok oh well skull mister mr bones
+""".split())
+
+_ABOUT_WORD = [
+    "{Word}? That tickles my funny bone, and I only have the one left.",
+    "Ah, {word}. I would give it some thought, but my brain left years ago.",
+    "{Word}! I have a skeleton of an idea about that, but no body to carry it out.",
+    "You want to talk about {word}? I'm dying to. Well, I was. Long story.",
+    "{Word} chills me right down to the marrow, and I have no marrow left.",
+    "Talking about {word} is my favourite pastime. Past time. Get it? I'm very old.",
+    "I was buried in {word} research once. Then they just buried me.",
+]
+_NOTHING_HEARD = [
+    "Speak up, mortal! My ears rotted off in the eighteen hundreds.",
+    "I heard nothing but the rattle of my own bones.",
+    "Was that a question or just the wind whistling through my eye sockets?",
+]
+_ABOUT_FACES = {
+    0: ["I see nobody there. Are you a ghost too? Welcome to the club.",
+        "Nobody in sight. Even my audience has decomposed."],
+    1: ["And what a face you have! I'd give you a smile, but mine is permanent.",
+        "I see one face out there. Lovely skin. I used to have some of that."],
+    2: ["Two of you! Double the flesh, double the jealousy.",
+        "I see two faces. One of you is laughing, the other one should be."],
+    3: ["Look at this crowd! It's a skeleton crew, minus the skeletons."],
+}
+_ABOUT_COLOUR = [
+    "And all that {colour}! Very bold. I only come in bone white.",
+    "So much {colour} around here. It goes nicely with my lack of complexion.",
+    "Is that {colour} I see? It's the most colour these sockets have seen in a century.",
+]
+_ABOUT_LIGHT = {
+    "dim": ["It's nice and dark in here. Just how I like my crypt.",
+            "Dim lighting, good choice. I look better in the shadows."],
+    "bright": ["Ooh, bright light. Don't walk towards it, I did and look at me now.",
+               "So bright in here! Good thing I have no eyelids to squint with."],
+    "soft": ["The lighting is soft, just like my cartilage used to be."],
+}
+_CALLBACK = [
+    "Still better than your question about {old}.",
+    "You're much better company than when you asked about {old}.",
+]
+
+
+def topic_word(transcript: str) -> str | None:
+    """The word of a question most worth joking about: the longest one that is not filler."""
+    words = [w for w in re.findall(r"[a-zA-Z']+", transcript.lower()) if w not in _STOPWORDS and len(w) > 2]
+    return max(words, key=len) if words else None
+
+
+def _parse_caption(caption: str) -> tuple[int | None, list[str], str | None]:
+    numbers = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+    m = re.search(r"\b(\w+) faces?\b", caption)
+    faces = None
+    if m:
+        faces = numbers.get(m.group(1), int(m.group(1)) if m.group(1).isdigit() else None)
+    cm = re.search(r"mostly ([a-z ]+?)(?: and ([a-z ]+?))?(?:;|$)", caption)
+    colours = [c for c in (cm.groups() if cm else ()) if c]
+    lm = re.search(r"\b(dim|bright|soft) light\b", caption)
+    return faces, colours, lm.group(1) if lm else None
+
+
+class JokeEngine:
+    """Offline joke engine (templates and word lists, not a language model)."""
+
+    name = "offline jokes"
+
+    def __init__(self, seed: int | None = None):
+        self._rng = random.Random(seed)
+
+    def _pick(self, options: list[str], used: str) -> str:
+        fresh = [o for o in options if o.split("{")[0] not in used] or options
+        return self._rng.choice(fresh)
+
+    def reply(self, context: ReplyContext) -> str:
+        used = " ".join(r for _, r in context.history)
+        word = topic_word(context.transcript)
+        if word:
+            first = self._pick(_ABOUT_WORD, used).format(word=word, Word=word.capitalize())
+        else:
+            first = self._pick(_NOTHING_HEARD, used)
+        faces, colours, light = _parse_caption(context.caption)
+        parts = [first]
+        if faces is not None:
+            parts.append(self._pick(_ABOUT_FACES[min(faces, 3)], used))
+        if colours and self._rng.random() < 0.6:
+            parts.append(self._pick(_ABOUT_COLOUR, used).format(colour=colours[0]))
+        elif light:
+            parts.append(self._pick(_ABOUT_LIGHT[light], used))
+        old = next((topic_word(q) for q, _ in reversed(context.history) if topic_word(q) not in (None, word)), None)
+        if old and self._rng.random() < 0.5:
+            parts.append(self._rng.choice(_CALLBACK).format(old=old))
+        return " ".join(parts)

@@ -1,0 +1,1 @@
+"""Audio: WAV handling, the loudness -> jaw mapping, microphone and speaker."""

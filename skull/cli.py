@@ -1,0 +1,157 @@
+"""The `skull` command: host, run, demo."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from .errors import SkullError
+
+log = logging.getLogger("skull.cli")
+
+
+def _logging(verbose: int, quiet_console: bool = False) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if quiet_console and verbose == 0:
+        logging.getLogger().setLevel(logging.ERROR)
+
+
+def cmd_host(args) -> int:
+    from host.config import load_host_config
+    from host.server import Host
+
+    cfg = load_host_config(args.config)
+    server = cfg.server
+    token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", server.token)
+    server = dataclasses.replace(server, bind=args.bind or server.bind,
+                                 port=args.port if args.port is not None else server.port, token=token)
+    cfg = dataclasses.replace(cfg, server=server)
+
+    async def main():
+        host = Host(cfg)  # refuses a non-loopback bind without a token
+        await host.start()
+        print(f"skull host listening on ws://{server.bind}:{host.port}", flush=True)
+        try:
+            await asyncio.Future()
+        finally:
+            await host.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _skull_config(args):
+    from .config import load_skull_config
+    cfg = load_skull_config(args.config)
+    link = cfg.link
+    token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", link.token)
+    link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name)
+    return dataclasses.replace(cfg, link=link)
+
+
+def cmd_run(args) -> int:
+    from .agent import Agent
+    from .runtime import build_body
+
+    cfg = _skull_config(args)
+    body = build_body(cfg, sim=args.sim, mic_file=args.mic_file, image=args.image, audio=not args.no_audio)
+    agent = Agent(cfg, body, record_dir=args.record)
+    if args.sim:
+        pin = body.panel.button.pin
+
+        def keyboard():  # Enter toggles the simulated button
+            for _ in sys.stdin:
+                if pin.state:  # pulled up = released
+                    pin.drive_low()
+                    print("button: pressed (Enter to release)", flush=True)
+                else:
+                    pin.drive_high()
+                    print("button: released", flush=True)
+
+        if sys.stdin is not None and sys.stdin.isatty():
+            print("simulated skull: press Enter to press the button, Enter again to release it", flush=True)
+        threading.Thread(target=keyboard, name="keyboard", daemon=True).start()
+    try:
+        asyncio.run(agent.run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.close()
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from rich.console import Console
+
+    from .config import load_skull_config
+    from .demo import bundled, print_summary, run_demo
+
+    console = Console()
+    question = Path(args.question) if args.question else bundled("question.wav")
+    image = Path(args.image) if args.image else bundled("snapshot.jpg")
+    for what, path in (("question", question), ("image", image)):
+        if not path.is_file():
+            raise SkullError(f"{what} file {path} does not exist")
+    cfg = load_skull_config(args.config)
+    try:
+        agent = asyncio.run(run_demo(question, image, record=Path(args.record) if args.record else None,
+                                     audio=not args.no_audio, turns=args.turns, console=console, skull_config=cfg))
+    except KeyboardInterrupt:
+        console.print("interrupted; the jaw is closed and the LED is off")
+        return 130
+    return print_summary(agent, console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="skull", description="The talking skull: an AI animatronic prop.")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    h = sub.add_parser("host", help="run the host that hears, looks, replies and speaks")
+    h.add_argument("--bind", help="address to listen on (default 127.0.0.1; others need a token)")
+    h.add_argument("--port", type=int, help="port (default 8765)")
+    h.add_argument("--token", help="shared secret skulls must send (default: $SKULL_TOKEN)")
+    h.add_argument("--config", help="host.toml")
+    h.set_defaults(func=cmd_host)
+
+    r = sub.add_parser("run", help="run the skull's agent")
+    r.add_argument("--sim", action="store_true", help="simulated button, LED and servo (gpiozero MockFactory); "
+                                                      "Enter toggles the button")
+    r.add_argument("--url", help="host websocket URL (default ws://127.0.0.1:8765)")
+    r.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
+    r.add_argument("--name", help="this skull's name")
+    r.add_argument("--config", help="skull.toml")
+    r.add_argument("--mic-file", help="a WAV played as the microphone on each press")
+    r.add_argument("--image", help="a picture used as the camera")
+    r.add_argument("--no-audio", action="store_true", help="no sound devices (needs --mic-file)")
+    r.add_argument("--record", help="record each turn under this folder (turn-001/, turn-002/...)")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="host and simulated skull in one process answer a question")
+    d.add_argument("--question", help="the question, a WAV file (any rate, mono or stereo); default: bundled")
+    d.add_argument("--image", help="the snapshot, an image file; default: bundled")
+    d.add_argument("--record", help="write each turn to DIR/turn-NNN/")
+    d.add_argument("--no-audio", action="store_true", help="do not open sound devices")
+    d.add_argument("--turns", type=int, default=1, help="how many times to ask (default 1)")
+    d.add_argument("--config", help="skull.toml")
+    d.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _logging(args.verbose, quiet_console=args.command == "demo")
+    try:
+        return args.func(args)
+    except SkullError as exc:
+        print(f"skull {args.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,197 @@
+"""Configuration: frozen dataclasses loaded once from TOML and validated.
+
+A file holds ``[section]`` tables whose keys are the dataclass fields. Unknown sections or keys,
+wrong types and out-of-range values raise ConfigError naming the file, the key, the value and
+the rule. Every key has a documented default, so an empty file (or none) is a valid config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .audio.envelope import JawShape
+from .errors import ConfigError
+
+
+def _type_ok(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is tuple or hint is tuple:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, hint)
+
+
+def build(cls, table: dict, where: str):
+    """Make a frozen dataclass from a TOML table, checking keys and types."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in table:
+            continue
+        value, hint = table[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = build(hint, value, f"{where}.{f.name}")
+            continue
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{where}.{f.name} = {value!r} has the wrong type; it must be "
+                              f"{getattr(hint, '__name__', str(hint))}")
+        kwargs[f.name] = tuple(value) if isinstance(value, list) and (hint is tuple or typing.get_origin(hint) is tuple) \
+            else float(value) if hint is float else value
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(where)
+    return obj
+
+
+def need(ok: bool, where: str, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}.{key} = {value!r} is out of range: {rule}")
+
+
+def read_toml(path: str | Path | None) -> tuple[dict, str]:
+    if path is None:
+        return {}, "built-in defaults"
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text), str(p)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+
+
+# --- the skull (agent) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinkConfig:
+    url: str = "ws://127.0.0.1:8765"
+    token: str = ""
+    """shared secret; also from the SKULL_TOKEN environment variable"""
+    name: str = "mr-bones"
+    """this skull's name; the host keeps one conversation per name"""
+    reconnect_min_s: float = 0.2
+    reconnect_max_s: float = 2.0
+    """cap of the exponential reconnect backoff (jitter is added on top, up to 25%)"""
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 5.0
+
+    def check(self, where: str) -> None:
+        need(self.url.startswith(("ws://", "wss://")), where, "url", self.url, "must start with ws:// or wss://")
+        need(0 < self.reconnect_min_s <= self.reconnect_max_s <= 60, where, "reconnect_max_s", self.reconnect_max_s,
+             "0 < reconnect_min_s <= reconnect_max_s <= 60")
+        need(self.ping_interval_s > 0 and self.ping_timeout_s > 0, where, "ping_interval_s", self.ping_interval_s,
+             "ping interval and timeout must be positive")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Servo limits. A hobby servo driven past its end stops buzzes, draws stall current and
+    can strip its gears or brown out the board: keep the pulses inside what the jaw can reach."""
+    closed_us: float = 1300.0
+    """pulse width with the jaw shut, microseconds"""
+    open_us: float = 1700.0
+    """pulse width with the jaw fully open, microseconds (may be below closed_us: reversed servo)"""
+    lead_ms: float = 60.0
+    """how early the jaw is commanded ahead of the sound (servo travel + frame wait)"""
+
+    def check(self, where: str) -> None:
+        for key in ("closed_us", "open_us"):
+            v = getattr(self, key)
+            need(500 <= v <= 2500, where, key, v, "a hobby servo pulse must be 500..2500 microseconds")
+        need(abs(self.open_us - self.closed_us) >= 50, where, "open_us", self.open_us,
+             "must differ from closed_us by at least 50 microseconds")
+        need(0 <= self.lead_ms <= 300, where, "lead_ms", self.lead_ms, "must be 0..300 ms")
+
+
+@dataclass(frozen=True)
+class PinsConfig:
+    button: int = 17
+    """GPIO of the push button (to ground; internal pull-up)"""
+    led: int = 27
+    servo: int = 18
+
+    def check(self, where: str) -> None:
+        pins = [self.button, self.led, self.servo]
+        for key, v in zip(("button", "led", "servo"), pins):
+            need(0 <= v <= 27, where, key, v, "Raspberry Pi GPIO numbers are 0..27")
+        need(len(set(pins)) == 3, where, "button", pins, "button, led and servo need three different pins")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input_device: typing.Union[str, int, None] = None
+    """microphone by name or index; None = the system default"""
+    output_device: typing.Union[str, int, None] = None
+    max_record_s: float = 15.0
+    """a stuck button stops recording after this long"""
+    chunk_ms: int = 100
+    """microphone chunk length sent to the host"""
+
+    def check(self, where: str) -> None:
+        need(1 <= self.max_record_s <= 120, where, "max_record_s", self.max_record_s, "must be 1..120 s")
+        need(10 <= self.chunk_ms <= 500, where, "chunk_ms", self.chunk_ms, "must be 10..500 ms")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: typing.Union[str, int, None] = 0
+    """camera index, device path, or an image/video file; None = no camera"""
+    width: int = 640
+    height: int = 480
+
+
+@dataclass(frozen=True)
+class JawConfig:
+    frame_hz: float = 50.0
+    """servo update rate (a hobby servo's PWM frame is 20 ms)"""
+    calibration: str = ""
+    """path of a calibration profile (calibration/NAME.toml); empty = the [calibration] table"""
+
+    def check(self, where: str) -> None:
+        need(10 <= self.frame_hz <= 200, where, "frame_hz", self.frame_hz, "must be 10..200 Hz")
+
+
+@dataclass(frozen=True)
+class SkullConfig:
+    link: LinkConfig = field(default_factory=LinkConfig)
+    pins: PinsConfig = field(default_factory=PinsConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    jaw: JawConfig = field(default_factory=JawConfig)
+    calibration: Calibration = field(default_factory=Calibration)
+    shape: JawShape = field(default_factory=JawShape)
+
+
+def load_skull_config(path: str | Path | None = None) -> SkullConfig:
+    data, where = read_toml(path)
+    cfg = build(SkullConfig, data, where)
+    if cfg.jaw.calibration:
+        cal_path = Path(cfg.jaw.calibration)
+        if not cal_path.is_absolute() and path is not None:
+            cal_path = Path(path).parent / cal_path
+        cfg = dataclasses.replace(cfg, calibration=load_calibration(cal_path))
+    return cfg
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    data, where = read_toml(path)
+    return build(Calibration, data.get("servo", data), where + " [servo]" if "servo" in data else where)

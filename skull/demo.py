@@ -1,0 +1,146 @@
+"""`skull demo`: a host and a simulated skull in one process, talking over a real websocket on
+loopback. A scripted visitor presses the (gpiozero MockFactory) button, speaks the question
+into the skull's microphone, releases the button, and waits for the answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from host.config import HostConfig, ServerConfig
+from host.server import Host
+
+from .agent import Agent
+from .audio.recorder import FileMic
+from .config import SkullConfig
+from .machine import State
+from .runtime import build_body
+
+log = logging.getLogger("skull.demo")
+
+
+def bundled(name: str) -> Path:
+    return Path(str(resources.files("skull") / "data" / name))
+
+
+def render(agent: Agent, started: float) -> Group:
+    """The live view: state, LED, jaw, what was heard, seen and said, timings."""
+    b = agent.body
+    rec = agent.records.get(agent.machine.turn) or (agent.finished[-1] if agent.finished else None)
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold cyan", justify="right")
+    t.add_column()
+    state = agent.state
+    colour = {State.OFFLINE: "red", State.IDLE: "white", State.LISTENING: "green", State.THINKING: "yellow",
+              State.SPEAKING: "magenta"}[state]
+    t.add_row("skull", Text(state.value.upper(), style=f"bold {colour}"))
+    t.add_row("led", {"on": "[bold green]● on[/]", "offline": "[red]◌ blinking (offline)[/]"}.get(b.panel.pattern,
+                                                                                                 "○ off"))
+    opening = b.jaw.opening if b.jaw.attached else 0.0
+    bar = "█" * int(round(opening * 30))
+    pw = b.jaw.pulse_width_us
+    t.add_row("jaw", f"[magenta]{bar:<30}[/] {opening:4.2f}  {'%4.0f µs' % pw if pw else 'detached'}")
+    if rec is not None:
+        t.add_row("heard", rec.transcript or "…")
+        t.add_row("saw", rec.caption or "…")
+        t.add_row("reply", rec.reply or " ".join(s[1] for s in rec.segments) or "…")
+        if rec.timings_ms:
+            t.add_row("timings", "  ".join(f"{k} {v:.0f} ms" for k, v in rec.timings_ms.items()))
+    if agent.last_error:
+        t.add_row("error", Text(agent.last_error, style="red"))
+    t.add_row("time", f"{time.monotonic() - started:5.1f} s")
+    return Group(Text("Mr. Bones, the talking skull (demo)", style="bold"), t)
+
+
+async def run_demo(question: Path, image: Path, *, record: Path | None = None, audio: bool = True,
+                   turns: int = 1, console: Console | None = None, skull_config: SkullConfig | None = None,
+                   host_config: HostConfig | None = None, timeout_s: float = 120.0) -> Agent:
+    """Runs ``turns`` turns and returns the agent (its ``finished`` turn records)."""
+    console = console or Console()
+    hcfg = host_config or HostConfig(server=ServerConfig(port=0))
+    host = await Host(hcfg).start()
+    scfg = skull_config or SkullConfig()
+    scfg = dataclasses.replace(scfg, link=dataclasses.replace(scfg.link, url=f"ws://127.0.0.1:{host.port}",
+                                                               token=hcfg.server.token))
+    body = build_body(scfg, sim=True, mic_file=question, image=image, audio=audio)
+    started = time.monotonic()
+    live = Live(render_placeholder(), console=console, refresh_per_second=12, transient=False,
+                redirect_stdout=False, redirect_stderr=False)
+    agent = Agent(scfg, body, record_dir=record)
+    agent_task = None
+    try:
+        with live:
+            agent.on_change = lambda a: live.update(render(a, started))
+            agent_task = asyncio.create_task(agent.run(), name="agent")
+            await asyncio.wait_for(visitor(agent, turns, live, started), timeout_s)
+            live.update(render(agent, started))
+    finally:
+        if agent_task is not None:
+            agent_task.cancel()
+            await asyncio.gather(agent_task, return_exceptions=True)
+        agent.close()
+        await host.stop()
+    return agent
+
+
+def render_placeholder() -> Text:
+    return Text("starting the host and the skull…")
+
+
+async def visitor(agent: Agent, turns: int, live: Live, started: float) -> None:
+    """The scripted visitor: press, speak the question, release, wait for the answer."""
+    mic = agent.body.mic
+    pin = agent.body.panel.button.pin
+    released = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def speak_done():
+        loop.call_soon_threadsafe(released.set)
+
+    async def refresh():
+        while True:
+            live.update(render(agent, started))
+            await asyncio.sleep(0.05)
+
+    ticker = asyncio.create_task(refresh())
+    try:
+        for _ in range(turns):
+            while agent.state is not State.IDLE:
+                await asyncio.sleep(0.05)
+            released.clear()
+            agent.turn_ended.clear()
+            if isinstance(mic, FileMic):
+                mic.on_finished = speak_done
+            pin.drive_low()  # press
+            await released.wait()
+            pin.drive_high()  # release
+            await agent.turn_ended.wait()
+    finally:
+        ticker.cancel()
+
+
+def print_summary(agent: Agent, console: Console) -> int:
+    """Plain lines for logs and pipes; the exit status is 0 when every turn was answered."""
+    ok = True
+    for rec in agent.finished:
+        console.print(f"[bold]turn {rec.turn}[/] ({rec.outcome})")
+        console.print(f"  heard:   {rec.transcript!r}")
+        console.print(f"  saw:     {rec.caption!r}")
+        console.print(f"  replied: {rec.reply!r}")
+        console.print("  timings: " + ", ".join(f"{k}={v:.0f} ms" for k, v in rec.timings_ms.items()))
+        ok = ok and rec.outcome == "answered" and bool(rec.segments)
+    for path in agent.recorded:
+        console.print(f"  recorded in {path}")
+    if not agent.finished:
+        console.print("[red]no turn finished[/]", file=sys.stderr)
+    return 0 if ok and agent.finished else 1

@@ -1,0 +1,62 @@
+"""The skull's button and LED through gpiozero, and the pin factory choice.
+
+``--sim`` uses gpiozero's own MockFactory: the library's simulator, where pressing the button
+is ``factory.pin(17).drive_low()``.
+"""
+from __future__ import annotations
+
+import os
+
+from gpiozero import LED, Button
+
+from .config import PinsConfig
+from .errors import DeviceError
+
+
+def pin_factory(sim: bool):
+    """MockFactory (with PWM pins for the servo) when simulated; otherwise gpiozero's default,
+    which honours GPIOZERO_PIN_FACTORY (lgpio on a Pi 5, pigpio where its daemon runs)."""
+    if sim:
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+        return MockFactory(pin_class=MockPWMPin)
+    try:
+        from gpiozero import Device
+        return Device._default_pin_factory()
+    except Exception as exc:
+        raise DeviceError(f"no GPIO pin factory works here ({exc}); on a Pi install python3-lgpio, "
+                          f"set GPIOZERO_PIN_FACTORY={os.environ.get('GPIOZERO_PIN_FACTORY', 'lgpio')}, or run "
+                          f"with --sim") from exc
+
+
+class Panel:
+    """The push button and the LED. LED patterns: off, on (listening), offline (slow blink)."""
+
+    def __init__(self, pins: PinsConfig, factory, bounce_s: float | None = 0.02):
+        try:
+            self.button = Button(pins.button, pull_up=True, bounce_time=bounce_s, pin_factory=factory)
+        except Exception as exc:
+            raise DeviceError(f"cannot use GPIO{pins.button} for the button: {exc}") from exc
+        try:
+            self.led = LED(pins.led, pin_factory=factory)
+        except Exception as exc:
+            self.button.close()
+            raise DeviceError(f"cannot use GPIO{pins.led} for the LED: {exc}") from exc
+        self.pattern = "off"
+
+    def set_led(self, pattern: str) -> None:
+        if self.led.closed or pattern == self.pattern:
+            return
+        self.pattern = pattern
+        if pattern == "on":
+            self.led.on()
+        elif pattern == "offline":
+            self.led.blink(on_time=0.1, off_time=0.9)
+        else:
+            self.led.off()
+
+    def close(self) -> None:
+        if not self.led.closed:
+            self.led.off()
+            self.led.close()
+        self.pattern = "off"
+        self.button.close()

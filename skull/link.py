@@ -1,0 +1,133 @@
+"""The skull's websocket link to its host: hello, keepalive, and reconnection with capped
+exponential backoff and jitter. Errors are sorted into retryable (host down, network, timeouts:
+try again) and fatal (wrong token, unsupported protocol: retrying cannot help; say so and stop).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Awaitable, Callable
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from . import protocol as p
+from .config import LinkConfig
+from .errors import ProtocolError, SkullError
+
+log = logging.getLogger("skull.link")
+
+FATAL_CLOSE_CODES = {p.CLOSE_UNAUTHORIZED: "the host refused the token",
+                     p.CLOSE_UNSUPPORTED_PROTOCOL: "the host speaks another protocol version",
+                     p.CLOSE_BAD_HELLO: "the host could not read this skull's hello"}
+
+
+class LinkFatal(SkullError, ConnectionError):
+    """The host refused this skull in a way that retrying cannot fix."""
+
+
+def backoff_delays(min_s: float, max_s: float, rng: random.Random | None = None):
+    """min_s, 2*min_s, 4*min_s ... capped at max_s, each plus up to 25% jitter."""
+    rng = rng or random.Random()
+    delay = min_s
+    while True:
+        yield delay * (1.0 + rng.uniform(0.0, 0.25))
+        delay = min(max_s, delay * 2)
+
+
+OnMessage = Callable[[p.Message, "bytes | None"], Awaitable[None]]
+OnState = Callable[[bool], Awaitable[None]]
+
+
+class Link:
+    def __init__(self, config: LinkConfig, on_message: OnMessage, on_state: OnState):
+        self.config = config
+        self.on_message, self.on_state = on_message, on_state
+        self.connected = False
+        self.welcome: p.Welcome | None = None
+        self.connects = 0
+        self._out: asyncio.Queue | None = None
+
+    def send(self, msg: p.Message, payload: bytes | None = None) -> bool:
+        """Queue a message (and its payload) for the host; False when offline (dropped)."""
+        if not self.connected or self._out is None:
+            log.debug("offline: %s not sent", msg.type)
+            return False
+        self._out.put_nowait(p.encode(msg, payload))
+        return True
+
+    def send_audio(self, chunk: bytes) -> bool:
+        """Queue a microphone chunk (after audio_start)."""
+        if not self.connected or self._out is None:
+            return False
+        self._out.put_nowait([chunk])
+        return True
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect; returns only by cancellation, raises LinkFatal."""
+        c = self.config
+        delays = None
+        while True:
+            try:
+                async with connect(c.url, open_timeout=5, ping_interval=c.ping_interval_s,
+                                   ping_timeout=c.ping_timeout_s, close_timeout=2, max_size=p.TRANSPORT_MAX_BYTES,
+                                   compression=None, proxy=None) as ws:
+                    await self._serve(ws)
+                    delays = None  # it worked for a while: start the backoff afresh
+            except LinkFatal:
+                raise
+            except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
+                log.info("host %s unreachable: %s", c.url, exc or type(exc).__name__)
+            except InvalidURI as exc:
+                raise LinkFatal(f"link url {c.url!r} is not a websocket URL: {exc}") from None
+            finally:
+                if self.connected:
+                    self.connected = False
+                    self._out = None
+                    await self.on_state(False)
+            delays = delays or backoff_delays(c.reconnect_min_s, c.reconnect_max_s)
+            await asyncio.sleep(next(delays))
+
+    async def _serve(self, ws) -> None:
+        c = self.config
+        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token))[0])
+        try:
+            first = await asyncio.wait_for(ws.recv(), 10)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            if code in FATAL_CLOSE_CODES:
+                raise LinkFatal(f"{FATAL_CLOSE_CODES[code]} (close {code}: {exc.rcvd.reason})") from None
+            raise
+        welcome = p.decode_text(first, {"welcome": p.Welcome}) if isinstance(first, str) else None
+        if welcome is None:
+            raise LinkFatal("the host did not answer hello with welcome; is the URL a skull host?")
+        self.welcome, self.connected, self._out = welcome, True, asyncio.Queue()
+        self.connects += 1
+        log.info("connected to %s (protocol %d, session %s)", c.url, welcome.protocol, welcome.session)
+        await self.on_state(True)
+        writer = asyncio.create_task(self._write(ws, self._out), name="link-writer")
+        reader = p.FrameReader(p.HOST_MESSAGES)
+        try:
+            async for frame in ws:
+                try:
+                    if isinstance(frame, bytes):
+                        msg, payload = reader.read_binary(frame)
+                    else:
+                        msg = reader.read_text(frame)
+                        if msg.has_payload:
+                            continue  # its payload is the next frame
+                        payload = None
+                except ProtocolError as exc:
+                    log.warning("malformed frame from host ignored: %s", exc)
+                    continue
+                await self.on_message(msg, payload)
+        finally:
+            writer.cancel()
+
+    @staticmethod
+    async def _write(ws, queue: asyncio.Queue) -> None:
+        while True:
+            frames = await queue.get()
+            for frame in frames:
+                await ws.send(frame)

@@ -1,0 +1,369 @@
+"""Protocol v1 between a skull and its host: messages, encoding and decoding. No I/O.
+
+Control messages are JSON objects in websocket text frames, each with a ``type``. Bulk data
+(camera images, microphone audio, reply speech) travels in binary frames, each announced by a
+text message that says what it is (see docs/protocol.md):
+
+* ``image`` announces exactly one binary frame holding ``bytes`` bytes of an encoded picture;
+* ``audio_start`` opens a microphone stream; every binary frame until ``stop`` is raw PCM in
+  the declared format;
+* ``speech`` announces exactly one binary frame holding ``bytes`` bytes of raw PCM.
+
+:class:`FrameReader` holds the little state that pairing needs and turns frames into messages,
+raising :class:`~skull.errors.ProtocolError` with a code and a message that names the problem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+#: Largest text frame accepted (bytes of UTF-8).
+MAX_TEXT_BYTES = 256 * 1024
+#: Largest binary frame accepted by the application; larger ones get an ``error`` and are dropped.
+MAX_BINARY_BYTES = 4 * 1024 * 1024
+#: Hard transport limit: a frame past this closes the connection (code 1009).
+TRANSPORT_MAX_BYTES = 16 * 1024 * 1024
+
+# Close codes (4000-4999 are for applications).
+CLOSE_BAD_HELLO = 4400
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_HELLO_TIMEOUT = 4408
+CLOSE_REPLACED = 4409
+CLOSE_UNSUPPORTED_PROTOCOL = 4426
+
+# Error codes carried by ``error`` messages.
+E_BAD_JSON = "bad_json"
+E_BAD_MESSAGE = "bad_message"
+E_UNKNOWN_TYPE = "unknown_type"
+E_MISSING_FIELD = "missing_field"
+E_BAD_FIELD = "bad_field"
+E_UNEXPECTED_BINARY = "unexpected_binary"
+E_TOO_LARGE = "too_large"
+E_BAD_STATE = "bad_state"
+E_STAGE_FAILED = "stage_failed"
+
+SAMPLE_WIDTHS = (2,)  # v1 carries signed 16-bit little-endian PCM only
+MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
+
+
+def _fail(code: str, message: str) -> ProtocolError:
+    return ProtocolError(code, message)
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every message; subclasses set ``type`` and list their fields."""
+
+    type: ClassVar[str] = ""
+    #: True when a binary frame follows this message (its size is in ``bytes``).
+    has_payload: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        """Check ranges; raise ProtocolError(bad_field) naming the field."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"type": self.type}
+        for f in dataclasses.fields(self):
+            d[f.name] = getattr(self, f.name)
+        return d
+
+
+def _check_turn(turn: int) -> None:
+    if turn < 0:
+        raise _fail(E_BAD_FIELD, f"field 'turn' must be 0 or more, got {turn}")
+
+
+def _check_pcm(rate: int, width: int, channels: int) -> None:
+    if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+        raise _fail(E_BAD_FIELD, f"field 'rate' must be {MIN_RATE_HZ}..{MAX_RATE_HZ} Hz, got {rate}")
+    if width not in SAMPLE_WIDTHS:
+        raise _fail(E_BAD_FIELD, f"field 'width' must be 2 (signed 16-bit little-endian), got {width}")
+    if channels not in (1, 2):
+        raise _fail(E_BAD_FIELD, f"field 'channels' must be 1 or 2, got {channels}")
+
+
+# --- skull -> host -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """First message of every connection."""
+    type: ClassVar[str] = "hello"
+    protocol: int
+    skull: str
+    token: str = ""
+
+    def validate(self) -> None:
+        if not self.skull.strip():
+            raise _fail(E_BAD_FIELD, "field 'skull' must name the skull, got an empty string")
+
+
+@dataclass(frozen=True)
+class Listen(Message):
+    """Button went down: a new turn starts (and any older turn is abandoned)."""
+    type: ClassVar[str] = "listen"
+    turn: int
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+
+
+@dataclass(frozen=True)
+class Image(Message):
+    """A camera snapshot for ``turn``; one binary frame of ``bytes`` bytes follows."""
+    type: ClassVar[str] = "image"
+    has_payload: ClassVar[bool] = True
+    turn: int
+    format: str
+    bytes: int
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+        if self.format not in ("jpeg", "png"):
+            raise _fail(E_BAD_FIELD, f"field 'format' must be 'jpeg' or 'png', got {self.format!r}")
+        if not 0 < self.bytes <= MAX_BINARY_BYTES:
+            raise _fail(E_TOO_LARGE if self.bytes > 0 else E_BAD_FIELD,
+                        f"field 'bytes' must be 1..{MAX_BINARY_BYTES}, got {self.bytes}")
+
+
+@dataclass(frozen=True)
+class AudioStart(Message):
+    """Opens the microphone stream of ``turn``; binary frames of raw PCM follow until ``stop``."""
+    type: ClassVar[str] = "audio_start"
+    turn: int
+    rate: int
+    """Hertz"""
+    width: int
+    """bytes per sample (2: signed 16-bit little-endian)"""
+    channels: int
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+        _check_pcm(self.rate, self.width, self.channels)
+
+
+@dataclass(frozen=True)
+class Stop(Message):
+    """Button went up (or the recording hit its length limit)."""
+    type: ClassVar[str] = "stop"
+    turn: int
+    reason: str = "released"
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+        if self.reason not in ("released", "max_length"):
+            raise _fail(E_BAD_FIELD, f"field 'reason' must be 'released' or 'max_length', got {self.reason!r}")
+
+
+@dataclass(frozen=True)
+class Played(Message):
+    """The skull's own measurements of a turn, sent once its first reply sample reached the device."""
+    type: ClassVar[str] = "played"
+    turn: int
+    first_audio_ms: float
+    """button release -> first reply sample handed to the audio device, milliseconds"""
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+
+
+# --- host -> skull -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    type: ClassVar[str] = "welcome"
+    protocol: int
+    host: str
+    session: str
+    max_record_s: float
+    """the host ignores microphone audio past this many seconds of a turn"""
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """The host accepted ``listen`` (skull lights the LED) or ``stop`` (LED off)."""
+    type: ClassVar[str] = "ack"
+    turn: int
+    of: str
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+        if self.of not in ("listen", "stop"):
+            raise _fail(E_BAD_FIELD, f"field 'of' must be 'listen' or 'stop', got {self.of!r}")
+
+
+@dataclass(frozen=True)
+class Heard(Message):
+    """What the host understood of the question and saw in the snapshot."""
+    type: ClassVar[str] = "heard"
+    turn: int
+    transcript: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Speech(Message):
+    """One spoken sentence of the reply; one binary frame of raw PCM (``bytes`` bytes) follows."""
+    type: ClassVar[str] = "speech"
+    has_payload: ClassVar[bool] = True
+    turn: int
+    seq: int
+    """0, 1, 2... in playing order within the turn"""
+    text: str
+    rate: int
+    """Hertz"""
+    width: int
+    channels: int
+    bytes: int
+    jaw_fps: int
+    """frames per second of ``jaw``"""
+    jaw: list = field(default_factory=list)
+    """jaw opening per frame, 0 (closed) .. 1 (fully open), frame k at k/jaw_fps seconds"""
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+        _check_pcm(self.rate, self.width, self.channels)
+        if self.seq < 0:
+            raise _fail(E_BAD_FIELD, f"field 'seq' must be 0 or more, got {self.seq}")
+        if not 0 < self.bytes <= MAX_BINARY_BYTES:
+            raise _fail(E_BAD_FIELD, f"field 'bytes' must be 1..{MAX_BINARY_BYTES}, got {self.bytes}")
+        if self.bytes % (self.width * self.channels):
+            raise _fail(E_BAD_FIELD, f"field 'bytes' ({self.bytes}) is not a whole number of frames")
+        if not 1 <= self.jaw_fps <= 1000:
+            raise _fail(E_BAD_FIELD, f"field 'jaw_fps' must be 1..1000, got {self.jaw_fps}")
+        for v in self.jaw:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+                raise _fail(E_BAD_FIELD, f"field 'jaw' must hold numbers 0..1, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Done(Message):
+    """The host has sent every segment of the turn."""
+    type: ClassVar[str] = "done"
+    turn: int
+    segments: int
+    reply: str
+    timings_ms: dict = field(default_factory=dict)
+    """stage name -> milliseconds (stt, vision, reply, tts, ...)"""
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """Something was wrong; the connection stays open. ``turn`` is set when it concerns a turn."""
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    turn: Union[int, None] = None
+
+
+CLIENT_MESSAGES = {m.type: m for m in (Hello, Listen, Image, AudioStart, Stop, Played)}
+HOST_MESSAGES = {m.type: m for m in (Welcome, Ack, Heard, Speech, Done, Error)}
+
+_JSON_TYPES = {"int": int, "float": (int, float), "str": str, "list": list, "dict": dict,
+               "Union[int, None]": (int, type(None))}
+
+
+def encode(msg: Message, payload: bytes | None = None) -> list[Union[str, bytes]]:
+    """Frames for ``msg``: its JSON text frame, then its binary payload when it has one."""
+    msg.validate()
+    text = json.dumps(msg.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    if not msg.has_payload:
+        return [text]
+    if payload is None or len(payload) != msg.bytes:
+        raise ValueError(f"{msg.type} announces {msg.bytes} bytes but the payload has "
+                         f"{None if payload is None else len(payload)}")
+    return [text, payload]
+
+
+def decode_text(text: str, registry: dict[str, type[Message]]) -> Message:
+    """One text frame -> a validated message of a type in ``registry``."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        raise _fail(E_TOO_LARGE, f"text frame is over the {MAX_TEXT_BYTES}-byte limit")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(E_BAD_JSON, f"text frame is not JSON ({exc.msg} at character {exc.pos}); "
+                                f"send one JSON object per text frame") from None
+    if not isinstance(obj, dict):
+        raise _fail(E_BAD_MESSAGE, f"a message must be a JSON object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise _fail(E_MISSING_FIELD, "message has no 'type' field (a string)")
+    cls = registry.get(kind)
+    if cls is None:
+        raise _fail(E_UNKNOWN_TYPE, f"unknown message type {kind!r}; expected one of {sorted(registry)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in obj:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _fail(E_MISSING_FIELD, f"{kind} message is missing field {f.name!r}")
+            continue
+        value = obj[f.name]
+        want = _JSON_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise _fail(E_BAD_FIELD, f"field {f.name!r} of {kind} must be {f.type.replace('Union[int, None]', 'int or null')}, "
+                                     f"got {json.dumps(value)[:40]}")
+        kwargs[f.name] = float(value) if f.type == "float" else value
+    msg = cls(**kwargs)
+    msg.validate()
+    return msg
+
+
+class FrameReader:
+    """Turns the frames of one direction of a connection into messages.
+
+    ``read_text`` returns a message; when that message announces a payload, the next binary
+    frame is its payload and ``read_binary`` returns ``(message, payload)``. Between
+    ``audio_start`` and ``stop`` binary frames are microphone audio: ``(AudioStart, chunk)``.
+    Anything else raises ProtocolError; the reader stays usable afterwards.
+    """
+
+    def __init__(self, registry: dict[str, type[Message]]):
+        self.registry = registry
+        self.awaiting: Message | None = None  # a message whose payload is the next binary frame
+        self.stream: AudioStart | None = None  # open microphone stream
+
+    def read_text(self, text: str) -> Message:
+        if self.awaiting is not None:
+            missing = self.awaiting
+            self.awaiting = None
+            msg = decode_text(text, self.registry)  # still decode, so nothing valid is lost
+            self._track(msg)
+            raise ProtocolError(E_BAD_STATE, f"{missing.type} announced a {missing.bytes}-byte binary frame "
+                                             f"but a {msg.type} text frame came first; the {missing.type} is dropped")
+        msg = decode_text(text, self.registry)
+        self._track(msg)
+        return msg
+
+    def _track(self, msg: Message) -> None:
+        if msg.has_payload:
+            self.awaiting = msg
+        elif isinstance(msg, AudioStart):
+            self.stream = msg
+        elif isinstance(msg, (Stop, Listen)):
+            self.stream = None
+
+    def read_binary(self, data: bytes) -> tuple[Message, bytes]:
+        if len(data) > MAX_BINARY_BYTES:
+            self.awaiting = None
+            raise _fail(E_TOO_LARGE, f"binary frame of {len(data)} bytes is over the {MAX_BINARY_BYTES}-byte limit; "
+                                     f"it was dropped")
+        if self.awaiting is not None:
+            msg, self.awaiting = self.awaiting, None
+            if len(data) != msg.bytes:
+                raise _fail(E_BAD_FIELD, f"{msg.type} announced {msg.bytes} bytes but its binary frame has {len(data)}")
+            return msg, data
+        if self.stream is not None:
+            frame = self.stream.width * self.stream.channels
+            if len(data) % frame:
+                raise _fail(E_BAD_FIELD, f"audio chunk of {len(data)} bytes is not a whole number of "
+                                         f"{frame}-byte frames")
+            return self.stream, data
+        raise _fail(E_UNEXPECTED_BINARY, "binary frame not expected here: send 'image', 'speech' or "
+                                         "'audio_start' first")

@@ -1,0 +1,50 @@
+"""Putting a skull together from its config: devices (real or simulated) into a Body."""
+from __future__ import annotations
+
+import logging
+
+from .agent import Body
+from .audio.player import ClockPlayer, open_player
+from .audio.recorder import FileMic, SoundDeviceMic
+from .camera import Camera
+from .config import SkullConfig
+from .devices import Panel, pin_factory
+from .errors import DeviceError
+from .jaw.gpio import GpioJaw
+
+log = logging.getLogger("skull.runtime")
+
+
+def build_body(config: SkullConfig, *, sim: bool, mic_file=None, image=None, audio: bool = True,
+               mic_speed: float = 1.0) -> Body:
+    """The skull's devices. ``sim``: gpiozero MockFactory for button, LED and servo.
+    ``mic_file``: a WAV played as the microphone; ``image``: a picture used as the camera;
+    ``audio`` False: no sound devices at all (the reply is timed by a simulated speaker)."""
+    factory = pin_factory(sim)
+    built = []
+    try:
+        panel = Panel(config.pins, factory)
+        built.append(panel.close)
+        jaw = GpioJaw(config.pins.servo, config.calibration, pin_factory=factory)
+        built.append(jaw.close)
+        if mic_file is not None:
+            mic = FileMic(mic_file, chunk_ms=config.audio.chunk_ms, speed=mic_speed)
+        elif audio:
+            mic = SoundDeviceMic(config.audio.input_device, chunk_ms=config.audio.chunk_ms)
+        else:
+            raise DeviceError("no microphone: --no-audio needs --mic-file FILE.wav (or --question) to hear a question")
+        player = open_player(config.audio.output_device, enabled=audio) if audio else ClockPlayer()
+        camera = None
+        source = image if image is not None else config.camera.source
+        if source is not None:
+            try:
+                camera = Camera(source, config.camera.width, config.camera.height)
+            except DeviceError as exc:
+                if image is not None:
+                    raise
+                log.warning("%s; turns go on without a snapshot", exc)
+        return Body(panel=panel, jaw=jaw, mic=mic, player=player, camera=camera)
+    except BaseException:
+        for close in reversed(built):
+            close()
+        raise
