@@ -124,8 +124,9 @@ class ClockPlayer:
 
     name = "simulated speaker (no audio device)"
 
-    def __init__(self, rate: int = 22050, block_ms: float = 20.0):
-        self.rate = rate
+    def __init__(self, rate: int = 22050, block_ms: float = 20.0, speed: float = 1.0):
+        """``speed`` > 1 plays faster than real time (tests); the jaw follows the same clock."""
+        self.rate, self.speed = rate, speed
         self.block = int(rate * block_ms / 1000)
         self.latency_s = self.block / rate
         self.timeline = Timeline(rate)
@@ -138,7 +139,7 @@ class ClockPlayer:
 
     def audible_frame(self, t: float) -> float:
         """Timeline frame heard at clock time ``t``."""
-        return (t - self._t0 - self.latency_s) * self.rate
+        return ((t - self._t0) * self.speed - self.latency_s) * self.rate
 
     def start(self) -> None:
         self._stop.clear()
@@ -150,7 +151,7 @@ class ClockPlayer:
     def _run(self) -> None:
         while not self._stop.is_set():
             # keep one block ahead of the clock, like a device buffer
-            due = self._t0 + self.timeline.frames / self.rate - self.latency_s
+            due = self._t0 + (self.timeline.frames / self.rate - self.latency_s) / self.speed
             wait = due - time.monotonic()
             if wait > 0:
                 self._stop.wait(wait)

@@ -1,0 +1,83 @@
+"""Shared pieces: the embedded backends (loaded once), a host on a free loopback port, and a
+simulated skull built from gpiozero's MockFactory."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from host.config import HostConfig, ServerConfig
+from host.server import Host, build_backends
+from skull.audio.player import ClockPlayer
+from skull.audio.wav import read_wav, to_mono, write_wav
+from skull.config import SkullConfig
+from skull.demo import bundled
+from skull.runtime import build_body
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def backends():
+    return build_backends(HostConfig())
+
+
+@pytest.fixture
+def host_config():
+    return HostConfig(server=ServerConfig(port=0, ping_interval_s=1.0, ping_timeout_s=2.0))
+
+
+def start_host(config, backends, port: int = 0):
+    cfg = dataclasses.replace(config, server=dataclasses.replace(config.server, port=port))
+    return Host(cfg, backends).start()
+
+
+def skull_config(port: int, token: str = "", **link) -> SkullConfig:
+    cfg = SkullConfig()
+    return dataclasses.replace(cfg, link=dataclasses.replace(cfg.link, url=f"ws://127.0.0.1:{port}", token=token,
+                                                             reconnect_min_s=0.1, reconnect_max_s=1.0,
+                                                             ping_interval_s=1.0, ping_timeout_s=2.0, **link))
+
+
+def sim_body(cfg: SkullConfig, question=None, image=None, speed: float = 3.0):
+    """A simulated skull: MockFactory button/LED/servo, the question WAV as its microphone and
+    a speaker that plays ``speed`` times faster than real time."""
+    body = build_body(cfg, sim=True, mic_file=question or bundled("question.wav"),
+                      image=image or bundled("snapshot.jpg"), audio=False, mic_speed=speed)
+    body.player = ClockPlayer(speed=speed)
+    return body
+
+
+async def ask(agent, timeout: float = 60.0):
+    """Press the skull's button, let the mic file play, release, wait for the turn to end."""
+    pin = agent.body.panel.button.pin
+    spoken = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
+    agent.turn_ended.clear()
+    pin.drive_low()
+    await asyncio.wait_for(spoken.wait(), timeout)
+    pin.drive_high()
+    await asyncio.wait_for(agent.turn_ended.wait(), timeout)
+    return agent.finished[-1]
+
+
+async def wait_for(predicate, timeout: float = 10.0, step: float = 0.02):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+@pytest.fixture(scope="session")
+def stereo_question(tmp_path_factory) -> Path:
+    """The bundled question resampled to 22.05 kHz stereo (right channel quieter than left)."""
+    from skull.audio.wav import resample
+    path = tmp_path_factory.mktemp("q") / "question-22k-stereo.wav"
+    x = resample(to_mono(read_wav(bundled("question.wav"))), 16000, 22050)
+    write_wav(path, np.stack([x, x * 0.8], axis=1), 22050)
+    return path
