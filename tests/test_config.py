@@ -51,3 +51,11 @@ def test_host_config_stage_and_range(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_skull_config(tmp_path / "absent.toml")
+
+
+def test_shipped_example_configs_load():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_skull_config(root / "skull.example.toml")
+    assert cfg.calibration.closed_us == 1300.0  # read through [jaw] calibration = calibration/default.toml
+    assert load_host_config(root / "host" / "host.example.toml").reply.backend == "jokes"
