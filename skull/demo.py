@@ -50,6 +50,7 @@ def render(agent: Agent, started: float) -> Group:
     bar = "█" * int(round(opening * 30))
     pw = b.jaw.pulse_width_us
     t.add_row("jaw", f"[magenta]{bar:<30}[/] {opening:4.2f}  {'%4.0f µs' % pw if pw else 'detached'}")
+    t.add_row("speaker", getattr(b.player, "name", "?"))
     if rec is not None:
         t.add_row("heard", rec.transcript or "…")
         t.add_row("saw", rec.caption or "…")
@@ -132,6 +133,7 @@ async def visitor(agent: Agent, turns: int, live: Live, started: float) -> None:
 def print_summary(agent: Agent, console: Console) -> int:
     """Plain lines for logs and pipes; the exit status is 0 when every turn was answered."""
     ok = True
+    console.print()
     for rec in agent.finished:
         console.print(f"[bold]turn {rec.turn}[/] ({rec.outcome})")
         console.print(f"  heard:   {rec.transcript!r}")

@@ -179,7 +179,7 @@ class SoundDevicePlayer:
             raise DeviceError(f"no speaker {'named ' + repr(device) if device is not None else ''} found ({exc}); "
                               f"plug one in, choose one from 'python -m sounddevice' in skull.toml [audio] "
                               f"output_device, or run with --no-audio") from None
-        self.name = info["name"]
+        self.name = f"{info['name']} (sound device)"
         self.rate = int(rate or info["default_samplerate"])
         self.block = int(self.rate * block_ms / 1000)
         self.timeline = Timeline(self.rate)
