@@ -92,11 +92,14 @@ class Agent:
                     return
                 await self._dispatch(get.result())
         finally:
-            link_task.cancel()
-            try:
-                await link_task
-            except (asyncio.CancelledError, Exception):
-                pass
+            if not link_task.done():
+                link_task.cancel()
+                try:
+                    await link_task
+                except asyncio.CancelledError:
+                    pass  # the cancellation asked for just above
+                except Exception:
+                    log.exception("the link failed while stopping")
             self.close()
 
     async def _dispatch(self, event: tuple) -> None:
@@ -187,7 +190,8 @@ class Agent:
             self._turn_end(*args)
 
     def _later(self, delay: float, event: tuple) -> None:
-        self._timers.append(self._loop.call_later(delay, self._events.put_nowait, event))
+        # only the current turn's timers matter; older ones fire harmlessly (stale turn)
+        self._timers = self._timers[-4:] + [self._loop.call_later(delay, self._events.put_nowait, event)]
 
     def _mic_chunk(self, turn: int, chunk: bytes) -> None:
         if turn != self.machine.turn or self.machine.state is not m.State.LISTENING:

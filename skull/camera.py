@@ -30,10 +30,14 @@ class Camera:
         if isinstance(source, str) and not source.startswith("/dev/") and not Path(source).exists():
             raise DeviceError(f"camera source {source} does not exist; give a camera index (0), a device "
                               f"(/dev/video0) or an image/video file")
+        try:  # OpenCV's own warnings would repeat what the DeviceError below says
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except AttributeError:
+            pass
         cap = cv2.VideoCapture(source)
         if not cap.isOpened():
             raise DeviceError(f"camera {source!r} cannot be opened; is it plugged in and not used by another "
-                              f"program? 'skull doctor' lists cameras, or set [camera] source in skull.toml")
+                              f"program? Set [camera] source in skull.toml (an index, /dev/videoN or a file)")
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
         self._cap = cap

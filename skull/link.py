@@ -78,7 +78,9 @@ class Link:
             except LinkFatal:
                 raise
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
-                log.info("host %s unreachable: %s", c.url, exc or type(exc).__name__)
+                # the first failure of an outage is a warning; the retries after it are not news
+                log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s); retrying",
+                        c.url, exc or type(exc).__name__)
             except InvalidURI as exc:
                 raise LinkFatal(f"link url {c.url!r} is not a websocket URL: {exc}") from None
             finally:

@@ -32,7 +32,7 @@ def build_body(config: SkullConfig, *, sim: bool, mic_file=None, image=None, aud
         elif audio:
             mic = SoundDeviceMic(config.audio.input_device, chunk_ms=config.audio.chunk_ms)
         else:
-            raise DeviceError("no microphone: --no-audio needs --mic-file FILE.wav (or --question) to hear a question")
+            raise DeviceError("no microphone: with --no-audio give --mic-file FILE.wav to hear a question")
         player = open_player(config.audio.output_device, enabled=audio) if audio else ClockPlayer()
         camera = None
         source = image if image is not None else config.camera.source

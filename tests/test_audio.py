@@ -83,3 +83,10 @@ def test_speech_band_ignores_rumble():
     rumble = (0.5 * np.sin(2 * np.pi * 60 * t)).astype(np.float32)
     voice = (0.5 * np.sin(2 * np.pi * 700 * t)).astype(np.float32)
     assert frame_levels_dbfs(rumble, 16000).mean() < frame_levels_dbfs(voice, 16000).mean() - 30
+
+
+def test_release_tail_snaps_to_fully_closed():
+    x, _ = _bursts()
+    track = jaw_track(x, 16000)
+    assert np.all((track == 0.0) | (track >= JawShape().snap_closed))
+    assert np.count_nonzero(track == 0.0) > 20  # the gaps really close the jaw

@@ -12,7 +12,9 @@ The chain per frame (``fps`` frames per second, 100 by default):
 4. curve: opening ** ``curve`` (below 1 opens wider on soft syllables);
 5. attack/release: a one-pole follower, fast to open, slower to close, so the jaw does not
    chatter;
-6. clamp to 0..``max_open`` (a fraction of the calibrated range; the driver maps it to pulses).
+6. clamp to 0..``max_open`` (a fraction of the calibrated range; the driver maps it to pulses);
+   openings under ``snap_closed`` count as shut (exactly 0), so the release tail does not keep
+   the servo twitching a hair open between words.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ class JawShape:
     """time constant to close"""
     max_open: float = 1.0
     """fraction of the calibrated travel the track may use, 0..1"""
+    snap_closed: float = 0.01
+    """openings below this are sent as fully closed"""
 
 
 def frame_levels_dbfs(x: np.ndarray, rate: int, shape: JawShape = JawShape()) -> np.ndarray:
@@ -91,6 +95,7 @@ class JawMapper:
             v += (target - v) * (self._a_open if target > v else self._a_close)
             out[i] = v
         self.value = v
+        out[out < s.snap_closed] = 0.0
         return np.clip(out, 0.0, s.max_open)
 
 
