@@ -86,7 +86,11 @@ def test_speech_band_ignores_rumble():
 
 
 def test_release_tail_snaps_to_fully_closed():
-    x, _ = _bursts()
+    t = np.arange(16000) / 16000
+    x = (0.5 * np.sin(2 * np.pi * 700 * t) * (t < 0.3)).astype(np.float32)  # 0.3 s of sound, 0.7 s silence
     track = jaw_track(x, 16000)
     assert np.all((track == 0.0) | (track >= JawShape().snap_closed))
-    assert np.count_nonzero(track == 0.0) > 20  # the gaps really close the jaw
+    assert track[25] > 0.8
+    closed = np.flatnonzero(track[30:] == 0.0)
+    assert len(closed) and closed[0] < 35  # shut within 350 ms of the sound ending (release 60 ms)
+    assert np.all(track[30 + closed[0]:] == 0.0)  # and stays exactly shut
