@@ -16,6 +16,7 @@ from typing import Callable
 from . import machine as m
 from . import protocol as p
 from .audio.player import Segment
+from .audio.wav import pcm16_to_audio, to_mono
 from .config import SkullConfig
 from .jaw.sync import JawFollower
 from .link import Link
@@ -177,13 +178,13 @@ class Agent:
             self._later(self.reply_timeout_s, (m.REPLY_TIMEOUT, turn))
         elif name == "play":
             turn, msg, pcm = args
-            samples = p_to_float(pcm, msg.channels)
+            samples = to_mono(pcm16_to_audio(pcm, msg.rate, msg.channels))
             b.player.timeline.add(samples, msg.rate, msg.jaw, msg.jaw_fps, tag=(turn, msg.seq))
         elif name == "stop_playback":
             b.player.timeline.clear()
             b.mic.stop()
         elif name == "jaw_close":
-            if self.follower._thread is None:
+            if not self.follower.running:
                 b.jaw.move(0.0)
             # with the follower running, an empty timeline closes the jaw on its next frame
         elif name == "turn_end":
@@ -296,7 +297,3 @@ class Agent:
             except Exception:
                 log.exception("closing %s failed", what)
 
-
-def p_to_float(pcm: bytes, channels: int):
-    from .audio.wav import pcm16_to_audio, to_mono
-    return to_mono(pcm16_to_audio(pcm, 1, channels))

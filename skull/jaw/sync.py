@@ -28,6 +28,10 @@ class JawFollower:
         self._stop = threading.Event()
         self._thread = None
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="jaw", daemon=True)
