@@ -52,7 +52,6 @@ class Turn:
     transcript: str = ""
     caption: str = ""
     reply: str = ""
-    dropped_audio_s: float = 0.0
 
     # --- collecting the question ---------------------------------------------------------
 
@@ -69,13 +68,12 @@ class Turn:
 
     def on_audio(self, stream: p.AudioStart, chunk: bytes) -> bool:
         """Keep a microphone chunk; False when the turn is over its length limit (chunk dropped)."""
-        if self.stream is not None and stream is not self.stream and self.audio:
-            if (stream.rate, stream.channels) != (self.stream.rate, self.stream.channels):
-                raise p.ProtocolError(p.E_BAD_STATE, "audio_start changed the format in the middle of a turn")
+        fmt = (stream.rate, stream.width, stream.channels)
+        if self.audio and self.stream is not None and fmt != (self.stream.rate, self.stream.width, self.stream.channels):
+            raise p.ProtocolError(p.E_BAD_STATE, "audio_start changed the format in the middle of a turn")
         self.stream = stream
         limit = int(self.config.server.max_record_s * stream.rate) * stream.width * stream.channels
         if len(self.audio) + len(chunk) > limit:
-            self.dropped_audio_s += len(chunk) / (stream.rate * stream.width * stream.channels)
             return False
         self.audio.extend(chunk)
         return True

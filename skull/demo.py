@@ -75,7 +75,7 @@ async def run_demo(question: Path, image: Path, *, record: Path | None = None, a
                                                                token=hcfg.server.token))
     body = build_body(scfg, sim=True, mic_file=question, image=image, audio=audio)
     started = time.monotonic()
-    live = Live(render_placeholder(), console=console, refresh_per_second=12, transient=False,
+    live = Live(render_starting(), console=console, refresh_per_second=12, transient=False,
                 redirect_stdout=False, redirect_stderr=False)
     agent = Agent(scfg, body, record_dir=record)
     agent_task = None
@@ -94,7 +94,7 @@ async def run_demo(question: Path, image: Path, *, record: Path | None = None, a
     return agent
 
 
-def render_placeholder() -> Text:
+def render_starting() -> Text:
     return Text("starting the host and the skull…")
 
 
