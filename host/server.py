@@ -13,6 +13,7 @@ import collections
 import hmac
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -21,27 +22,12 @@ from websockets.exceptions import ConnectionClosed
 from skull import protocol as p
 from skull.errors import ConfigError, ProtocolError
 
+from .build import build_backends
 from .config import HostConfig, is_loopback
+from .filter import FamilyFilter
 from .turn import Backends, Turn
 
 log = logging.getLogger("host.server")
-
-
-def build_backends(config: HostConfig) -> Backends:
-    """The configured backend of each stage. Only the embedded ones exist so far."""
-    from .backends.reply import JokeEngine
-    from .backends.stt import PocketsphinxSTT
-    from .backends.tts import EspeakTTS
-    from .backends.vision import OpenCVCaptioner
-
-    known = {"stt": ("pocketsphinx",), "vision": ("opencv",), "reply": ("jokes",), "tts": ("espeak-ng",)}
-    for stage, names in known.items():
-        name = getattr(config, stage).backend
-        if name not in names:
-            raise ConfigError(f"{stage}.backend = {name!r} is not a known backend; choose one of {list(names)}")
-    seed = config.reply.seed if config.reply.seed >= 0 else None
-    return Backends(stt=PocketsphinxSTT(), vision=OpenCVCaptioner(), reply=JokeEngine(seed),
-                    tts=EspeakTTS(voice=config.tts.voice, speed=config.tts.speed, timeout_s=config.tts.timeout_s))
 
 
 @dataclass
@@ -55,8 +41,11 @@ class Conversation:
 class SkullSession:
     """One connected skull: reads its frames, runs its turns, answers errors."""
 
-    def __init__(self, ws: ServerConnection, host: "Host", conversation: Conversation):
+    def __init__(self, ws: ServerConnection, host: "Host", conversation: Conversation, play_rate: int = 0):
         self.ws, self.host, self.conversation = ws, host, conversation
+        self.play_rate = play_rate
+        self.played: dict[int, float] = {}
+        """first_audio of recent turns, as the skull measured it"""
         self.reader = p.FrameReader(p.CLIENT_MESSAGES)
         self.turn: Turn | None = None
         self.task: asyncio.Task | None = None
@@ -95,13 +84,15 @@ class SkullSession:
             raise ProtocolError(p.E_BAD_STATE, "hello was already received on this connection")
         if isinstance(msg, p.Listen):
             self._cancel_turn()  # a new press abandons whatever turn was running
-            self.turn = Turn(msg.turn, self.host.backends, self.host.config, tuple(self.conversation.history))
+            self.turn = Turn(msg.turn, self.host.backends, self.host.config, tuple(self.conversation.history),
+                             play_rate=self.play_rate, filter=self.host.filter)
             self.task, self._warned_long = None, False
             await self.send(p.Ack(msg.turn, "listen"))
             return
         if isinstance(msg, p.Played):
-            log.info("%s: turn %d first_audio=%.0f ms (measured on the skull)",
-                     self.conversation.skull, msg.turn, msg.first_audio_ms)
+            self.played[msg.turn] = msg.first_audio_ms
+            if len(self.played) > 8:
+                self.played.pop(min(self.played))
             return
         turn = self._current(msg.turn, msg.type)
         if isinstance(msg, p.Stop):
@@ -143,9 +134,16 @@ class SkullSession:
             return
         self.conversation.history.append((turn.transcript, turn.reply))
         self.conversation.turns += 1
-        t = turn.timings_ms
-        log.info("%s: turn %d heard=%r caption=%r reply=%r timings_ms=%s", self.conversation.skull, turn.turn,
-                 turn.transcript, turn.caption, turn.reply, " ".join(f"{k}={v:.0f}" for k, v in t.items()))
+        # first_audio comes from the skull when it starts playing: usually before done
+        for _ in range(20):
+            if turn.turn in self.played or self.turn is not turn:
+                break
+            await asyncio.sleep(0.05)
+        t = dict(turn.timings_ms)
+        if turn.turn in self.played:
+            t["first_audio"] = self.played[turn.turn]
+        log.info("%s: turn %d %s heard=%r caption=%r reply=%r", self.conversation.skull, turn.turn,
+                 " ".join(f"{k}={v:.0f}" for k, v in t.items()), turn.transcript, turn.caption, turn.reply)
 
 
 class Host:
@@ -158,6 +156,7 @@ class Host:
                               f"drive the skull. Set --token (or SKULL_TOKEN), or bind 127.0.0.1")
         self.config = config
         self.backends = backends or build_backends(config)
+        self.filter = FamilyFilter(config.filter)
         self.conversations: dict[str, Conversation] = {}
         self.sessions: dict[str, SkullSession] = {}
         self.session_id = uuid.uuid4().hex[:12]
@@ -169,11 +168,15 @@ class Host:
 
     async def start(self):
         s = self.config.server
+        # backend calls run in worker threads; a slow server must not starve the others
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, thread_name_prefix="backend"))
         self.server = await serve(self._connection, s.bind, s.port, max_size=p.TRANSPORT_MAX_BYTES,
                                   ping_interval=s.ping_interval_s, ping_timeout=s.ping_timeout_s,
                                   compression=None, logger=logging.getLogger("host.websockets"))
-        log.info("host listening on ws://%s:%d (stt=%s vision=%s reply=%s tts=%s)", s.bind, self.port,
-                 self.backends.stt.name, self.backends.vision.name, self.backends.reply.name, self.backends.tts.name)
+        b = self.backends
+        log.info("host listening on ws://%s:%d (stt=%s vision=%s reply=%s tts=%s, %s)", s.bind, self.port,
+                 b.stt.name, b.vision.name if b.vision else self.config.vision.backend, b.reply.name, b.tts.name,
+                 "streaming" if self.config.streaming else "not streaming")
         return self
 
     async def stop(self) -> None:
@@ -224,7 +227,7 @@ class Host:
             if conv is None:
                 conv = self.conversations[hello.skull] = Conversation(
                     hello.skull, collections.deque(maxlen=self.config.history_turns))
-            session = self.sessions[hello.skull] = SkullSession(ws, self, conv)
+            session = self.sessions[hello.skull] = SkullSession(ws, self, conv, hello.play_rate)
             await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
                                          self.config.server.max_record_s))
             log.info("skull %s connected from %s", hello.skull, ws.remote_address)

@@ -31,6 +31,9 @@ class DeviceError(SkullError, RuntimeError):
 class BackendError(SkullError, RuntimeError):
     """A speech, vision, reply or voice backend failed; ``stage`` names which."""
 
-    def __init__(self, stage: str, message: str):
+    def __init__(self, stage: str, message: str, retryable: bool = False):
         super().__init__(f"{stage}: {message}")
         self.stage = stage
+        self.retryable = retryable
+        """True when asking again may succeed (server down, dropped connection, 5xx);
+        False when the same request would fail the same way (bad request, wrong model)."""

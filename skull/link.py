@@ -41,8 +41,10 @@ OnState = Callable[[bool], Awaitable[None]]
 
 
 class Link:
-    def __init__(self, config: LinkConfig, on_message: OnMessage, on_state: OnState):
+    def __init__(self, config: LinkConfig, on_message: OnMessage, on_state: OnState, play_rate: int = 0):
         self.config = config
+        self.play_rate = play_rate
+        """the speaker's rate, told to the host so speech arrives ready to play"""
         self.on_message, self.on_state = on_message, on_state
         self.connected = False
         self.welcome: p.Welcome | None = None
@@ -93,7 +95,7 @@ class Link:
 
     async def _serve(self, ws) -> None:
         c = self.config
-        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token))[0])
+        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate))[0])
         try:
             first = await asyncio.wait_for(ws.recv(), 10)
         except ConnectionClosed as exc:

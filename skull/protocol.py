@@ -98,10 +98,14 @@ class Hello(Message):
     protocol: int
     skull: str
     token: str = ""
+    play_rate: int = 0
+    """the skull speaker's sample rate; speech then arrives at it (0: any rate, the skull resamples)"""
 
     def validate(self) -> None:
         if not self.skull.strip():
             raise _fail(E_BAD_FIELD, "field 'skull' must name the skull, got an empty string")
+        if self.play_rate != 0 and not 8000 <= self.play_rate <= 192000:
+            raise _fail(E_BAD_FIELD, f"field 'play_rate' must be 0 or 8000..192000 Hz, got {self.play_rate}")
 
 
 @dataclass(frozen=True)

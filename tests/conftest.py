@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from host.config import HostConfig, ServerConfig
-from host.server import Host, build_backends
+from host.build import build_backends
+from host.server import Host
 from skull.audio.player import ClockPlayer
 from skull.audio.wav import read_wav, to_mono, write_wav
 from skull.config import SkullConfig

@@ -58,4 +58,4 @@ def test_shipped_example_configs_load():
     root = Path(__file__).resolve().parent.parent
     cfg = load_skull_config(root / "skull.example.toml")
     assert cfg.calibration.closed_us == 1300.0  # read through [jaw] calibration = calibration/default.toml
-    assert load_host_config(root / "host" / "host.example.toml").reply.backend == "jokes"
+    assert load_host_config(root / "host" / "examples" / "embedded.toml").reply.backend == "jokes"

@@ -44,7 +44,8 @@ def test_whole_turn_answers_moves_the_jaw_and_ends_safe(host_config, backends, t
     assert len(rec.segments) >= 2  # one speech segment per sentence
     assert "on" in led_seen  # LED lit while listening (after the host's ack)...
     assert ("after turn", "off") in led_seen  # ...and off when the turn ended
-    for key in ("stt", "vision", "reply", "tts", "first_audio"):
+    for key in ("stt", "vision", "reply", "llm_first_token", "llm_first_sentence", "tts_first_segment",
+                "first_audio", "total"):
         assert rec.timings_ms[key] >= 0, key
     # the jaw moved, always inside its calibrated pulse range, and ended closed and detached
     cal = agent.config.calibration
@@ -71,7 +72,8 @@ def test_demo_records_a_stereo_22k_question(stereo_question, tmp_path):
     assert {"question.wav", "snapshot.jpg", "reply.wav", "jaw.csv", "turn.json"} <= names
     meta = json.loads((turn / "turn.json").read_text())
     assert meta["transcript"] and meta["caption"] and meta["reply"]
-    assert set(meta["timings_ms"]) >= {"stt", "vision", "reply", "tts", "first_audio"}
+    assert set(meta["timings_ms"]) >= {"stt", "vision", "reply", "llm_first_token", "tts_first_segment",
+                                          "first_audio", "total"}
     question = read_wav(turn / "question.wav")
     assert question.rate == 16000 and question.channels == 1 and question.seconds > 1.5
     reply = read_wav(turn / "reply.wav")

@@ -83,9 +83,17 @@ class JokeEngine:
     """Offline joke engine (templates and word lists, not a language model)."""
 
     name = "offline jokes"
+    sees_images = False
 
     def __init__(self, seed: int | None = None):
         self._rng = random.Random(seed)
+
+    def check(self) -> str:
+        return "embedded (templates and word lists, not a language model)"
+
+    def stream(self, context: ReplyContext, cancel=None):
+        """The joke is made at once; it arrives as one piece."""
+        yield self.reply(context)
 
     def _pick(self, options: list[str], used: str) -> str:
         fresh = [o for o in options if o.split("{")[0] not in used] or options

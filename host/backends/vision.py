@@ -42,6 +42,9 @@ class OpenCVCaptioner:
         self.min_face_px = min_face_px
         self._lock = threading.Lock()
 
+    def check(self) -> str:
+        return "embedded (Haar faces, colours, light)"
+
     def describe(self, image: bytes) -> dict:
         img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
         if img is None:

@@ -51,6 +51,8 @@ def read_wav(source: str | Path | bytes, name: str | None = None) -> Audio:
     while pos + 8 <= len(data):
         cid, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
         body = data[pos + 8: pos + 8 + size]  # a placeholder size simply runs to the end
+        if cid == b"data" and size == 0:
+            body = data[pos + 8:]  # a stream's header written before the length was known
         if cid == b"fmt ":
             if len(body) < 16:
                 raise AudioFormatError(f"{label} has a truncated 'fmt ' chunk")

@@ -1,0 +1,232 @@
+"""The machinery every fake model server shares: a threaded HTTP/1.1 server on loopback, the
+misbehaviour knobs, chunked streaming, and the ways a server can fail.
+
+Knobs (seed 001): ``delay_s`` before the answer (or first token); ``per_unit_s`` per unit of
+work (second of input audio for speech to text, token for language models, second of produced
+audio or character for voices); ``jitter`` (0.3 = each wait is scaled by a random factor in
+0.7..1.3); ``failure_rate`` (answer with the server's own error shape); ``crash_rate`` (drop the
+connection mid-response); ``warmup_s`` (added to the first call, as a model load would be);
+``loading_s`` (llama.cpp: every route answers 503 ``Loading model`` for this long after start).
+"""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from email.parser import BytesParser
+from email.policy import default as email_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Knobs:
+    delay_s: float = 0.0
+    per_unit_s: float = 0.0
+    jitter: float = 0.0
+    failure_rate: float = 0.0
+    crash_rate: float = 0.0
+    warmup_s: float = 0.0
+    loading_s: float = 0.0
+    seed: int | None = None
+
+
+class Crash(Exception):
+    """Raised inside a handler to drop the connection at once."""
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_Server"
+
+    def log_message(self, fmt, *args):  # quiet: tests and benchmarks read their own output
+        pass
+
+    def _serve(self):
+        fake = self.server.fake
+        url = urlsplit(self.path)
+        self.route, self.query = url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
+        n = int(self.headers.get("Content-Length") or 0)
+        self.body = self.rfile.read(n) if n else b""
+        self.streaming = False
+        fake.record(self)
+        try:
+            fake.handle(self)
+        except Crash:
+            self.drop()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _serve
+
+    # --- answering ----------------------------------------------------------------------
+
+    def send(self, status: int, body: bytes | str, ctype: str = "application/json", headers: dict | None = None):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def send_json(self, status: int, obj, ctype: str = "application/json", headers: dict | None = None):
+        self.send(status, json.dumps(obj), ctype, headers)
+
+    def start_stream(self, ctype: str, headers: dict | None = None):
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Transfer-Encoding", "chunked")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.streaming = True
+
+    def chunk(self, data: bytes | str):
+        data = data.encode() if isinstance(data, str) else data
+        if data:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+    def end_stream(self):
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def send_partial(self, status: int, body: bytes, ctype: str):
+        """Headers promise the whole body; half of it goes out, then the connection drops."""
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:len(body) // 2])
+        raise Crash
+
+    def drop(self):
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # --- reading ------------------------------------------------------------------------
+
+    def json_body(self):
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
+
+    def multipart(self) -> dict:
+        """Parts of a multipart/form-data body: name -> (bytes, filename, content type)."""
+        ctype = self.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/form-data"):
+            return {}
+        msg = BytesParser(policy=email_policy).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + self.body)
+        parts = {}
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if name:
+                parts[name] = (part.get_payload(decode=True) or b"", part.get_filename(), part.get_content_type())
+        return parts
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    fake: "FakeServer"
+
+
+class FakeServer:
+    """Base of the fakes: subclasses implement ``handle(h)`` with the real server's contract."""
+
+    kind = "fake"
+
+    def __init__(self, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.knobs = knobs or Knobs()
+        self.rng = random.Random(self.knobs.seed)
+        self.host, self.port = host, port
+        self.requests: deque = deque(maxlen=100)
+        """the last requests: (method, path, headers dict, body bytes)"""
+        self.calls = 0
+        self.counts = {"ok": 0, "fail": 0, "crash": 0}
+        self._lock = threading.Lock()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.started_at = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "FakeServer":
+        self._httpd = _Server((self.host, self.port), Handler)
+        self._httpd.fake = self
+        self.port = self._httpd.server_address[1]
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"fake-{self.kind}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def record(self, h: Handler) -> None:
+        with self._lock:
+            self.requests.append((h.command, h.path, dict(h.headers), h.body))
+
+    def handle(self, h: Handler) -> None:  # pragma: no cover - every fake overrides it
+        raise NotImplementedError
+
+    # --- knobs --------------------------------------------------------------------------
+
+    @property
+    def loading(self) -> bool:
+        return time.monotonic() - self.started_at < self.knobs.loading_s
+
+    def roll(self) -> str:
+        """What this call does: 'ok', 'fail' or 'crash' (counted)."""
+        with self._lock:
+            self.calls += 1
+            x = self.rng.random()
+            k = self.knobs
+            outcome = "crash" if x < k.crash_rate else "fail" if x < k.crash_rate + k.failure_rate else "ok"
+            self.counts[outcome] += 1
+            return outcome
+
+    def scaled(self, seconds: float) -> float:
+        j = self.knobs.jitter
+        with self._lock:
+            return max(0.0, seconds * (1.0 + self.rng.uniform(-j, j))) if j else seconds
+
+    def first_wait(self) -> float:
+        """The delay before the answer starts, warm-up included on the very first call."""
+        with self._lock:
+            warm = self.knobs.warmup_s if not getattr(self, "_warm", False) else 0.0
+            self._warm = True
+        return self.scaled(self.knobs.delay_s) + warm
+
+    def work(self, units: float) -> None:
+        """Sleep for the delay plus ``units`` of work (one whole answer)."""
+        time.sleep(self.first_wait() + self.scaled(self.knobs.per_unit_s * units))
+
+    def unit(self) -> None:
+        """Sleep for one unit of streamed work (a token)."""
+        time.sleep(self.scaled(self.knobs.per_unit_s))

@@ -1,0 +1,213 @@
+"""HTTP plumbing shared by the model-server backends.
+
+One place knows how the servers fail: connection refused (not started, or still loading a model
+before binding its port), llama.cpp's 503 ``Loading model`` on every route, error bodies in
+five shapes (``{"error":{"message"}}``, ``{"error":"..."}``, FastAPI's ``{"detail":...}``,
+``{"message":...}`` and Flask's HTML page), and streams framed as SSE (``data:`` lines, ``:``
+pings, ``[DONE]`` or not) or NDJSON. Every failure becomes a BackendError naming the stage,
+the server and what to do, marked retryable when asking again could help.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+import threading
+import time
+from typing import Iterator
+
+import requests
+
+from skull.errors import BackendError
+
+LOADING_POLL_S = 0.25
+
+
+def error_message(resp: requests.Response) -> str:
+    """The human part of an error response, whatever shape the server uses."""
+    text = resp.text or ""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str) and err:
+            return err
+        detail = body.get("detail")
+        if isinstance(detail, dict):
+            return str(detail.get("message") or detail.get("error") or detail)
+        if isinstance(detail, list) and detail:  # FastAPI validation errors
+            return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', d)}" if isinstance(d, dict)
+                             else str(d) for d in detail)
+        if detail:
+            return str(detail)
+        if body.get("message"):
+            return str(body["message"])
+    plain = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    return " ".join(plain.split())[:300] or f"HTTP {resp.status_code} with an empty body"
+
+
+def is_loading(resp: requests.Response) -> bool:
+    """llama.cpp answers every route with 503 ``Loading model`` until its model is in memory;
+    LocalAI's readiness says ``starting``."""
+    return resp.status_code == 503 and bool(re.search(r"loading|starting", resp.text or "", re.I))
+
+
+class Http:
+    """Requests to one server for one stage, with the stage's timeout as a deadline."""
+
+    def __init__(self, stage: str, server: str, url: str, api_key: str = "", timeout_s: float = 20.0,
+                 connect_timeout_s: float = 3.0):
+        if not url:
+            raise BackendError(stage, f"{server} needs a url: set [{stage}] url in host.toml")
+        if not re.match(r"https?://", url):
+            raise BackendError(stage, f"[{stage}] url = {url!r} must start with http:// or https://")
+        self.stage, self.server, self.url = stage, server, url.rstrip("/")
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:  # one keep-alive session per worker thread
+            s = self._local.session = requests.Session()
+        return s
+
+    def where(self, path: str = "") -> str:
+        return f"{self.server} at {self.url}{path}"
+
+    def request(self, method: str, path: str, *, stream: bool = False, deadline: float | None = None,
+                ok=(200,), **kwargs) -> requests.Response:
+        """Send one request. Waits (until ``deadline``) while the server says it is loading.
+        A status not in ``ok`` raises BackendError with the server's own message."""
+        deadline = deadline if deadline is not None else time.monotonic() + self.timeout_s
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
+                                   retryable=True)
+            try:
+                resp = self.session.request(method, self.url + path, headers=headers, stream=stream,
+                                            timeout=(min(self.connect_timeout_s, left), left), **kwargs)
+            except requests.exceptions.ConnectionError as exc:
+                reason = _reason(exc)
+                raise BackendError(self.stage, f"{self.where()} is not reachable ({reason}); start it, or fix "
+                                               f"[{self.stage}] url in host.toml", retryable=True) from None
+            except requests.exceptions.Timeout:
+                raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
+                                   retryable=True) from None
+            except requests.exceptions.RequestException as exc:
+                raise BackendError(self.stage, f"request to {self.where(path)} failed ({_reason(exc)})",
+                                   retryable=True) from None
+            if is_loading(resp) and time.monotonic() + LOADING_POLL_S < deadline:
+                resp.close()
+                time.sleep(LOADING_POLL_S)  # wait for the model to finish loading
+                continue
+            if resp.status_code not in ok:
+                raise self.failure(resp, path)
+            return resp
+
+    def failure(self, resp: requests.Response, path: str) -> BackendError:
+        msg = error_message(resp)
+        status = resp.status_code
+        resp.close()
+        if is_loading(resp):
+            return BackendError(self.stage, f"{self.where()} is still loading its model ({msg})", retryable=True)
+        if status in (401, 403):
+            return BackendError(self.stage, f"{self.where(path)} refused the key (HTTP {status}: {msg}); set "
+                                            f"[{self.stage}] api_key")
+        if status == 404 and "model" in msg.lower():
+            return BackendError(self.stage, f"{self.where(path)}: {msg} (HTTP 404); check [{self.stage}] model")
+        if status == 404:
+            return BackendError(self.stage, f"{self.where(path)} has no such endpoint (HTTP 404: {msg}); is "
+                                            f"[{self.stage}] backend the right kind of server?")
+        return BackendError(self.stage, f"{self.where(path)} answered HTTP {status}: {msg}",
+                            retryable=status >= 500 and status != 501)
+
+    def json(self, method: str, path: str, **kwargs):
+        resp = self.request(method, path, **kwargs)
+        try:
+            return resp.json()
+        except ValueError:
+            raise BackendError(self.stage, f"{self.where(path)} sent something that is not JSON: "
+                                           f"{resp.text[:120]!r}", retryable=True) from None
+
+    def broken(self, path: str, exc: Exception) -> BackendError:
+        """A response that was cut off in the middle (the server dropped the connection)."""
+        return BackendError(self.stage, f"{self.where(path)} dropped the connection mid-answer ({_reason(exc)})",
+                            retryable=True)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for pattern, short in ((r"Connection refused", "connection refused"),
+                           (r"Name or service not known|nodename nor servname|getaddrinfo", "unknown host name"),
+                           (r"RemoteDisconnected|closed connection without response", "closed without answering"),
+                           (r"Connection reset", "connection reset"),
+                           (r"IncompleteRead|InvalidChunkLength|ended prematurely", "answer cut short")):
+        if re.search(pattern, text):
+            return short
+    return text[:160]
+
+
+def iter_sse(http: Http, resp: requests.Response, path: str, cancel: threading.Event | None = None) -> Iterator[dict]:
+    """JSON objects of an SSE stream. Skips ``:`` pings and blank lines, stops at ``[DONE]`` or at
+    the end of the body (some servers send no ``[DONE]``). An ``error`` event raises."""
+    try:
+        for line in resp.iter_lines(decode_unicode=True):
+            if cancel is not None and cancel.is_set():
+                return
+            if not line or not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                return
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                raise BackendError(http.stage, f"{http.where(path)} sent a stream event that is not JSON: "
+                                               f"{payload[:120]!r}", retryable=True) from None
+            if isinstance(obj, dict) and obj.get("error"):
+                err = obj["error"]
+                msg = err.get("message", err) if isinstance(err, dict) else err
+                raise BackendError(http.stage, f"{http.where(path)} failed mid-stream: {msg}", retryable=True)
+            yield obj
+    except requests.exceptions.RequestException as exc:
+        raise http.broken(path, exc) from None
+    finally:
+        resp.close()
+
+
+def iter_ndjson(http: Http, resp: requests.Response, path: str, cancel: threading.Event | None = None) -> Iterator[dict]:
+    """JSON objects of an NDJSON stream (Ollama). An ``{"error": ...}`` line raises."""
+    try:
+        for line in resp.iter_lines(decode_unicode=True):
+            if cancel is not None and cancel.is_set():
+                return
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise BackendError(http.stage, f"{http.where(path)} sent a line that is not JSON: {line[:120]!r}",
+                                   retryable=True) from None
+            if isinstance(obj, dict) and obj.get("error"):
+                raise BackendError(http.stage, f"{http.where(path)} failed mid-stream: {obj['error']}", retryable=True)
+            yield obj
+    except requests.exceptions.RequestException as exc:
+        raise http.broken(path, exc) from None
+    finally:
+        resp.close()
+
+
+def content_bytes(http: Http, resp: requests.Response, path: str) -> bytes:
+    """The whole body, or a retryable error when the connection drops before its end."""
+    try:
+        return resp.content
+    except requests.exceptions.RequestException as exc:
+        raise http.broken(path, exc) from None
