@@ -68,6 +68,8 @@ class Http:
         self.stage, self.server, self.url = stage, server, url.rstrip("/")
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.wait_loading = True
+        """wait while the server loads its model (a turn does; a health check only reports it)"""
         self._local = threading.local()
 
     @property
@@ -104,7 +106,7 @@ class Http:
             except requests.exceptions.RequestException as exc:
                 raise BackendError(self.stage, f"request to {self.where(path)} failed ({_reason(exc)})",
                                    retryable=True) from None
-            if is_loading(resp) and time.monotonic() + LOADING_POLL_S < deadline:
+            if is_loading(resp) and self.wait_loading and time.monotonic() + LOADING_POLL_S < deadline:
                 resp.close()
                 time.sleep(LOADING_POLL_S)  # wait for the model to finish loading
                 continue

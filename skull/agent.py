@@ -233,7 +233,7 @@ class Agent:
         rec = self.records.get(turn)
         if rec is None or rec.released_at is None:
             return
-        ms = round((seg.started_at - rec.released_at) * 1000.0, 1)
+        ms = round(((seg.heard_at or seg.started_at) - rec.released_at) * 1000.0, 1)
         rec.timings_ms["first_audio"] = ms
         self.link.send(p.Played(turn, ms))
 

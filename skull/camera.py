@@ -16,7 +16,9 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 class Camera:
     """``snapshot()`` returns one JPEG. Video files loop; image files return the same picture."""
 
-    def __init__(self, source: str | int, width: int = 640, height: int = 480, quality: int = 85):
+    def __init__(self, source: str | Path | int, width: int = 640, height: int = 480, quality: int = 85):
+        if isinstance(source, Path):
+            source = str(source)
         self.source, self.quality = source, quality
         self._still = None
         self._cap = None

@@ -22,11 +22,32 @@ def _logging(verbose: int, quiet_console: bool = False) -> None:
         logging.getLogger().setLevel(logging.ERROR)
 
 
+def _log_unhandled() -> None:
+    """Whatever escapes a thread or a task is logged, never lost on a bare stderr."""
+    def thread_hook(a):
+        logging.getLogger("host.unhandled").error("thread %s died", a.thread.name if a.thread else "?",
+                                                  exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+    threading.excepthook = thread_hook
+
+    def loop_hook(loop, context):
+        logging.getLogger("host.unhandled").error("%s", context.get("message", "task error"),
+                                                  exc_info=context.get("exception"))
+    asyncio.get_running_loop().set_exception_handler(loop_hook)
+
+
 def cmd_host(args) -> int:
+    from host.build import build_backends
+    from host.check import all_up, check_backends, render
     from host.config import load_host_config
     from host.server import Host
 
     cfg = load_host_config(args.config)
+    if args.check:
+        lines = check_backends(cfg, build_backends(cfg))
+        print(render(lines), flush=True)
+        down = [f"{ln.stage} ({ln.backend})" for ln in lines if ln.status in ("down", "loading")]
+        print("all backends up" if all_up(lines) else f"not ready: {', '.join(down)}", flush=True)
+        return 0 if all_up(lines) else 1
     server = cfg.server
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", server.token)
     server = dataclasses.replace(server, bind=args.bind or server.bind,
@@ -34,9 +55,14 @@ def cmd_host(args) -> int:
     cfg = dataclasses.replace(cfg, server=server)
 
     async def main():
+        _log_unhandled()
         host = Host(cfg)  # refuses a non-loopback bind without a token
         await host.start()
         print(f"skull host listening on ws://{server.bind}:{host.port}", flush=True)
+        for ln in await asyncio.to_thread(check_backends, cfg, host.backends):  # name the dead ones at once
+            level = logging.INFO if ln.status in ("up", "-") else logging.WARNING
+            logging.getLogger("host").log(level, "%s backend %s: %s%s", ln.stage, ln.backend, ln.status,
+                                          f" ({ln.detail})" if ln.status != "up" else f", {ln.detail}")
         try:
             await asyncio.Future()
         finally:
@@ -120,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--bind", help="address to listen on (default 127.0.0.1; others need a token)")
     h.add_argument("--port", type=int, help="port (default 8765)")
     h.add_argument("--token", help="shared secret skulls must send (default: $SKULL_TOKEN)")
-    h.add_argument("--config", help="host.toml")
+    h.add_argument("--config", help="host.toml (examples in host/examples/)")
+    h.add_argument("--check", action="store_true", help="check every configured backend (up/down, model, "
+                                                        "round trip) and exit: 0 when all are up, 1 if not")
     h.set_defaults(func=cmd_host)
 
     r = sub.add_parser("run", help="run the skull's agent")

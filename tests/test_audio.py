@@ -94,3 +94,11 @@ def test_release_tail_snaps_to_fully_closed():
     closed = np.flatnonzero(track[30:] == 0.0)
     assert len(closed) and closed[0] < 35  # shut within 350 ms of the sound ending (release 60 ms)
     assert np.all(track[30 + closed[0]:] == 0.0)  # and stays exactly shut
+
+
+def test_image_camera_gives_the_same_picture_every_time():
+    from skull.camera import Camera
+    from skull.demo import bundled
+    cam = Camera(bundled("snapshot.jpg"))  # a Path, as the demo passes it
+    shots = [cam.snapshot() for _ in range(3)]
+    assert shots[0][:2] == b"\xff\xd8" and shots[0] == shots[1] == shots[2]

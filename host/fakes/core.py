@@ -47,6 +47,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def _serve(self):
+        self.t0 = time.monotonic()  # waits count from here, so the fake's own work is inside them
         fake = self.server.fake
         url = urlsplit(self.path)
         self.route, self.query = url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -223,10 +224,11 @@ class FakeServer:
             self._warm = True
         return self.scaled(self.knobs.delay_s) + warm
 
-    def work(self, units: float) -> None:
-        """Sleep for the delay plus ``units`` of work (one whole answer)."""
-        time.sleep(self.first_wait() + self.scaled(self.knobs.per_unit_s * units))
+    def work(self, units: float, since: float) -> None:
+        """Wait until the delay plus ``units`` of work have passed ``since`` the request came in
+        (one whole answer)."""
+        self.wait_until(since + self.first_wait() + self.scaled(self.knobs.per_unit_s * units))
 
-    def unit(self) -> None:
-        """Sleep for one unit of streamed work (a token)."""
-        time.sleep(self.scaled(self.knobs.per_unit_s))
+    @staticmethod
+    def wait_until(t: float) -> None:
+        time.sleep(max(0.0, t - time.monotonic()))

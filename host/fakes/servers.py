@@ -92,7 +92,7 @@ class WhisperCppFake(FakeServer):
                 except ValueError:
                     return h.send(500, "500 Internal Server Error\nstof", "text/plain")
         outcome = self.roll()
-        self.work(audio.seconds)
+        self.work(audio.seconds, h.t0)
         if outcome == "crash":
             raise Crash
         if outcome == "fail":
@@ -187,7 +187,7 @@ class OpenAIAudioFake(FakeServer):
             except AudioFormatError:
                 return h.send_json(415, {"detail": "Failed to decode audio. The provided file type is not supported."})
         outcome = self.roll()
-        self.work(seconds)
+        self.work(seconds, h.t0)
         if outcome == "crash":
             raise Crash
         if outcome == "fail":
@@ -228,7 +228,7 @@ class OpenAIAudioFake(FakeServer):
         rate = int(body.get("sample_rate") or self.rate) if self.flavor == "speaches" else self.rate
         samples = speechlike(text, rate, speed)
         outcome = self.roll()
-        self.work(len(text) if self.unit == "char" else len(samples) / rate)
+        self.work(len(text) if self.unit == "char" else len(samples) / rate, h.t0)
         pcm = to_pcm16(samples)
         stream = body.get("stream", True) if self.flavor == "kokoro" else True
         if fmt == "wav":
@@ -336,7 +336,7 @@ class LlamaCppFake(FakeServer, _ReplyMixin):
         base = {"created": int(time.time()), "id": cid, "model": self.model, "system_fingerprint": "b0-fake",
                 "object": "chat.completion.chunk"}
         if not body.get("stream"):
-            time.sleep(self.first_wait() + sum(self.scaled(self.knobs.per_unit_s) for _ in toks[1:]))
+            self.wait_until(h.t0 + self.first_wait() + sum(self.scaled(self.knobs.per_unit_s) for _ in toks[1:]))
             if outcome == "fail":
                 return self._error(h, 500, "the model failed to decode", "server_error")
             obj = {**base, "object": "chat.completion", "choices": [{"finish_reason": finish, "index": 0, "message": {
@@ -345,7 +345,8 @@ class LlamaCppFake(FakeServer, _ReplyMixin):
             if outcome == "crash":
                 h.send_partial(200, json.dumps(obj).encode(), "application/json; charset=utf-8")
             return h.send_json(200, obj, "application/json; charset=utf-8")
-        time.sleep(self.first_wait())  # headers wait for the first result, as the real server does
+        due = h.t0 + self.first_wait()
+        self.wait_until(due)  # headers wait for the first result, as the real server does
         if outcome == "fail" and self.rng.random() < 0.5:
             return self._error(h, 500, "the model failed to decode", "server_error")
         h.start_stream("text/event-stream", {"X-Accel-Buffering": "no"})
@@ -357,8 +358,9 @@ class LlamaCppFake(FakeServer, _ReplyMixin):
                                     "delta": {"role": "assistant", "content": None}}]})
         cut = self.rng.randrange(len(toks)) if outcome != "ok" and toks else -1
         for i, tok in enumerate(toks):
-            if i:
-                self.unit()
+            if i:  # token i is due one scaled unit after token i-1, however long writing took
+                due += self.scaled(self.knobs.per_unit_s)
+                self.wait_until(due)
             if i == cut:
                 if outcome == "crash":
                     raise Crash
@@ -459,21 +461,23 @@ class OllamaFake(FakeServer, _ReplyMixin):
                  "done_reason": reason, "total_duration": 1, "load_duration": 0, "prompt_eval_count": 40,
                  "eval_count": len(toks), "eval_duration": 1}
         if body.get("stream") is False:
-            time.sleep(self.first_wait() + sum(self.scaled(self.knobs.per_unit_s) for _ in toks[1:]))
+            self.wait_until(h.t0 + self.first_wait() + sum(self.scaled(self.knobs.per_unit_s) for _ in toks[1:]))
             if outcome == "fail":
                 return h.send_json(500, {"error": "llama runner process has terminated: exit status 2"})
             obj = {**final, "message": {"role": "assistant", "content": "".join(toks)}}
             if outcome == "crash":
                 h.send_partial(200, json.dumps(obj).encode(), "application/json; charset=utf-8")
             return h.send_json(200, obj, "application/json; charset=utf-8")
-        time.sleep(self.first_wait())
+        due = h.t0 + self.first_wait()
+        self.wait_until(due)
         if outcome == "fail" and self.rng.random() < 0.5:
             return h.send_json(500, {"error": "llama runner process has terminated: exit status 2"})
         h.start_stream("application/x-ndjson")
         cut = self.rng.randrange(len(toks)) if outcome != "ok" and toks else -1
         for i, tok in enumerate(toks):
-            if i:
-                self.unit()
+            if i:  # token i is due one scaled unit after token i-1, however long writing took
+                due += self.scaled(self.knobs.per_unit_s)
+                self.wait_until(due)
             if i == cut:
                 if outcome == "crash":
                     raise Crash
@@ -552,7 +556,7 @@ class PiperFake(FakeServer):
             return h.send(500, self.FLASK_500, "text/html; charset=utf-8")
         samples = speechlike(text, self.rate, 1.0 / length_scale)
         outcome = self.roll()
-        self.work(len(samples) / self.rate)
+        self.work(len(samples) / self.rate, h.t0)
         if outcome == "fail":
             return h.send(500, self.FLASK_500, "text/html; charset=utf-8")
         data = wav_bytes(samples, self.rate)
@@ -608,7 +612,7 @@ class XttsFake(FakeServer):
             return h.send_json(500, {"detail": f"Error: Speaker {body['speaker_wav']} not found."})
         samples = speechlike(str(body["text"]), 24000)
         outcome = self.roll()
-        self.work(len(samples) / 24000)
+        self.work(len(samples) / 24000, h.t0)
         if outcome == "fail":
             return h.send_json(500, {"detail": "Error: CUDA out of memory"})
         f32 = samples.astype("<f4").tobytes()

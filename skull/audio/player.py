@@ -36,6 +36,8 @@ class Segment:
     """timeline frame of its first sample, set when it starts playing"""
     started_at: float = 0.0
     """time.monotonic() when its first sample was handed to the device"""
+    heard_at: float = 0.0
+    """time.monotonic() when its first sample leaves the speaker (device latency included)"""
 
     @property
     def end(self) -> int:
@@ -73,8 +75,9 @@ class Timeline:
                     seg.samples = seg.samples[:max(0, self.frames - seg.start)]
             self.playing = [s for s in self.playing if len(s.samples)]
 
-    def read(self, n: int) -> np.ndarray:
-        """The next ``n`` frames for the device (called from the audio thread)."""
+    def read(self, n: int, heard_at: float | None = None, seconds_per_frame: float = 0.0) -> np.ndarray:
+        """The next ``n`` frames for the device (called from the audio thread). ``heard_at``: when
+        the first of them will be heard (time.monotonic()), and ``seconds_per_frame`` after it."""
         out = np.zeros(n, np.float32)
         started, drained = [], False
         with self._lock:
@@ -83,6 +86,7 @@ class Timeline:
                 seg = self.queue[0]
                 if self._pos == 0:
                     seg.start, seg.started_at = self.frames + filled, time.monotonic()
+                    seg.heard_at = (heard_at + filled * seconds_per_frame) if heard_at is not None else seg.started_at
                     self.playing.append(seg)
                     started.append(seg)
                 take = min(n - filled, len(seg.samples) - self._pos)
@@ -156,7 +160,8 @@ class ClockPlayer:
             if wait > 0:
                 self._stop.wait(wait)
                 continue
-            self.timeline.read(self.block)
+            self.timeline.read(self.block, self._t0 + self.timeline.frames / self.rate / self.speed,
+                               1.0 / self.rate / self.speed)
 
     def close(self) -> None:
         self._stop.set()
@@ -191,8 +196,10 @@ class SoundDevicePlayer:
         if status.output_underflow:
             log.warning("speaker underrun")
         first = self.timeline.frames
-        outdata[:, 0] = self.timeline.read(frames)
         dac = t.outputBufferDacTime or (t.currentTime + (self._stream.latency if self._stream else 0.0))
+        # the DAC time on the monotonic clock, for first_audio
+        heard = time.monotonic() + max(0.0, dac - t.currentTime) if t.currentTime else None
+        outdata[:, 0] = self.timeline.read(frames, heard, 1.0 / self.rate)
         with self._lock:
             self._anchor = (first, dac)
 

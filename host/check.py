@@ -1,0 +1,71 @@
+"""``skull host --check``: is every configured backend there, which model, how fast.
+
+Each backend makes one cheap round trip (health route, model list, or a one-word synthesis
+where the server has nothing cheaper); all run at once. A server that is still loading its
+model is reported as loading, not waited for.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from skull.errors import BackendError
+
+from .config import HostConfig
+from .turn import Backends
+
+
+@dataclass
+class CheckLine:
+    stage: str
+    backend: str
+    status: str
+    """'up', 'down', 'loading' or '-' (nothing to check)"""
+    detail: str
+    ms: float | None = None
+    url: str = ""
+
+
+def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
+    jobs = [("stt", config.stt, backends.stt), ("vision", config.vision, backends.vision),
+            ("reply", config.reply, backends.reply), ("tts", config.tts, backends.tts),
+            ("fallback", None, backends.fallback_voice)]
+
+    def one(job) -> CheckLine:
+        stage, cfg, backend = job
+        name = cfg.backend if cfg is not None else "espeak-ng"
+        url = cfg.url if cfg is not None and getattr(backend, "http", None) is not None else ""
+        if backend is None:
+            what = "the reply model looks at the snapshot itself" if name == "reply" else "no caption"
+            return CheckLine(stage, name, "-", what)
+        http = getattr(backend, "http", None)
+        if http is not None:
+            http.wait_loading = False
+        t0 = time.monotonic()
+        try:
+            detail = backend.check()
+        except BackendError as exc:
+            status = "loading" if "still loading" in str(exc) else "down"
+            return CheckLine(stage, name, status, str(exc).split(": ", 1)[-1], url=url)
+        finally:
+            if http is not None:
+                http.wait_loading = True
+        return CheckLine(stage, name, "up", detail, round((time.monotonic() - t0) * 1000, 1), url)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(one, jobs))
+
+
+def render(lines: list[CheckLine]) -> str:
+    out = []
+    for ln in lines:
+        ms = f"{ln.ms:6.0f} ms" if ln.ms is not None else " " * 9
+        status = ln.status.upper() if ln.status in ("down", "loading") else ln.status
+        where = f"  {ln.url}" if ln.url and ln.status == "up" else ""
+        out.append(f"{ln.stage:<8} {ln.backend:<12} {status:<7} {ms}  {ln.detail}{where}")
+    return "\n".join(out)
+
+
+def all_up(lines: list[CheckLine]) -> bool:
+    return all(ln.status in ("up", "-") for ln in lines)
