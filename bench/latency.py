@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import dataclasses
 import os
 import re
@@ -137,6 +138,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--turns", type=int, default=30, help="turns per mode (default 30)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("skull").setLevel(logging.CRITICAL)  # the skull's warnings about failed stages are expected
     work = Workload()
     servers = work.start()
     results, ideals, questions = {}, {}, []

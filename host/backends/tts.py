@@ -165,7 +165,13 @@ class XttsTTS:
 
     def synthesize(self, text: str) -> Speech:
         body = {"text": text, "speaker_wav": self.cfg.speaker_wav, "language": self.cfg.language or "en"}
-        resp = self.http.request("POST", self.path, json=body)
+        try:
+            resp = self.http.request("POST", self.path, json=body)
+        except BackendError as exc:
+            # every xtts error is a 500, a wrong speaker or language included: those do not get better
+            if "not found" in str(exc) or "Language code" in str(exc):
+                raise BackendError("tts", str(exc).split(": ", 1)[-1] + "; fix [tts] speaker_wav / language") from None
+            raise
         return _wav_speech(resp.content, self.http.where(self.path))  # 24 kHz, often 32-bit float
 
     def check(self) -> str:

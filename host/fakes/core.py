@@ -144,6 +144,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     fake: "FakeServer"
 
+    def handle_error(self, request, client_address):
+        import sys
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # the client hung up (a cancelled turn, a timeout): normal for a server
+        super().handle_error(request, client_address)
+
 
 class FakeServer:
     """Base of the fakes: subclasses implement ``handle(h)`` with the real server's contract."""
