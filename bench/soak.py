@@ -8,9 +8,10 @@ A simulated skull in this process asks the bundled question again and again (pla
 than real time) and checks that every turn ends with the skull speaking: the answer, or a
 fallback line.
 
-Prints turns, answered, fallbacks, turns without a sound, errors by stage (as the skull was
-told), the host's RSS at start and end, whether the host is still up, and exceptions that
-reached the host's stderr without going through its log (must be 0).
+Prints turns, answered (and how many of those were cut short by a failure mid-answer),
+fallbacks, turns without a sound, errors by stage (as the skull was told), the host's RSS at
+start and end, whether the host is still up, and exceptions that reached the host's stderr
+without going through its log (must be 0).
 
 Usage: python bench/soak.py [--turns 300] [--scale 0.25] [--seed 7]
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import HostProcess, press_and_ask, skull  # noqa: E402
 
 from host.config import FallbackConfig  # noqa: E402
+from host.sentences import split_sentences  # noqa: E402
 from host.fakes.workload import Workload  # noqa: E402
 from skull.machine import State  # noqa: E402
 
@@ -51,9 +53,10 @@ def unlogged_tracebacks(log_text: str) -> int:
     return count
 
 
-async def soak(port: int, turns: int, host: HostProcess, report_every: int = 50) -> dict:
+async def soak(port: int, turns: int, host: HostProcess, reply: str, report_every: int = 50) -> dict:
     agent = skull(port, "soak", mic_speed=8.0, play_speed=4.0)
     fallbacks = set(vars(FallbackConfig()).values())
+    whole = len(split_sentences(reply))
     stats = collections.Counter()
     stages = collections.Counter()
     task = asyncio.create_task(agent.run())
@@ -73,6 +76,7 @@ async def soak(port: int, turns: int, host: HostProcess, report_every: int = 50)
                 stats["fallbacks"] += 1
             else:
                 stats["answered"] += 1
+                stats["partial"] += len(spoken) < whole  # cut short by a failure mid-answer
             for err in rec.errors if rec else []:
                 m = re.match(r"stage_failed: (\w+):", err)
                 stages[m.group(1) if m else err.split(":")[0]] += 1
@@ -103,7 +107,7 @@ def main() -> int:
                 rss_start = host.rss_kib()
                 print(f"soak: {args.turns} turns, failure rate {work.failure_rate}, crash rate {work.crash_rate}, "
                       f"jitter +-{work.jitter:.0%}, warm-up {work.warmup_s:.1f} s, delays x{args.scale}", flush=True)
-                out = asyncio.run(soak(host.port, args.turns, host))
+                out = asyncio.run(soak(host.port, args.turns, host, work.reply))
                 rss_end = host.rss_kib()
                 alive = host.alive()
             finally:
@@ -120,7 +124,8 @@ def main() -> int:
     unlogged = unlogged_tracebacks(log_text)
     unhandled = log_text.count("host.unhandled")
     print(f"host log: {logged_errors} errors logged with their stage, {unhandled} from unhandled exceptions")
-    print(f"turns={stats['turns']} answered={stats['answered']} fallbacks={stats['fallbacks']} "
+    print(f"turns={stats['turns']} answered={stats['answered']} (of which cut short {stats['partial']}) "
+          f"fallbacks={stats['fallbacks']} "
           f"mute={stats['mute']} errors_by_stage={dict(sorted(stages.items()))} host_up={'yes' if alive else 'NO'} "
           f"host_rss_start_kib={rss_start} host_rss_end_kib={rss_end} unlogged_exceptions={unlogged + unhandled}")
     ok = stats["mute"] == 0 and alive and unlogged + unhandled == 0 and stats["turns"] == args.turns

@@ -8,6 +8,10 @@ from skull.errors import ProtocolError
 def test_hello_from_literal_frame():
     msg = p.decode_text('{"type": "hello", "protocol": 1, "token": "s3cret", "skull": "mr-bones"}', p.CLIENT_MESSAGES)
     assert msg == p.Hello(protocol=1, skull="mr-bones", token="s3cret")
+    with_rate = p.decode_text('{"type":"hello","protocol":1,"skull":"b","play_rate":48000}', p.CLIENT_MESSAGES)
+    assert with_rate.play_rate == 48000
+    with pytest.raises(ProtocolError, match="play_rate' must be 0 or 8000..192000 Hz, got 7"):
+        p.decode_text('{"type":"hello","protocol":1,"skull":"b","play_rate":7}', p.CLIENT_MESSAGES)
 
 
 def test_encode_is_compact_json_with_type_first():
