@@ -2,7 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bootstrap clean
+CXX ?= g++
+CXXFLAGS ?= -std=c++17 -Wall -Wextra -Werror -O2
+FW := firmware
+FW_CORE := $(FW)/skulljaw/src/skulljaw_core.cpp $(FW)/skulljaw/src/skulljaw_core.h
+
+.PHONY: demo test bootstrap clean firmware-test
 
 bootstrap:
 	@VENV=$(VENV) bash scripts/bootstrap.sh
@@ -10,8 +15,22 @@ bootstrap:
 demo: bootstrap
 	$(VENV)/bin/skull demo
 
-test: bootstrap
+test: bootstrap firmware-test
 	$(PY) -m pytest -q
 
+# the firmware's logic, compiled and unit-tested on this machine (g++ only), and the
+# simulator the serial driver's tests talk to over a pseudo-terminal
+firmware-test: $(FW)/build/test_core $(FW)/build/skulljaw-sim
+	$(FW)/build/test_core
+
+$(FW)/build/test_core: $(FW)/test/test_core.cpp $(FW_CORE)
+	@command -v $(CXX) >/dev/null || bash scripts/bootstrap.sh --system-only
+	@mkdir -p $(FW)/build
+	$(CXX) $(CXXFLAGS) -o $@ $(FW)/test/test_core.cpp $(FW)/skulljaw/src/skulljaw_core.cpp
+
+$(FW)/build/skulljaw-sim: $(FW)/sim/sim_main.cpp $(FW_CORE)
+	@mkdir -p $(FW)/build
+	$(CXX) $(CXXFLAGS) -o $@ $(FW)/sim/sim_main.cpp $(FW)/skulljaw/src/skulljaw_core.cpp
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(FW)/build

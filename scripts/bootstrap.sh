@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make demo` and `make test` need on Debian, Ubuntu or Raspberry Pi OS:
 # system packages (only when missing), then a virtual environment with the project in it.
+# --system-only: the system packages alone (make firmware-test needs just g++).
 set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
@@ -18,6 +19,8 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+if [ "${1:-}" = "--system-only" ]; then exit 0; fi
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV"
