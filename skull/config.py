@@ -172,8 +172,44 @@ class JawConfig:
 
 
 @dataclass(frozen=True)
+class BoardConfig:
+    """What drives the jaw, button and LED."""
+    driver: str = "gpio"
+    """gpio: a Raspberry Pi's pins ([pins]); serial: an Arduino with our SKULLJAW firmware;
+    firmata: an Arduino with stock StandardFirmata; sim: simulated (MockFactory button and LED,
+    a jaw that records and models the servo)"""
+    port: str = "auto"
+    """serial and firmata: /dev/ttyACM0, /dev/ttyUSB0, COM3...; auto = the first USB serial port"""
+    baud: int = 0
+    """0 = the driver's default (serial 115200, firmata 57600)"""
+    watchdog_ms: int = 500
+    """serial: the firmware closes and detaches the jaw by itself after this long without a command"""
+    slew: int = 0
+    """serial: jaw speed limit in permille of the travel per second; 0 = none"""
+    servo_pin: int = 9
+    """firmata: the Arduino pin of the servo signal"""
+    button_pin: int = 2
+    """firmata: the Arduino pin of the button (to ground; the internal pull-up is used)"""
+    led_pin: int = 13
+    """firmata: the Arduino pin of the LED"""
+
+    def check(self, where: str) -> None:
+        need(self.driver in ("gpio", "serial", "firmata", "sim"), where, "driver", self.driver,
+             "choose gpio, serial, firmata or sim")
+        need(self.baud in (0, 9600, 19200, 38400, 57600, 115200, 230400), where, "baud", self.baud,
+             "0 (the driver's default) or a standard rate such as 57600 or 115200")
+        need(self.watchdog_ms == 0 or 50 <= self.watchdog_ms <= 60000, where, "watchdog_ms", self.watchdog_ms,
+             "0 (off) or 50..60000 ms")
+        need(0 <= self.slew <= 100000, where, "slew", self.slew, "must be 0..100000 permille per second")
+        pins = (self.servo_pin, self.button_pin, self.led_pin)
+        need(all(2 <= v <= 69 for v in pins) and len(set(pins)) == 3, where, "servo_pin", pins,
+             "three different Arduino pins, 2..69 (0 and 1 carry the serial line)")
+
+
+@dataclass(frozen=True)
 class SkullConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
+    board: BoardConfig = field(default_factory=BoardConfig)
     pins: PinsConfig = field(default_factory=PinsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)

@@ -11,6 +11,7 @@ from .config import SkullConfig
 from .devices import Panel, pin_factory
 from .errors import DeviceError
 from .jaw.gpio import GpioJaw
+from .jaw.sim import SimJaw
 
 log = logging.getLogger("skull.runtime")
 
@@ -20,13 +21,9 @@ def build_body(config: SkullConfig, *, sim: bool, mic_file=None, image=None, aud
     """The skull's devices. ``sim``: gpiozero MockFactory for button, LED and servo.
     ``mic_file``: a WAV played as the microphone; ``image``: a picture used as the camera;
     ``audio`` False: no sound devices at all (the reply is timed by a simulated speaker)."""
-    factory = pin_factory(sim)
     built = []
     try:
-        panel = Panel(config.pins, factory)
-        built.append(panel.close)
-        jaw = GpioJaw(config.pins.servo, config.calibration, pin_factory=factory)
-        built.append(jaw.close)
+        panel, jaw = _panel_and_jaw(config, sim, built)
         if mic_file is not None:
             mic = FileMic(mic_file, chunk_ms=config.audio.chunk_ms, speed=mic_speed)
         elif audio:
@@ -48,3 +45,23 @@ def build_body(config: SkullConfig, *, sim: bool, mic_file=None, image=None, aud
         for close in reversed(built):
             close()
         raise
+
+
+def _panel_and_jaw(config: SkullConfig, sim: bool, built: list):
+    """Button, LED and jaw from [board] driver: a Pi's GPIO (MockFactory with ``sim``), a
+    simulated jaw, or a board on USB serial."""
+    driver = config.board.driver
+    if driver in ("serial", "firmata"):
+        from .boards import open_board
+        board = open_board(config.board, config.calibration)
+        built.append(board.close)
+        return board.panel, board.jaw
+    factory = pin_factory(sim or driver == "sim")
+    panel = Panel(config.pins, factory)
+    built.append(panel.close)
+    if driver == "sim":
+        jaw = SimJaw(config.calibration)
+    else:
+        jaw = GpioJaw(config.pins.servo, config.calibration, pin_factory=factory)
+    built.append(jaw.close)
+    return panel, jaw

@@ -117,6 +117,7 @@ int main(int argc, char **argv) {
   while (!stop) {
     pollfd p[2] = {{master, POLLIN, 0}, {0, POLLIN, 0}};
     int r = poll(p, stdinOpen ? 2 : 1, 1);
+    core.tick(millisNow(), button);  // catch up first: a command sees the state as of its arrival
     if (r > 0 && (p[0].revents & POLLIN)) {
       char buf[256];
       ssize_t n = read(master, buf, sizeof buf);

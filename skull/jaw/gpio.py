@@ -26,7 +26,8 @@ class GpioJaw:
             self._servo = Servo(pin, initial_value=None, min_pulse_width=lo / 1e6, max_pulse_width=hi / 1e6,
                                 pin_factory=pin_factory)
         except Exception as exc:
-            raise DeviceError(f"cannot drive the jaw servo on GPIO{pin}: {exc}; check the pin number in "
+            raise DeviceError(f"cannot drive the jaw servo on GPIO{pin}: {exc or type(exc).__name__}; check the pin "
+                              f"number in "
                               f"skull.toml [pins] servo and that no other program uses it") from exc
         self._lo, self._hi = lo, hi
         self._lock = threading.Lock()

@@ -1,0 +1,100 @@
+"""A simulated jaw: records every command with its time and models where the servo horn
+physically is, so tests and replays can see the jaw's real motion and not only the commands.
+
+The servo model: a hobby servo picks up a new pulse at its next 20 ms frame, then turns toward
+it at its rated speed (0.10 s per 60 degrees by default), over ``throw_deg`` of travel between
+closed and open. Commands are clamped to the calibrated range like every jaw driver's.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+from ..config import Calibration
+
+
+class SimJaw:
+    def __init__(self, calibration: Calibration, *, throw_deg: float = 25.0, sec_per_60deg: float = 0.10,
+                 frame_s: float = 0.020, clock=time.monotonic):
+        self.calibration = calibration
+        self._lo, self._hi = sorted((calibration.closed_us, calibration.open_us))
+        self.throw_deg, self.sec_per_60deg, self.frame_s = throw_deg, sec_per_60deg, frame_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.opening = 0.0
+        self.attached = False
+        self.closed = False
+        self.t0 = clock()
+        #: (time, opening, pulse width in microseconds or None when detached)
+        self.log: list[tuple[float, float, float | None]] = []
+
+    def pulse_us(self, opening: float) -> float:
+        c = self.calibration
+        return c.closed_us + (c.open_us - c.closed_us) * opening
+
+    def move(self, opening: float) -> None:
+        if not isinstance(opening, (int, float)) or math.isnan(opening):
+            opening = 0.0
+        opening = min(1.0, max(0.0, float(opening)))
+        us = min(self._hi, max(self._lo, self.pulse_us(opening)))
+        with self._lock:
+            if self.closed:
+                return
+            self.opening, self.attached = opening, True
+            self.log.append((self.clock(), opening, us))
+
+    def detach(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.attached = False
+            self.log.append((self.clock(), self.opening, None))
+
+    def close(self, settle_s: float = 0.0) -> None:
+        """Shut, (optionally wait for the horn to get there), detach. Safe to call twice."""
+        if self.closed:
+            return
+        self.move(0.0)
+        if settle_s:
+            time.sleep(settle_s)
+        self.detach()
+        self.closed = True
+
+    @property
+    def pulse_width_us(self) -> float | None:
+        return self.log[-1][2] if self.log else None
+
+    def physical(self, times) -> list[float]:
+        """Where the horn is (opening 0..1) at each of ``times`` (same clock as the log)."""
+        return physical_positions(self.log, times, self.throw_deg, self.sec_per_60deg, self.frame_s, self.t0)
+
+
+def physical_positions(log, times, throw_deg: float = 25.0, sec_per_60deg: float = 0.10,
+                       frame_s: float = 0.020, t0: float = 0.0) -> list[float]:
+    """Replay a command log through the servo model: where the horn is (0..1) at each of the
+    ascending ``times``. A command takes effect at the next servo frame; a detached servo
+    stays where it is."""
+    speed = 60.0 / sec_per_60deg / throw_deg  # openings per second
+    effective = sorted(((t0 + math.ceil((te - t0) / frame_s - 1e-9) * frame_s, opening, us) for te, opening, us in log),
+                       key=lambda e: e[0])  # stable: commands in one frame keep their order
+    out, pos, target, now, i = [], 0.0, None, None, 0
+    for t in times:
+        while i < len(effective) and effective[i][0] <= t:
+            te, opening, us = effective[i]
+            if now is not None and target is not None:
+                pos = _approach(pos, target, speed * (te - now))
+            now, target = te, (opening if us is not None else None)
+            i += 1
+        if now is not None:
+            if target is not None:
+                pos = _approach(pos, target, speed * (t - now))
+            now = t
+        out.append(pos)
+    return out
+
+
+def _approach(pos: float, target: float, step: float) -> float:
+    if abs(target - pos) <= step:
+        return target
+    return pos + step if target > pos else pos - step
