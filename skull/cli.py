@@ -115,6 +115,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from .doctor import diagnose
+    cfg = _skull_config(args)
+    findings = diagnose(cfg)
+    width = max(len(f.what) for f in findings)
+    for f in findings:
+        print(f"{f.status:<4}  {f.what:<{width}}  {f.detail}", flush=True)
+    failed = [f.what for f in findings if f.status == "FAIL"]
+    print("all good" if not failed else f"{len(failed)} problem(s): {', '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
 def cmd_demo(args) -> int:
     from rich.console import Console
 
@@ -163,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-audio", action="store_true", help="no sound devices (needs --mic-file)")
     r.add_argument("--record", help="record each turn under this folder (turn-001/, turn-002/...)")
     r.set_defaults(func=cmd_run)
+
+    dr = sub.add_parser("doctor", help="check the skull's devices, boards, calibration and host, and say what to fix")
+    dr.add_argument("--config", help="skull.toml")
+    dr.add_argument("--url", help="host websocket URL (default from skull.toml)")
+    dr.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
+    dr.add_argument("--name", help="this skull's name")
+    dr.set_defaults(func=cmd_doctor)
 
     d = sub.add_parser("demo", help="host and simulated skull in one process answer a question")
     d.add_argument("--question", help="the question, a WAV file (any rate, mono or stereo); default: bundled")

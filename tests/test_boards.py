@@ -94,7 +94,6 @@ def test_firmware_simulator_contract(fwsim):
     time.sleep(max(0.0, t0 + 0.320 - time.monotonic()))  # the watchdog time plus one servo frame
     status = say("S")
     assert "pos=0 " in status and "attached=0" in status and "us=1100" in status, status
-    assert time.monotonic() - t0 < 0.6
     port.close()
 
 

@@ -57,3 +57,19 @@ def test_fake_runs_by_hand():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_doctor_reports_every_part_and_fails_without_a_host():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "skull", "doctor", "--url", f"ws://127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    lines = r.stdout.splitlines()
+    for part in ("microphone", "speaker", "camera", "GPIO", "calibration", "host"):
+        assert any(re.match(rf"(OK|WARN|FAIL)\s+{part}\b", ln) for ln in lines), (part, r.stdout)
+    host = next(ln for ln in lines if re.match(r"\w+\s+host\b", ln))
+    assert host.startswith("FAIL") and f"127.0.0.1:{port} not reachable" in host and "start 'skull host'" in host
+    assert re.search(r"\d+ problem\(s\): .*host", lines[-1])

@@ -122,6 +122,14 @@ static void test_watchdog_closes_then_detaches() {
   for (uint32_t t = 301; t <= 320; t++) core.tick(t, false);
   CHECK(!hal.attached && !core.attached());
   CHECK(say(core, hal, "S", 320).find("pos=0 target=0 us=1300 attached=0 led=0") != std::string::npos);
+  // a late tick (a busy loop) still closes and detaches as of the due time
+  FakeHal hal2;
+  Core late(hal2);
+  late.begin(0);
+  say(late, hal2, "W 300", 0);
+  say(late, hal2, "J 900", 0);
+  late.tick(500, false);
+  CHECK(!hal2.attached && late.position() == 0 && hal2.lastUs == 1300);
   // a command feeds it again
   say(core, hal, "J 100", 400);
   for (uint32_t t = 401; t < 700; t++) core.tick(t, false);

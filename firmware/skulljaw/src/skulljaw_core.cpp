@@ -212,7 +212,8 @@ void Core::tick(uint32_t nowMs, bool buttonDown) {
     if (attached_) {  // one frame of the closing pulse, then detach
       hal_.servoWriteUs(usFor(0));
       detachAfterFrame_ = true;
-      lastFrameMs_ = nowMs;
+      // frames count from when the watchdog was due, so a late tick catches up at once
+      lastFrameMs_ = lastCommandMs_ + watchdogMs_;
     }
     hal_.send("X watchdog");
   }
