@@ -192,10 +192,15 @@ class BoardConfig:
     """firmata: the Arduino pin of the button (to ground; the internal pull-up is used)"""
     led_pin: int = 13
     """firmata: the Arduino pin of the LED"""
+    pin_factory: str = ""
+    """gpio: gpiozero pin factory (lgpio on a Pi 5, pigpio with its daemon, rpigpio, native);
+    empty = GPIOZERO_PIN_FACTORY or gpiozero's own choice"""
 
     def check(self, where: str) -> None:
         need(self.driver in ("gpio", "serial", "firmata", "sim"), where, "driver", self.driver,
              "choose gpio, serial, firmata or sim")
+        need(self.pin_factory in ("", "lgpio", "pigpio", "rpigpio", "native", "mock"), where, "pin_factory",
+             self.pin_factory, "empty, lgpio, pigpio, rpigpio, native or mock")
         need(self.baud in (0, 9600, 19200, 38400, 57600, 115200, 230400), where, "baud", self.baud,
              "0 (the driver's default) or a standard rate such as 57600 or 115200")
         need(self.watchdog_ms == 0 or 50 <= self.watchdog_ms <= 60000, where, "watchdog_ms", self.watchdog_ms,

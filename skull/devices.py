@@ -13,12 +13,15 @@ from .config import PinsConfig
 from .errors import DeviceError
 
 
-def pin_factory(sim: bool):
-    """MockFactory (with PWM pins for the servo) when simulated; otherwise gpiozero's default,
-    which honours GPIOZERO_PIN_FACTORY (lgpio on a Pi 5, pigpio where its daemon runs)."""
+def pin_factory(sim: bool, name: str = ""):
+    """MockFactory (with PWM pins for the servo) when simulated; otherwise ``name`` ([board]
+    pin_factory: lgpio, pigpio, rpigpio, native) or gpiozero's default, which honours
+    GPIOZERO_PIN_FACTORY (lgpio on a Pi 5, pigpio where its daemon runs)."""
     if sim:
         from gpiozero.pins.mock import MockFactory, MockPWMPin
         return MockFactory(pin_class=MockPWMPin)
+    if name:
+        os.environ["GPIOZERO_PIN_FACTORY"] = name
     try:
         from gpiozero import Device
         return Device._default_pin_factory()

@@ -108,6 +108,8 @@ def _gpio(config: SkullConfig) -> list[Finding]:
     import warnings
     try:
         from gpiozero import Device
+        if config.board.pin_factory:
+            os.environ["GPIOZERO_PIN_FACTORY"] = config.board.pin_factory
         with warnings.catch_warnings():  # gpiozero warns about each factory it falls back from
             warnings.simplefilter("ignore")
             factory = Device._default_pin_factory()

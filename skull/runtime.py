@@ -56,7 +56,7 @@ def _panel_and_jaw(config: SkullConfig, sim: bool, built: list):
         board = open_board(config.board, config.calibration)
         built.append(board.close)
         return board.panel, board.jaw
-    factory = pin_factory(sim or driver == "sim")
+    factory = pin_factory(sim or driver == "sim", config.board.pin_factory)
     panel = Panel(config.pins, factory)
     built.append(panel.close)
     if driver == "sim":
