@@ -118,7 +118,7 @@ def main() -> int:
             s.stop()
     stats, stages = out["stats"], out["stages"]
     calls = {name: dict(s.counts) for name, s in servers.items()}
-    print(f"fake servers (ok/fail/crash): " + "  ".join(
+    print("fake servers (ok/fail/crash): " + "  ".join(
         f"{k} {v['ok']}/{v['fail']}/{v['crash']}" for k, v in calls.items()))
     logged_errors = len(re.findall(r" ERROR ", log_text))
     unlogged = unlogged_tracebacks(log_text)

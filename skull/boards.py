@@ -11,13 +11,13 @@ closed, the servo detached and the LED turned off.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
 
 from .config import BoardConfig, Calibration
 from .errors import DeviceError
+from .jaw import pulse_us, safe_opening
 
 log = logging.getLogger("skull.board")
 
@@ -78,20 +78,16 @@ class BoardJaw:
 
     def __init__(self, board, calibration: Calibration):
         self.board, self.calibration = board, calibration
-        self._lo, self._hi = sorted((calibration.closed_us, calibration.open_us))
         self.opening, self.attached, self.closed = 0.0, False, False
         self._lock = threading.Lock()
         #: (monotonic time, opening, pulse width in microseconds or None when detached)
         self.log: list[tuple[float, float, float | None]] = []
 
     def pulse_us(self, opening: float) -> float:
-        c = self.calibration
-        return min(self._hi, max(self._lo, c.closed_us + (c.open_us - c.closed_us) * opening))
+        return pulse_us(self.calibration, opening)
 
     def move(self, opening: float) -> None:
-        if not isinstance(opening, (int, float)) or math.isnan(opening):
-            opening = 0.0
-        opening = min(1.0, max(0.0, float(opening)))
+        opening = safe_opening(opening)
         with self._lock:
             if self.closed:
                 return

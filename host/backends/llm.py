@@ -10,6 +10,7 @@ picture instead of failing.
 """
 from __future__ import annotations
 
+import abc
 import base64
 import logging
 import threading
@@ -53,7 +54,7 @@ def user_text(ctx: ReplyContext, with_image: bool) -> str:
     return said
 
 
-class _Chat:
+class _Chat(abc.ABC):
     """What both chat APIs share: prompts, history, the image fallback, the stage's options."""
 
     name = "chat"
@@ -70,17 +71,21 @@ class _Chat:
 
     # --- subclasses ---------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _request(self, messages: list, stream: bool):
-        raise NotImplementedError
+        """Implemented by each API."""
 
+    @abc.abstractmethod
     def _pieces(self, resp, cancel) -> Iterator[str]:
-        raise NotImplementedError
+        """Implemented by each API."""
 
+    @abc.abstractmethod
     def _whole(self, resp) -> str:
-        raise NotImplementedError
+        """Implemented by each API."""
 
+    @abc.abstractmethod
     def _message(self, role: str, text: str, image: bytes | None) -> dict:
-        raise NotImplementedError
+        """Implemented by each API."""
 
     # --- shared -------------------------------------------------------------------------
 

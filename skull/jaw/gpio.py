@@ -6,13 +6,13 @@ it does not buzz and draw current at rest.
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 
 from gpiozero import Servo
 
 from ..config import Calibration
+from . import pulse_us, safe_opening
 from ..errors import DeviceError
 
 
@@ -37,15 +37,12 @@ class GpioJaw:
         self.log: list[tuple[float, float, float | None]] = [] if keep_log else None
 
     def pulse_us(self, opening: float) -> float:
-        c = self.calibration
-        return c.closed_us + (c.open_us - c.closed_us) * opening
+        return pulse_us(self.calibration, opening)
 
     def move(self, opening: float) -> None:
         """Set the jaw opening; out-of-range or NaN values are clamped (NaN closes)."""
-        if not isinstance(opening, (int, float)) or math.isnan(opening):
-            opening = 0.0
-        opening = min(1.0, max(0.0, float(opening)))
-        us = min(self._hi, max(self._lo, self.pulse_us(opening)))
+        opening = safe_opening(opening)
+        us = self.pulse_us(opening)
         with self._lock:
             if self._servo.closed:
                 return

@@ -12,13 +12,13 @@ import threading
 import time
 
 from ..config import Calibration
+from . import pulse_us, safe_opening
 
 
 class SimJaw:
     def __init__(self, calibration: Calibration, *, throw_deg: float = 25.0, sec_per_60deg: float = 0.10,
                  frame_s: float = 0.020, clock=time.monotonic):
         self.calibration = calibration
-        self._lo, self._hi = sorted((calibration.closed_us, calibration.open_us))
         self.throw_deg, self.sec_per_60deg, self.frame_s = throw_deg, sec_per_60deg, frame_s
         self.clock = clock
         self._lock = threading.Lock()
@@ -30,14 +30,11 @@ class SimJaw:
         self.log: list[tuple[float, float, float | None]] = []
 
     def pulse_us(self, opening: float) -> float:
-        c = self.calibration
-        return c.closed_us + (c.open_us - c.closed_us) * opening
+        return pulse_us(self.calibration, opening)
 
     def move(self, opening: float) -> None:
-        if not isinstance(opening, (int, float)) or math.isnan(opening):
-            opening = 0.0
-        opening = min(1.0, max(0.0, float(opening)))
-        us = min(self._hi, max(self._lo, self.pulse_us(opening)))
+        opening = safe_opening(opening)
+        us = self.pulse_us(opening)
         with self._lock:
             if self.closed:
                 return
