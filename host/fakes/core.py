@@ -10,6 +10,7 @@ connection mid-response); ``warmup_s`` (added to the first call, as a model load
 """
 from __future__ import annotations
 
+import abc
 import json
 import random
 import socket
@@ -151,7 +152,7 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class FakeServer:
+class FakeServer(abc.ABC):
     """Base of the fakes: subclasses implement ``handle(h)`` with the real server's contract."""
 
     kind = "fake"
@@ -199,8 +200,9 @@ class FakeServer:
         with self._lock:
             self.requests.append((h.command, h.path, dict(h.headers), h.body))
 
-    def handle(self, h: Handler) -> None:  # pragma: no cover - every fake overrides it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def handle(self, h: Handler) -> None:
+        """Answer one request as the real server would."""
 
     # --- knobs --------------------------------------------------------------------------
 
@@ -234,6 +236,23 @@ class FakeServer:
         """Wait until the delay plus ``units`` of work have passed ``since`` the request came in
         (one whole answer)."""
         self.wait_until(since + self.first_wait() + self.scaled(self.knobs.per_unit_s * units))
+
+    def stream_tokens(self, toks: list, due: float, outcome: str, send_token, send_error) -> bool:
+        """Send ``toks`` one ``per_unit_s`` apart after ``due`` (however long writing takes). A
+        failing call is cut at a random token: the connection drops ('crash') or the server's
+        own error goes out ('fail'). True when every token was sent."""
+        cut = self.rng.randrange(len(toks)) if outcome != "ok" and toks else -1
+        for i, tok in enumerate(toks):
+            if i:
+                due += self.scaled(self.knobs.per_unit_s)
+                self.wait_until(due)
+            if i == cut:
+                if outcome == "crash":
+                    raise Crash
+                send_error()
+                return False
+            send_token(tok)
+        return True
 
     @staticmethod
     def wait_until(t: float) -> None:

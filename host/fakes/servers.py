@@ -356,17 +356,11 @@ class LlamaCppFake(FakeServer, _ReplyMixin):
 
         event({**base, "choices": [{"finish_reason": None, "index": 0,
                                     "delta": {"role": "assistant", "content": None}}]})
-        cut = self.rng.randrange(len(toks)) if outcome != "ok" and toks else -1
-        for i, tok in enumerate(toks):
-            if i:  # token i is due one scaled unit after token i-1, however long writing took
-                due += self.scaled(self.knobs.per_unit_s)
-                self.wait_until(due)
-            if i == cut:
-                if outcome == "crash":
-                    raise Crash
-                event({"error": {"code": 500, "message": "the model failed to decode", "type": "server_error"}})
-                return h.end_stream()
-            event({**base, "choices": [{"finish_reason": None, "index": 0, "delta": {"content": tok}}]})
+        error = {"error": {"code": 500, "message": "the model failed to decode", "type": "server_error"}}
+        if not self.stream_tokens(toks, due, outcome, lambda tok: event(
+                {**base, "choices": [{"finish_reason": None, "index": 0, "delta": {"content": tok}}]}),
+                lambda: event(error)):
+            return h.end_stream()
         event({**base, "choices": [{"finish_reason": finish, "index": 0, "delta": {}}],
                "timings": {"predicted_n": len(toks)}})
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -473,18 +467,11 @@ class OllamaFake(FakeServer, _ReplyMixin):
         if outcome == "fail" and self.rng.random() < 0.5:
             return h.send_json(500, {"error": "llama runner process has terminated: exit status 2"})
         h.start_stream("application/x-ndjson")
-        cut = self.rng.randrange(len(toks)) if outcome != "ok" and toks else -1
-        for i, tok in enumerate(toks):
-            if i:  # token i is due one scaled unit after token i-1, however long writing took
-                due += self.scaled(self.knobs.per_unit_s)
-                self.wait_until(due)
-            if i == cut:
-                if outcome == "crash":
-                    raise Crash
-                h.chunk(json.dumps({"error": "llama runner process has terminated: exit status 2"}) + "\n")
-                return h.end_stream()
-            h.chunk(json.dumps({"model": model, "created_at": now, "message": {"role": "assistant", "content": tok},
-                                "done": False}) + "\n")
+        error = json.dumps({"error": "llama runner process has terminated: exit status 2"}) + "\n"
+        if not self.stream_tokens(toks, due, outcome, lambda tok: h.chunk(json.dumps(
+                {"model": model, "created_at": now, "message": {"role": "assistant", "content": tok},
+                 "done": False}) + "\n"), lambda: h.chunk(error)):
+            return h.end_stream()
         h.chunk(json.dumps(final) + "\n")
         h.end_stream()
 
