@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from skull import protocol as p
+from skull.audio.envelope import JawShape
 from skull.errors import ConfigError, ProtocolError
 
 from .build import build_backends
@@ -41,9 +42,15 @@ class Conversation:
 class SkullSession:
     """One connected skull: reads its frames, runs its turns, answers errors."""
 
-    def __init__(self, ws: ServerConnection, host: "Host", conversation: Conversation, play_rate: int = 0):
+    def __init__(self, ws: ServerConnection, host: "Host", conversation: Conversation, play_rate: int = 0,
+                 jaw_shape: dict | None = None):
         self.ws, self.host, self.conversation = ws, host, conversation
         self.play_rate = play_rate
+        # the skull's [shape] keys over the host's own: this skull's jaw tracks are made with it
+        try:
+            self.shape = JawShape.from_dict({**host.config.shape.to_dict(), **(jaw_shape or {})}, "jaw shape")
+        except ConfigError:  # the mix does not hold together: the skull's own shape alone
+            self.shape = JawShape.from_dict(jaw_shape or {}, "jaw shape")
         self.played: dict[int, float] = {}
         """first_audio of recent turns, as the skull measured it"""
         self.reader = p.FrameReader(p.CLIENT_MESSAGES)
@@ -85,7 +92,7 @@ class SkullSession:
         if isinstance(msg, p.Listen):
             self._cancel_turn()  # a new press abandons whatever turn was running
             self.turn = Turn(msg.turn, self.host.backends, self.host.config, tuple(self.conversation.history),
-                             play_rate=self.play_rate, filter=self.host.filter)
+                             play_rate=self.play_rate, filter=self.host.filter, shape=self.shape)
             self.task, self._warned_long = None, False
             await self.send(p.Ack(msg.turn, "listen"))
             return
@@ -227,7 +234,7 @@ class Host:
             if conv is None:
                 conv = self.conversations[hello.skull] = Conversation(
                     hello.skull, collections.deque(maxlen=self.config.history_turns))
-            session = self.sessions[hello.skull] = SkullSession(ws, self, conv, hello.play_rate)
+            session = self.sessions[hello.skull] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
             await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
                                          self.config.server.max_record_s))
             log.info("skull %s connected from %s", hello.skull, ws.remote_address)

@@ -61,6 +61,8 @@ class Turn:
     play_rate: int = 0
     """the skull speaker's rate; speech is resampled to it (0: send the voice's own rate)"""
     filter: FamilyFilter = field(default_factory=FamilyFilter)
+    shape: JawShape | None = None
+    """this skull's jaw shape (None: the host's [shape])"""
     audio: bytearray = field(default_factory=bytearray)
     stream: p.AudioStart | None = None
     image: bytes | None = None
@@ -287,7 +289,7 @@ class Voice:
             return
         t._mark("tts_first_segment")
         await self.send(*speech_segment(t.turn, self.segments, text, speech.samples, speech.rate,
-                                        t.config.shape, t.play_rate))
+                                        t.shape or t.config.shape, t.play_rate))
         self.segments += 1
         self.spoken.append(text)
 

@@ -42,7 +42,8 @@ class Agent:
                  on_change: Callable[["Agent"], None] | None = None, reply_timeout_s: float = 90.0):
         self.config, self.body = config, body
         self.machine = m.TalkMachine()
-        self.link = Link(config.link, self._on_message, self._on_link, play_rate=int(body.player.rate))
+        self.link = Link(config.link, self._on_message, self._on_link, play_rate=int(body.player.rate),
+                         jaw_shape=config.shape.to_dict())
         self.follower = JawFollower(body.player, body.jaw, frame_hz=config.jaw.frame_hz,
                                     lead_ms=config.calibration.lead_ms)
         self.record_dir = Path(record_dir) if record_dir else None

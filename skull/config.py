@@ -111,7 +111,7 @@ class Calibration:
     """pulse width with the jaw shut, microseconds"""
     open_us: float = 1700.0
     """pulse width with the jaw fully open, microseconds (may be below closed_us: reversed servo)"""
-    lead_ms: float = 60.0
+    lead_ms: float = 45.0
     """how early the jaw is commanded ahead of the sound (servo travel + frame wait)"""
 
     def check(self, where: str) -> None:

@@ -41,9 +41,12 @@ OnState = Callable[[bool], Awaitable[None]]
 
 
 class Link:
-    def __init__(self, config: LinkConfig, on_message: OnMessage, on_state: OnState, play_rate: int = 0):
+    def __init__(self, config: LinkConfig, on_message: OnMessage, on_state: OnState, play_rate: int = 0,
+                 jaw_shape: dict | None = None):
         self.config = config
         self.play_rate = play_rate
+        self.jaw_shape = jaw_shape or {}
+        """this skull's [shape] keys, told to the host, which makes the jaw tracks with them"""
         """the speaker's rate, told to the host so speech arrives ready to play"""
         self.on_message, self.on_state = on_message, on_state
         self.connected = False
@@ -95,7 +98,7 @@ class Link:
 
     async def _serve(self, ws) -> None:
         c = self.config
-        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate))[0])
+        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate, self.jaw_shape))[0])
         try:
             first = await asyncio.wait_for(ws.recv(), 10)
         except ConnectionClosed as exc:

@@ -100,12 +100,25 @@ class Hello(Message):
     token: str = ""
     play_rate: int = 0
     """the skull speaker's sample rate; speech then arrives at it (0: any rate, the skull resamples)"""
+    jaw_shape: dict = field(default_factory=dict)
+    """the skull's [shape] (only keys that differ from the defaults): the host makes this skull's
+    jaw tracks with it"""
 
     def validate(self) -> None:
         if not self.skull.strip():
             raise _fail(E_BAD_FIELD, "field 'skull' must name the skull, got an empty string")
         if self.play_rate != 0 and not 8000 <= self.play_rate <= 192000:
             raise _fail(E_BAD_FIELD, f"field 'play_rate' must be 0 or 8000..192000 Hz, got {self.play_rate}")
+        self.shape()
+
+    def shape(self):
+        """The jaw shape this skull asked for (the defaults where it said nothing)."""
+        from .audio.envelope import JawShape
+        from .errors import ConfigError
+        try:
+            return JawShape.from_dict(self.jaw_shape, "field 'jaw_shape'")
+        except ConfigError as exc:
+            raise _fail(E_BAD_FIELD, str(exc)) from None
 
 
 @dataclass(frozen=True)

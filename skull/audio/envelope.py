@@ -1,105 +1,284 @@
 """Loudness -> jaw opening: the one mapping both the host (precomputed tracks) and the skull
-(live level) use. Never copy it.
+(live level) use. Never copy it: the host imports :func:`jaw_track`, the skull's live mode
+feeds :class:`LiveEnvelope`, and both run :meth:`JawMapper.map`.
 
-The chain per frame (``fps`` frames per second, 100 by default):
+The chain per frame (``fps`` frames per second, 100 by default), each step a ``[shape]`` knob:
 
-1. speech-band level: energy of the 300-3000 Hz band (where vowels open the mouth; plosive
-   thumps below and sibilants above, spoken with teeth together, are left out), in dBFS;
+1. speech-band level: energy of the ``band_hz`` band (where vowels open the mouth; plosive
+   thumps below and sibilants above, spoken with teeth together, are left out), in dBFS.
+   ``band_weights`` instead sums weighted sub-bands, like the boards that listen to three
+   voice bands only;
 2. noise gate: frames quieter than ``gate_dbfs`` keep the jaw shut;
-3. gain: ``ref_dbfs`` is the level that opens the jaw fully; with ``None`` it is taken from the
-   clip's own statistics (its 95th-percentile level), so quiet and loud voices both use the
-   whole travel; ``range_db`` below it the jaw is closed;
+3. gain: ``ref_dbfs`` is the level that opens the jaw fully; left unset, it is taken from the
+   clip's own statistics (its ``ref_percentile`` level), so quiet and loud voices both use the
+   whole travel; ``range_db`` below it the jaw is closed. A steady bed (music, hum, a crowd)
+   that never dips for ``steady_ms`` raises that floor to its own quietest level, so only what
+   rises above it opens the jaw;
 4. curve: opening ** ``curve`` (below 1 opens wider on soft syllables);
-5. attack/release: a one-pole follower, fast to open, slower to close, so the jaw does not
-   chatter;
-6. clamp to 0..``max_open`` (a fraction of the calibrated range; the driver maps it to pulses);
-   openings under ``snap_closed`` count as shut (exactly 0), so the release tail does not keep
-   the servo twitching a hair open between words.
+5. attack/release: a one-pole follower, fast to open (``attack_ms``), slower to close
+   (``release_ms``);
+6. hold: once the jaw has opened it waits ``hold_ms`` before it starts closing, so it does not
+   chatter on the dips inside a syllable;
+7. deadband: changes smaller than ``deadband`` are not sent (the servo would only buzz);
+8. clamp to 0..``max_open`` (a fraction of the calibrated range; the driver maps it to pulses
+   and never leaves the calibrated range); openings under ``snap_closed`` count as shut.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class JawShape:
     fps: int = 100
-    """jaw frames per second"""
+    """jaw frames per second of a track"""
     band_hz: tuple = (300.0, 3000.0)
     """speech band whose energy drives the jaw, Hertz"""
+    band_weights: tuple = ()
+    """optional [[low_hz, high_hz, weight], ...] sub-bands summed instead of the flat band"""
     gate_dbfs: float = -50.0
     """below this level the jaw stays closed"""
     ref_dbfs: float | None = None
-    """level that opens the jaw fully; None = from the clip (95th percentile of gated frames)"""
+    """level that opens the jaw fully; None = from the clip (its ref_percentile level)"""
+    ref_percentile: float = 95.0
+    """which percentile of the clip's voiced frames opens the jaw fully (automatic gain)"""
     range_db: float = 30.0
     """how far below the reference level the jaw is closed"""
-    curve: float = 0.8
+    steady_ms: float = 1000.0
+    """a sound that never dips for this long is a steady bed (music, hum, a crowd): the jaw opens
+    only on what rises above its quietest level of that window; 0 = off"""
+    curve: float = 1.2
+    """opening = level ** curve; below 1 opens wider on soft syllables, above 1 only on loud ones"""
     attack_ms: float = 15.0
     """time constant to open"""
-    release_ms: float = 60.0
+    release_ms: float = 30.0
     """time constant to close"""
+    hold_ms: float = 20.0
+    """an opened jaw waits this long before it starts closing"""
+    deadband: float = 0.02
+    """changes smaller than this (fraction of the travel) are not sent"""
     max_open: float = 1.0
-    """fraction of the calibrated travel the track may use, 0..1"""
-    snap_closed: float = 0.01
+    """fraction of the calibrated travel the jaw may use, 0..1"""
+    snap_closed: float = 0.03
     """openings below this are sent as fully closed"""
 
+    def check(self, where: str = "[shape]") -> None:
+        def need(ok, key, rule):
+            if not ok:
+                raise ConfigError(f"{where}.{key} = {getattr(self, key)!r} is out of range: {rule}")
+        need(10 <= self.fps <= 1000, "fps", "must be 10..1000 frames per second")
+        lo_hi = tuple(self.band_hz)
+        need(len(lo_hi) == 2 and all(isinstance(v, (int, float)) for v in lo_hi) and 20 <= lo_hi[0] < lo_hi[1] <= 20000,
+             "band_hz", "must be [low, high] Hertz with 20 <= low < high <= 20000")
+        for b in self.band_weights:
+            need(isinstance(b, (list, tuple)) and len(b) == 3 and all(isinstance(v, (int, float)) for v in b)
+                 and 20 <= b[0] < b[1] <= 20000 and b[2] >= 0, "band_weights",
+                 "each entry must be [low_hz, high_hz, weight] with 20 <= low < high <= 20000 and weight >= 0")
+        need(not self.band_weights or any(b[2] > 0 for b in self.band_weights), "band_weights",
+             "at least one band needs a weight above 0")
+        need(-120 <= self.gate_dbfs <= 0, "gate_dbfs", "must be -120..0 dBFS")
+        need(self.ref_dbfs is None or -100 <= self.ref_dbfs <= 0, "ref_dbfs", "must be -100..0 dBFS, or left out (automatic)")
+        need(50 <= self.ref_percentile <= 100, "ref_percentile", "must be 50..100")
+        need(3 <= self.range_db <= 90, "range_db", "must be 3..90 dB")
+        need(self.steady_ms == 0 or 100 <= self.steady_ms <= 10000, "steady_ms", "must be 0 (off) or 100..10000 ms")
+        need(0.1 <= self.curve <= 5, "curve", "must be 0.1..5")
+        need(0 <= self.attack_ms <= 1000, "attack_ms", "must be 0..1000 ms")
+        need(0 <= self.release_ms <= 2000, "release_ms", "must be 0..2000 ms")
+        need(0 <= self.hold_ms <= 1000, "hold_ms", "must be 0..1000 ms")
+        need(0 <= self.deadband <= 0.5, "deadband", "must be 0..0.5")
+        need(0 < self.max_open <= 1, "max_open", "must be above 0 and at most 1")
+        need(0 <= self.snap_closed < self.max_open, "snap_closed", "must be 0 or more and below max_open")
 
-def frame_levels_dbfs(x: np.ndarray, rate: int, shape: JawShape = JawShape()) -> np.ndarray:
-    """Speech-band level of each jaw frame of mono float audio, dBFS (a full-scale sine ~ -3)."""
-    hop = rate / shape.fps
-    n_frames = int(np.ceil(len(x) / hop)) if len(x) else 0
-    win = max(16, int(round(2 * hop)))  # 2-frame window centred on the frame
+    def to_dict(self) -> dict:
+        """For the ``hello`` message: only what differs from the defaults."""
+        default = JawShape()
+        return {k: (list(map(list, v)) if k == "band_weights" else list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(self).items() if v != getattr(default, k)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "jaw_shape") -> "JawShape":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(names)}")
+        kw = {}
+        for k, v in d.items():
+            if k in ("band_hz", "band_weights"):
+                if not isinstance(v, (list, tuple)):
+                    raise ConfigError(f"{where}.{k} = {v!r} has the wrong type; it must be a list")
+                kw[k] = tuple(tuple(b) if isinstance(b, (list, tuple)) else b for b in v)
+            elif k == "fps":
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ConfigError(f"{where}.fps = {v!r} has the wrong type; it must be int")
+                kw[k] = v
+            elif v is None and k == "ref_dbfs":
+                kw[k] = None
+            else:
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                    raise ConfigError(f"{where}.{k} = {v!r} has the wrong type; it must be a number")
+                kw[k] = float(v)
+        shape = cls(**kw)
+        shape.check(where)
+        return shape
+
+
+def _bands(shape: JawShape) -> list[tuple[float, float, float]]:
+    if shape.band_weights:
+        return [(float(lo), float(hi), float(w)) for lo, hi, w in shape.band_weights]
+    return [(float(shape.band_hz[0]), float(shape.band_hz[1]), 1.0)]
+
+
+def window_samples(rate: int, shape: JawShape) -> int:
+    """Samples in one level window: two jaw frames."""
+    return max(16, int(round(2 * rate / shape.fps)))
+
+
+def levels_of_windows(frames: np.ndarray, rate: int, shape: JawShape) -> np.ndarray:
+    """Speech-band level (dBFS, a full-scale sine reads about -3) of each row of ``frames``."""
+    win = frames.shape[1]
     nfft = 1 << (win - 1).bit_length()
     freqs = np.fft.rfftfreq(nfft, 1.0 / rate)
-    band = (freqs >= shape.band_hz[0]) & (freqs <= shape.band_hz[1])
+    weights = np.zeros(len(freqs))
+    for lo, hi, w in _bands(shape):
+        weights[(freqs >= lo) & (freqs <= hi)] += w
     window = np.hanning(win).astype(np.float32)
-    norm = np.sum(window ** 2) * nfft / 2.0  # so a full-scale sine reads about -3 dBFS
-    padded = np.concatenate([np.zeros(win // 2, np.float32), x.astype(np.float32), np.zeros(win, np.float32)])
-    starts = (np.arange(n_frames) * hop).astype(int)
-    frames = np.stack([padded[s:s + win] for s in starts]) if n_frames else np.zeros((0, win), np.float32)
+    norm = np.sum(window ** 2) * nfft / 2.0
     spec = np.abs(np.fft.rfft(frames * window, nfft, axis=1)) ** 2
-    energy = spec[:, band].sum(axis=1) / norm
+    energy = spec @ weights / norm
     return 10.0 * np.log10(energy + 1e-12)
 
 
+def frame_levels_dbfs(x: np.ndarray, rate: int, shape: JawShape = JawShape()) -> np.ndarray:
+    """Speech-band level of each jaw frame of mono float audio, dBFS; frame k is centred on
+    k / fps seconds (the host knows the audio in advance)."""
+    hop = rate / shape.fps
+    n_frames = int(np.ceil(len(x) / hop)) if len(x) else 0
+    win = window_samples(rate, shape)
+    if not n_frames:
+        return np.zeros(0)
+    padded = np.concatenate([np.zeros(win // 2, np.float32), np.asarray(x, np.float32), np.zeros(win, np.float32)])
+    starts = (np.arange(n_frames) * hop).astype(int)
+    return levels_of_windows(np.stack([padded[s:s + win] for s in starts]), rate, shape)
+
+
 def reference_dbfs(levels_dbfs: np.ndarray, shape: JawShape = JawShape()) -> float:
-    """The level that opens the jaw fully: ``shape.ref_dbfs`` or the clip's 95th percentile."""
+    """The level that opens the jaw fully: ``shape.ref_dbfs``, or the clip's own
+    ``ref_percentile`` level over its frames above the gate (automatic gain)."""
     if shape.ref_dbfs is not None:
         return shape.ref_dbfs
     voiced = levels_dbfs[levels_dbfs > shape.gate_dbfs]
-    return float(np.percentile(voiced, 95)) if len(voiced) else shape.gate_dbfs + shape.range_db
+    return float(np.percentile(voiced, shape.ref_percentile)) if len(voiced) else shape.gate_dbfs + shape.range_db
 
 
 class JawMapper:
-    """Stateful level -> opening mapping (the attack/release follower keeps its state between
-    calls, so live audio can be fed block by block)."""
+    """Level -> opening, the one mapping. Stateful (follower, hold and deadband keep their
+    state between calls), so live audio can be fed block by block; a whole clip is one call.
+
+    ``ref_dbfs``: the level that opens the jaw fully. Left out, it is ``shape.ref_dbfs``, or,
+    when that is automatic too, it adapts to the levels seen so far (live mode: the clip is not
+    known in advance), starting at -20 dBFS.
+    """
+
+    LIVE_START_DBFS = -20.0
 
     def __init__(self, shape: JawShape = JawShape(), ref_dbfs: float | None = None):
         self.shape = shape
-        self.ref_dbfs = ref_dbfs if ref_dbfs is not None else (shape.ref_dbfs if shape.ref_dbfs is not None else -20.0)
+        self.adaptive = ref_dbfs is None and shape.ref_dbfs is None
+        self.ref_dbfs = ref_dbfs if ref_dbfs is not None else (
+            shape.ref_dbfs if shape.ref_dbfs is not None else self.LIVE_START_DBFS)
         dt = 1.0 / shape.fps
-        self._a_open = 1.0 - np.exp(-dt / max(shape.attack_ms / 1000.0, 1e-6))
-        self._a_close = 1.0 - np.exp(-dt / max(shape.release_ms / 1000.0, 1e-6))
-        self.value = 0.0
+        self._a_open = 1.0 - math.exp(-dt / (shape.attack_ms / 1000.0)) if shape.attack_ms > 0 else 1.0
+        self._a_close = 1.0 - math.exp(-dt / (shape.release_ms / 1000.0)) if shape.release_ms > 0 else 1.0
+        self._hold_frames = int(round(shape.hold_ms / 1000.0 * shape.fps))
+        self._seen: list[float] = []
+        self._steady = int(round(shape.steady_ms / 1000.0 * shape.fps))
+        self._recent: list[float] = []  # the last steady_ms of levels
+        self.value = 0.0  # the follower
+        self.out = 0.0  # what was last put out (after hold, deadband, clamp)
+        self._held = 0
+
+    def _adapt(self, levels: np.ndarray) -> None:
+        s = self.shape
+        voiced = levels[levels > s.gate_dbfs]
+        if not len(voiced):
+            return
+        self._seen.extend(float(v) for v in voiced)
+        del self._seen[:-10 * s.fps]  # the last ~10 s of voiced frames
+        if len(self._seen) >= s.fps // 4:  # a quarter second of voice before trusting it
+            self.ref_dbfs = float(np.percentile(self._seen, s.ref_percentile))
 
     def map(self, levels_dbfs: np.ndarray) -> np.ndarray:
         s = self.shape
-        floor = self.ref_dbfs - s.range_db
-        raw = np.clip((levels_dbfs - floor) / s.range_db, 0.0, 1.0) ** s.curve
-        raw[levels_dbfs < s.gate_dbfs] = 0.0
+        levels = np.asarray(levels_dbfs, np.float64)
+        if self.adaptive:
+            self._adapt(levels)
+        floor = np.full(len(levels), self.ref_dbfs - s.range_db)
+        if self._steady:
+            recent = self._recent + [float(v) for v in levels]
+            n0 = len(self._recent)
+            for i in range(len(levels)):
+                lo = i + n0 + 1 - self._steady
+                if lo >= 0:  # a full window: its quietest level
+                    floor[i] = max(floor[i], min(recent[lo:i + n0 + 1]))
+            self._recent = recent[-self._steady:]
+        raw = np.clip((levels - floor) / s.range_db, 0.0, 1.0) ** s.curve * s.max_open
+        raw[levels < s.gate_dbfs] = 0.0
         out = np.empty(len(raw), np.float32)
-        v = self.value
+        v, o, held = self.value, self.out, self._held
         for i, target in enumerate(raw):
-            v += (target - v) * (self._a_open if target > v else self._a_close)
-            out[i] = v
-        self.value = v
-        out[out < s.snap_closed] = 0.0
-        return np.clip(out, 0.0, s.max_open)
+            if target > v:
+                v += (target - v) * self._a_open
+                held = 0
+            elif held < self._hold_frames:
+                held += 1
+            else:
+                v += (target - v) * self._a_close
+            n = 0.0 if v < s.snap_closed else min(s.max_open, v)
+            if n == 0.0 or n == s.max_open or abs(n - o) >= s.deadband:
+                o = n
+            out[i] = o
+        self.value, self.out, self._held = v, o, held
+        return out
 
 
 def jaw_track(x: np.ndarray, rate: int, shape: JawShape = JawShape()) -> np.ndarray:
     """A whole clip's jaw track: opening 0..1 per frame, frame k at k/fps seconds."""
     levels = frame_levels_dbfs(x, rate, shape)
     return JawMapper(shape, reference_dbfs(levels, shape)).map(levels)
+
+
+class LiveEnvelope:
+    """Live level: audio pushed as it goes to the speaker (not known in advance) through the
+    same mapping. Each jaw frame's level is measured over the window that ends at that frame,
+    so the track trails the precomputed one by one frame."""
+
+    def __init__(self, rate: int, shape: JawShape = JawShape()):
+        self.rate, self.shape = rate, shape
+        self.hop = rate / shape.fps
+        self.win = window_samples(rate, shape)
+        self.mapper = JawMapper(shape)
+        self._buf = np.zeros(self.win, np.float32)
+        self._pending = 0.0  # samples since the last frame
+        self.opening = 0.0
+
+    def push(self, samples: np.ndarray) -> float:
+        """Feed the next samples; returns the opening after them."""
+        x = np.asarray(samples, np.float32)
+        if not len(x):
+            return self.opening
+        buf = np.concatenate([self._buf, x])
+        ends, pos = [], self._pending
+        while pos + len(x) >= self.hop * (len(ends) + 1):
+            ends.append(int(round(self.hop * (len(ends) + 1) - pos)))
+        self._pending = pos + len(x) - self.hop * len(ends)
+        if ends:
+            base = len(buf) - len(x)
+            frames = np.stack([buf[base + e - self.win:base + e] for e in ends])
+            self.opening = float(self.mapper.map(levels_of_windows(frames, self.rate, self.shape))[-1])
+        self._buf = buf[-self.win:]
+        return self.opening

@@ -107,14 +107,28 @@ class Timeline:
             self.on_drained()
         return out
 
-    def opening_at(self, frame: float) -> float:
-        """Jaw opening for the sound at timeline ``frame`` (0 in silence)."""
+    def opening_at(self, frame: float) -> float | None:
+        """Jaw opening for the sound at timeline ``frame`` (0 in silence); None when that sound
+        came without a jaw track (the live level must be used)."""
         with self._lock:
             for seg in self.playing:
                 if seg.start <= frame < seg.end:
+                    if not len(seg.jaw):
+                        return None
                     k = int((frame - seg.start) / self.rate * seg.jaw_fps)
                     return float(seg.jaw[k]) if 0 <= k < len(seg.jaw) else 0.0
         return 0.0
+
+    def samples(self, a: int, b: int) -> np.ndarray:
+        """The sound of timeline frames a..b that was handed to the device (silence elsewhere)."""
+        a, b = int(a), int(min(b, self.frames))
+        out = np.zeros(max(0, b - a), np.float32)
+        with self._lock:
+            for seg in self.playing:
+                lo, hi = max(a, seg.start), min(b, seg.end)
+                if lo < hi:
+                    out[lo - a:hi - a] = seg.samples[lo - seg.start:hi - seg.start]
+        return out
 
     @property
     def busy(self) -> bool:
