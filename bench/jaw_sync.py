@@ -161,8 +161,9 @@ def chatterpi(x: np.ndarray, rate: int, latency_s: float) -> list:
 def esp_talkingskull(x: np.ndarray, rate: int, latency_s: float) -> list:
     n = int(round(1024 / 44100 * rate))
     ticks = np.arange(0.0, len(x) / rate + 0.3, 0.025)
-    rms = np.array([np.sqrt(np.mean(x[max(0, int(t * rate) - n):max(1, int(t * rate))].astype(np.float64) ** 2))
-                    if int(t * rate) > 0 else 0.0 for t in ticks])
+    padded = np.concatenate([x.astype(np.float64), np.zeros(int(0.4 * rate))])
+    rms = np.array([np.sqrt(np.mean(padded[max(0, int(t * rate) - n):int(t * rate)] ** 2)) if int(t * rate) > 0 else 0.0
+                    for t in ticks])
     ref = np.percentile(rms[rms > 0], 95) if np.any(rms > 0) else 1.0
     env, cmds = 0.0, []
     for t, r in zip(ticks, rms):

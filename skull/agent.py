@@ -45,7 +45,7 @@ class Agent:
         self.link = Link(config.link, self._on_message, self._on_link, play_rate=int(body.player.rate),
                          jaw_shape=config.shape.to_dict())
         self.follower = JawFollower(body.player, body.jaw, frame_hz=config.jaw.frame_hz,
-                                    lead_ms=config.calibration.lead_ms)
+                                    lead_ms=config.calibration.lead_ms, mode=config.jaw.mode, shape=config.shape)
         self.record_dir = Path(record_dir) if record_dir else None
         self.on_change = on_change
         self.reply_timeout_s = reply_timeout_s
@@ -258,22 +258,23 @@ class Agent:
         self.turn_ended.set()
 
     def _commands_for(self, rec: TurnRecord) -> list:
-        """Jaw commands sent during this turn: (seconds since button release, the position in the
-        reply audio it was meant for in seconds, opening)."""
+        """Jaw commands sent during this turn: (seconds since button release, the position in
+        reply.wav it was meant for in seconds, opening). reply.wav holds the segments back to
+        back; a command meant for silence (after a segment) counts on from the last one."""
         cmds, self.follower.commands = self.follower.commands, []
-        segs = sorted((s for s in self.body.player.timeline.playing if isinstance(s.tag, tuple)
-                       and s.tag[0] == rec.turn), key=lambda s: s.tag[1])
-        if not segs:
-            return []
-        player = self.body.player
-        rate, out, offsets, acc = player.timeline.rate, [], [], 0.0
-        for s in segs:
-            offsets.append((s.start / rate, s.end / rate, acc))
-            acc += len(s.samples) / rate
-        for sent, target_t, opening in cmds:
-            t = player.audible_frame(target_t) / rate
-            meant = next((off + (t - a) for a, b, off in offsets if a <= t < b), None)
-            if meant is None:
+        offsets, acc = {}, 0.0
+        for seq, _, samples, rate, _, _ in sorted(rec.segments, key=lambda s: s[0]):
+            offsets[seq] = acc
+            acc += len(samples) / rate
+        out, last = [], None  # last: (meant, target_t) of the last command inside a segment
+        for sent, target_t, opening, where in cmds:
+            tag = where[0] if where else None
+            if isinstance(tag, tuple) and tag[0] == rec.turn and tag[1] in offsets:
+                meant = offsets[tag[1]] + where[1]
+                last = (meant, target_t)
+            elif last is not None:
+                meant = last[0] + (target_t - last[1])
+            else:
                 continue
             out.append((sent - (rec.released_at or sent), meant, opening))
         return out

@@ -1,4 +1,4 @@
-"""The `skull` command: host, run, demo."""
+"""The `skull` command: host, run, demo, doctor, calibrate, replay."""
 from __future__ import annotations
 
 import argparse
@@ -75,9 +75,28 @@ def cmd_host(args) -> int:
     return 0
 
 
+def _with_calibration(cfg, name: str | None, config_path: str | None):
+    """The profile chosen with --calibration NAME (calibration/NAME.toml) or PATH; without one,
+    and when skull.toml chose none, calibration/default.toml when it exists (what
+    `skull calibrate` writes without --name)."""
+    from .calibrate import profile_path
+    from .config import load_calibration, read_toml
+    if name:
+        path = profile_path(name)
+        if not path.is_file():
+            raise SkullError(f"calibration profile {path} does not exist; make it with skull calibrate --name {name}")
+        return dataclasses.replace(cfg, calibration=load_calibration(path))
+    data, _ = read_toml(config_path)
+    chosen = bool(cfg.jaw.calibration) or "calibration" in data
+    default = Path("calibration") / "default.toml"
+    if not chosen and default.is_file():
+        return dataclasses.replace(cfg, calibration=load_calibration(default))
+    return cfg
+
+
 def _skull_config(args):
     from .config import load_skull_config
-    cfg = load_skull_config(args.config)
+    cfg = _with_calibration(load_skull_config(args.config), getattr(args, "calibration", None), args.config)
     link = cfg.link
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", link.token)
     link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name)
@@ -139,7 +158,7 @@ def cmd_demo(args) -> int:
     for what, path in (("question", question), ("image", image)):
         if not path.is_file():
             raise SkullError(f"{what} file {path} does not exist")
-    cfg = load_skull_config(args.config)
+    cfg = _with_calibration(load_skull_config(args.config), args.calibration, args.config)
     try:
         agent = asyncio.run(run_demo(question, image, record=Path(args.record) if args.record else None,
                                      audio=not args.no_audio, turns=args.turns, console=console, skull_config=cfg))
@@ -147,6 +166,18 @@ def cmd_demo(args) -> int:
         console.print("interrupted; the jaw is closed and the LED is off")
         return 130
     return print_summary(agent, console)
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import cmd_calibrate as run
+    return run(args)
+
+
+def cmd_replay(args) -> int:
+    from .config import load_skull_config
+    from .replay import cmd_replay as run
+    cfg = _with_calibration(load_skull_config(args.config), args.calibration, args.config)
+    return run(args, cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +205,38 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image", help="a picture used as the camera")
     r.add_argument("--no-audio", action="store_true", help="no sound devices (needs --mic-file)")
     r.add_argument("--record", help="record each turn under this folder (turn-001/, turn-002/...)")
+    r.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml) or a path; default: "
+                                         "skull.toml's, else calibration/default.toml")
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("calibrate", help="find the jaw servo's closed and open pulses, travel time and lead; "
+                                         "save calibration/NAME.toml")
+    c.add_argument("--name", default="default", help="profile name (calibration/NAME.toml; default: default, "
+                                                     "which skull run uses unless told otherwise)")
+    c.add_argument("--closed-us", type=float, help="pulse with the jaw shut, microseconds (non-interactive)")
+    c.add_argument("--open-us", type=float, help="pulse with the jaw fully open, microseconds (non-interactive)")
+    c.add_argument("--lead-ms", type=float, help="command the jaw this early; default: worked out from the travel")
+    c.add_argument("--travel-ms", type=float, help="servo time from closed to open (default 42: an SG90 at 6 V)")
+    c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help="jaw driver to jog (default: "
+                                                                                "skull.toml [board] driver)")
+    c.add_argument("--config", help="skull.toml (board, pins, port)")
+    c.add_argument("--dir", default="calibration", help="folder of the profiles (default calibration/)")
+    c.set_defaults(func=cmd_calibrate)
+
+    rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
+    rp.add_argument("session", help="a folder written by --record (turn-NNN/ folders), or one turn-NNN folder")
+    rp.add_argument("--turn", type=int, help="only this turn number")
+    rp.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), default="sim",
+                    help="which jaw moves (default sim; board settings come from skull.toml)")
+    rp.add_argument("--report", action="store_true", help="print lag, correlation, commands/s, largest step, "
+                                                          "time outside limits")
+    rp.add_argument("--plot", help="draw waveform, envelope, commanded and physical jaw into this .png")
+    rp.add_argument("--retrack", action="store_true", help="remake the jaw track with skull.toml's [shape] "
+                                                           "(to tune it) instead of the recorded one")
+    rp.add_argument("--no-audio", action="store_true", help="do not open the speaker (timed, not heard)")
+    rp.add_argument("--config", help="skull.toml ([board], [jaw], [shape])")
+    rp.add_argument("--calibration", help="servo profile NAME or path (lead and travel come from it)")
+    rp.set_defaults(func=cmd_replay)
 
     dr = sub.add_parser("doctor", help="check the skull's devices, boards, calibration and host, and say what to fix")
     dr.add_argument("--config", help="skull.toml")
@@ -190,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-audio", action="store_true", help="do not open sound devices")
     d.add_argument("--turns", type=int, default=1, help="how many times to ask (default 1)")
     d.add_argument("--config", help="skull.toml")
+    d.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml) or a path")
     d.set_defaults(func=cmd_demo)
     return ap
 

@@ -111,16 +111,22 @@ class Calibration:
     """pulse width with the jaw shut, microseconds"""
     open_us: float = 1700.0
     """pulse width with the jaw fully open, microseconds (may be below closed_us: reversed servo)"""
-    lead_ms: float = 45.0
+    lead_ms: float = 35.0
     """how early the jaw is commanded ahead of the sound (servo travel + frame wait)"""
+    travel_ms: float = 42.0
+    """how long the servo takes from closed to open (an SG90 at 6 V over 25 degrees: 42 ms)"""
 
     def check(self, where: str) -> None:
         for key in ("closed_us", "open_us"):
             v = getattr(self, key)
-            need(500 <= v <= 2500, where, key, v, "a hobby servo pulse must be 500..2500 microseconds")
+            need(500 <= v <= 2500, where, key, v, "a hobby servo pulse must be 500..2500 microseconds; past "
+                 "that it drives into its end stops, stalls and can strip its gears. Run skull calibrate to "
+                 "find this jaw's real limits")
         need(abs(self.open_us - self.closed_us) >= 50, where, "open_us", self.open_us,
-             "must differ from closed_us by at least 50 microseconds")
+             f"must differ from closed_us ({self.closed_us:g}) by at least 50 microseconds, or the jaw "
+             f"cannot visibly move")
         need(0 <= self.lead_ms <= 300, where, "lead_ms", self.lead_ms, "must be 0..300 ms")
+        need(5 <= self.travel_ms <= 2000, where, "travel_ms", self.travel_ms, "must be 5..2000 ms")
 
 
 @dataclass(frozen=True)
@@ -166,9 +172,13 @@ class JawConfig:
     """servo update rate (a hobby servo's PWM frame is 20 ms)"""
     calibration: str = ""
     """path of a calibration profile (calibration/NAME.toml); empty = the [calibration] table"""
+    mode: str = "track"
+    """track: follow the host's precomputed jaw tracks (the full lead); live: the level of the
+    audio as it goes to the speaker (only as far ahead as the speaker's buffer reaches)"""
 
     def check(self, where: str) -> None:
         need(10 <= self.frame_hz <= 200, where, "frame_hz", self.frame_hz, "must be 10..200 Hz")
+        need(self.mode in ("track", "live"), where, "mode", self.mode, "choose track or live")
 
 
 @dataclass(frozen=True)

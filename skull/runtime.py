@@ -65,3 +65,20 @@ def _panel_and_jaw(config: SkullConfig, sim: bool, built: list):
         jaw = GpioJaw(config.pins.servo, config.calibration, pin_factory=factory)
     built.append(jaw.close)
     return panel, jaw
+
+
+def open_jaw(config: SkullConfig, calibration=None):
+    """Only the jaw of the configured board (for calibrating and replaying), opened with
+    ``calibration`` (default: the config's). Returns (jaw, closers); call the closers, last
+    first, when done: they shut, detach and release everything that was opened."""
+    import dataclasses
+    if calibration is not None:
+        config = dataclasses.replace(config, calibration=calibration)
+    built: list = []
+    try:
+        _, jaw = _panel_and_jaw(config, config.board.driver == "sim", built)
+    except BaseException:
+        for close in reversed(built):
+            close()
+        raise
+    return jaw, built

@@ -115,9 +115,23 @@ class Timeline:
                 if seg.start <= frame < seg.end:
                     if not len(seg.jaw):
                         return None
-                    k = int((frame - seg.start) / self.rate * seg.jaw_fps)
-                    return float(seg.jaw[k]) if 0 <= k < len(seg.jaw) else 0.0
+                    # between two track frames: the straight line between them
+                    pos = (frame - seg.start) / self.rate * seg.jaw_fps
+                    k = int(pos)
+                    if not 0 <= k < len(seg.jaw):
+                        return 0.0
+                    a = float(seg.jaw[k])
+                    b = float(seg.jaw[k + 1]) if k + 1 < len(seg.jaw) else 0.0
+                    return a + (b - a) * (pos - k) if a and b else (a if pos - k < 0.5 else b)
         return 0.0
+
+    def locate(self, frame: float) -> tuple[object, float] | None:
+        """(tag, seconds into that segment) of the sound at timeline ``frame``; None in silence."""
+        with self._lock:
+            for seg in self.playing:
+                if seg.start <= frame < seg.end:
+                    return seg.tag, (frame - seg.start) / self.rate
+        return None
 
     def samples(self, a: int, b: int) -> np.ndarray:
         """The sound of timeline frames a..b that was handed to the device (silence elsewhere)."""

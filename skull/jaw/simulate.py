@@ -91,17 +91,16 @@ def best_lead_ms(x: np.ndarray, rate: int, *, travel_ms: float, throw_deg: float
         return sync_of(x, rate, follow(x, rate, lead_ms=lead, shape=shape), throw_deg=throw_deg,
                        sec_per_60deg=sec_per_60)[0] * 1000.0
 
-    lo, hi = 0.0, 300.0
-    lag_lo, lag_hi = lag_at(lo), lag_at(hi)
-    if lag_lo <= 0:
-        return lo, lag_lo
-    if lag_hi >= 0:
-        return hi, lag_hi
-    for _ in range(8):  # the lag falls as the lead grows: bisect to about 1 ms
-        mid = (lo + hi) / 2
-        lag = lag_at(mid)
-        if lag > 0:
-            lo, lag_lo = mid, lag
-        else:
-            hi, lag_hi = mid, lag
-    return (lo, lag_lo) if abs(lag_lo) < abs(lag_hi) else (hi, lag_hi)
+    leads = np.arange(0.0, 301.0, 10.0)
+    lags = []
+    for lead in leads:  # the lag falls as the lead grows: find where it crosses zero
+        lags.append(lag_at(lead))
+        if lags[-1] <= 0:
+            break
+    if lags[0] <= 0:
+        return 0.0, lags[0]
+    if lags[-1] > 0:
+        return float(leads[len(lags) - 1]), lags[-1]
+    i = len(lags) - 1
+    lead = leads[i - 1] + 10.0 * lags[i - 1] / (lags[i - 1] - lags[i])
+    return round(float(lead), 1), lag_at(lead)

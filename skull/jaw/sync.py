@@ -26,7 +26,8 @@ log = logging.getLogger("skull.jaw")
 class JawFollower:
     """Runs in its own thread so a busy event loop cannot make the jaw stutter.
 
-    ``commands`` keeps (time sent, audio clock time meant for, opening) of each command; the
+    ``commands`` keeps (time sent, audio clock time meant for, opening, (segment tag, seconds
+    into it) or None in silence) of each command while ``record`` is on; the
     jaw is detached after ``rest_detach_s`` closed and silent so the servo does not buzz.
     """
 
@@ -39,7 +40,7 @@ class JawFollower:
         self.lead_s = lead_ms / 1000.0
         self.rest_detach_s = rest_detach_s
         self.mode, self.shape, self.clock = mode, shape, clock
-        self.commands: list[tuple[float, float, float]] = []
+        self.commands: list[tuple] = []
         self.record = False
         self._stop = threading.Event()
         self._thread = None
@@ -92,7 +93,8 @@ class JawFollower:
                 self.jaw.move(opening)
                 sent = opening
                 if self.record:
-                    self.commands.append((self.clock(), target_t, opening))
+                    self.commands.append((self.clock(), target_t, opening,
+                                          self.player.timeline.locate(target_frame)))
             if opening > 0.0:
                 self._closed_since = self.clock()
             self._last = opening

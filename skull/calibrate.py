@@ -1,0 +1,322 @@
+"""`skull calibrate`: find the pulses that put this skull's jaw shut and fully open, how fast the
+servo gets there, and the lead that puts the jaw on time; save them as
+``calibration/<name>.toml``.
+
+Interactive (a terminal): jog the servo in small and large steps, mark closed and open, swap
+direction, time the travel, hear a spoken sample with the jaw, save. Non-interactive: give
+``--closed-us`` and ``--open-us`` (and optionally ``--lead-ms`` / ``--travel-ms``); nothing
+moves, the profile is checked and written.
+
+The jaw is closed and detached on every way out (save, quit, Ctrl-C, end of input, error).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import Calibration, load_calibration
+from .errors import ConfigError, SkullError
+from .jaw import pulse_us
+
+log = logging.getLogger("skull.calibrate")
+
+SAFE_LO, SAFE_HI = 500.0, 2500.0
+SMALL, LARGE = 10.0, 50.0
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def profile_path(name: str, folder: str | Path = "calibration") -> Path:
+    """``calibration/<name>.toml`` for a name, or the path itself when given one."""
+    if name.endswith(".toml") or "/" in name or os.sep in name:
+        return Path(name)
+    if not NAME_RE.match(name):
+        raise ConfigError(f"calibration name {name!r} is not usable as a file name; use letters, digits, - _ .")
+    return Path(folder) / f"{name}.toml"
+
+
+def suggested_lead_ms(travel_ms: float, shape=None) -> float:
+    """The lead that puts the jaw on time for a servo of this travel time, found by running the
+    real jaw loop on the bundled spoken sample through the servo model."""
+    from .audio.envelope import JawShape
+    from .audio.wav import read_wav, to_mono
+    from .demo import bundled
+    from .jaw.simulate import best_lead_ms
+    audio = read_wav(bundled("question.wav"))
+    lead, _ = best_lead_ms(to_mono(audio), audio.rate, travel_ms=travel_ms, shape=shape or JawShape())
+    return round(lead, 1)
+
+
+def write_profile(path: Path, cal: Calibration, note: str = "") -> Path:
+    """Check and write a profile atomically; returns the path."""
+    cal.check(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (f"# Servo calibration profile, written by skull calibrate{(' (' + note + ')') if note else ''}.\n"
+            f"# Pulses outside 500..2500 microseconds are refused: a hobby servo driven into its end stops\n"
+            f"# buzzes, draws stall current and can strip its gears or brown out the board.\n"
+            f"[servo]\n"
+            f"closed_us = {cal.closed_us:.1f}   # jaw shut\n"
+            f"open_us = {cal.open_us:.1f}     # jaw fully open (below closed_us: a reversed servo)\n"
+            f"lead_ms = {cal.lead_ms:.1f}      # the jaw is commanded this early: servo travel plus frame wait\n"
+            f"travel_ms = {cal.travel_ms:.1f}   # closed to open\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    load_calibration(path)  # what was written reads back and passes the same checks
+    return path
+
+
+def non_interactive(args, console: Console) -> int:
+    base = Calibration()
+    travel = args.travel_ms if args.travel_ms is not None else base.travel_ms
+    cal = Calibration(closed_us=float(args.closed_us), open_us=float(args.open_us),
+                      lead_ms=base.lead_ms, travel_ms=float(travel))
+    cal.check("skull calibrate")  # pulses and travel first, before the lead search
+    lead = float(args.lead_ms) if args.lead_ms is not None else suggested_lead_ms(travel)
+    cal = dataclasses.replace(cal, lead_ms=lead)
+    path = write_profile(profile_path(args.name, args.dir), cal, "non-interactive")
+    console.print(f"saved {path}: closed {cal.closed_us:.0f} µs, open {cal.open_us:.0f} µs, lead {cal.lead_ms:.0f} ms, "
+                  f"travel {cal.travel_ms:.0f} ms")
+    console.print(f"use it: skull run --calibration {args.name}  (or skull.toml [jaw] calibration = \"{path}\")",
+                  markup=False)
+    return 0
+
+
+class RawJaw:
+    """A jaw driver opened over the whole safe pulse range, moved by pulse width (jogging)."""
+
+    def __init__(self, jaw):
+        self.jaw = jaw
+        self.us: float | None = None
+
+    def to_us(self, us: float) -> float:
+        us = min(SAFE_HI, max(SAFE_LO, float(us)))
+        self.jaw.move((us - SAFE_LO) / (SAFE_HI - SAFE_LO))
+        self.us = us
+        return us
+
+    def detach(self) -> None:
+        self.jaw.detach()
+
+
+class ProfileJaw:
+    """The raw jaw seen through a (candidate) calibration: move(opening) like any driver."""
+
+    def __init__(self, raw: RawJaw, cal: Calibration):
+        self.raw, self.cal = raw, cal
+        self.opening, self.attached = 0.0, False
+
+    def move(self, opening: float) -> None:
+        self.raw.to_us(pulse_us(self.cal, opening))
+        self.opening, self.attached = opening, True
+
+    def detach(self) -> None:
+        self.raw.detach()
+        self.attached = False
+
+
+HELP = """commands (then Enter):
+  +  -      jog 10 µs         ++  --    jog 50 µs        1500   go to a pulse (500..2500)
+  c         closed = here     o         open = here      r      swap closed/open (direction)
+  t         travel test: opens and shuts at shorter and shorter times; answer y while it still opens fully
+  s         speak a sample with the jaw (lead and travel as set)
+  l 50      set the lead in ms (default: worked out from the travel)
+  w         save             q          quit without saving          ?   this help"""
+
+
+class Session:
+    """The interactive calibration, line by line (testable with piped input)."""
+
+    def __init__(self, raw: RawJaw, console: Console, path: Path, start: Calibration, speaker=None):
+        self.raw, self.console, self.path = raw, console, path
+        self.closed_us: float | None = start.closed_us
+        self.open_us: float | None = start.open_us
+        self.travel_ms, self.lead_ms = start.travel_ms, start.lead_ms
+        self.lead_set = False
+        self.speaker = speaker
+        self.saved = False
+
+    def status(self) -> Table:
+        t = Table.grid(padding=(0, 2))
+        t.add_column(style="bold cyan", justify="right")
+        t.add_column()
+        t.add_row("pulse now", f"{self.raw.us:.0f} µs" if self.raw.us else "-")
+        t.add_row("closed", f"{self.closed_us:.0f} µs" if self.closed_us else "not set")
+        t.add_row("open", f"{self.open_us:.0f} µs" if self.open_us else "not set")
+        direction = "-" if not (self.closed_us and self.open_us) else (
+            "normal (open = longer pulse)" if self.open_us > self.closed_us else "reversed (open = shorter pulse)")
+        t.add_row("direction", direction)
+        t.add_row("travel", f"{self.travel_ms:.0f} ms")
+        t.add_row("lead", f"{self.lead_ms:.0f} ms" + ("" if self.lead_set else " (from the travel)"))
+        return t
+
+    def calibration(self) -> Calibration:
+        cal = Calibration(closed_us=self.closed_us, open_us=self.open_us, lead_ms=self.lead_ms,
+                          travel_ms=self.travel_ms)
+        cal.check("calibration")
+        return cal
+
+    def handle(self, line: str) -> bool:
+        """One command; False when the session is over."""
+        cmd = line.strip()
+        here = self.raw.us or 1500.0
+        steps = {"+": SMALL, "-": -SMALL, "++": LARGE, "--": -LARGE}
+        if cmd in steps:
+            self.raw.to_us(here + steps[cmd])
+        elif re.fullmatch(r"\d{3,4}(\.\d+)?", cmd):
+            want = float(cmd)
+            if not SAFE_LO <= want <= SAFE_HI:
+                self.console.print(f"[red]{want:.0f} µs is outside the safe 500..2500 µs; not moved[/]")
+            else:
+                self.raw.to_us(want)
+        elif cmd == "c":
+            self.closed_us = here
+        elif cmd == "o":
+            self.open_us = here
+        elif cmd == "r":
+            self.closed_us, self.open_us = self.open_us, self.closed_us
+        elif cmd == "t":
+            self.travel_test()
+        elif cmd == "s":
+            self.speak()
+        elif cmd.startswith("l"):
+            try:
+                lead = float(cmd[1:])
+            except ValueError:
+                self.console.print("[red]give the lead in ms, e.g. l 50[/]")
+                return True
+            if not 0 <= lead <= 300:
+                self.console.print(f"[red]lead {lead:g} ms is outside 0..300 ms[/]")
+            else:
+                self.lead_ms, self.lead_set = lead, True
+        elif cmd == "w":
+            try:
+                cal = self.calibration()
+            except (ConfigError, TypeError) as exc:
+                self.console.print(f"[red]not saved: {exc if isinstance(exc, ConfigError) else 'set closed (c) and open (o) first'}[/]")
+                return True
+            write_profile(self.path, cal, "interactive")
+            self.saved = True
+            self.console.print(f"saved {self.path}")
+            return False
+        elif cmd == "q":
+            self.console.print("quit without saving")
+            return False
+        elif cmd in ("?", "h", "help", ""):
+            self.console.print(HELP)
+        else:
+            self.console.print(f"[red]unknown command {cmd!r}[/]; ? shows the commands")
+        self.console.print(self.status())
+        return True
+
+    def travel_test(self) -> None:
+        if not (self.closed_us and self.open_us):
+            self.console.print("[red]set closed (c) and open (o) first[/]")
+            return
+        for ms in (400, 250, 160, 100, 70, 50, 35):
+            self.raw.to_us(self.closed_us)
+            time.sleep(0.4)
+            for _ in range(3):
+                self.raw.to_us(self.open_us)
+                time.sleep(ms / 1000)
+                self.raw.to_us(self.closed_us)
+                time.sleep(max(ms / 1000, 0.1))
+            answer = self.console.input(f"{ms} ms: did the jaw open all the way each time? [y/n] ").strip().lower()
+            if answer != "y":
+                break
+            self.travel_ms = float(ms)
+        self.raw.to_us(self.closed_us)
+        if not self.lead_set:
+            self.lead_ms = suggested_lead_ms(self.travel_ms)
+        self.console.print(f"travel {self.travel_ms:.0f} ms -> lead {self.lead_ms:.0f} ms")
+
+    def speak(self) -> None:
+        try:
+            cal = self.calibration()
+        except (ConfigError, TypeError):
+            self.console.print("[red]set closed (c) and open (o) first[/]")
+            return
+        from .audio.envelope import jaw_track
+        from .audio.player import ClockPlayer, open_player
+        from .audio.wav import read_wav, to_mono
+        from .demo import bundled
+        from .jaw.sync import JawFollower
+        audio = read_wav(bundled("question.wav"))
+        x = to_mono(audio)
+        player = self.speaker() if self.speaker else open_player()
+        if isinstance(player, ClockPlayer):
+            self.console.print("(no speaker here: the jaw moves to the sample's timing without sound)")
+        jaw = ProfileJaw(self.raw, cal)
+        follower = JawFollower(player, jaw, lead_ms=cal.lead_ms)
+        player.start()
+        follower.start()
+        try:
+            player.timeline.add(x, audio.rate, jaw_track(x, audio.rate), 100)
+            deadline = time.monotonic() + len(x) / audio.rate + 3.0
+            while (player.timeline.busy or not player.timeline.playing) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+        finally:
+            follower.stop()
+            player.close()
+            self.raw.to_us(cal.closed_us)
+
+
+def interactive(args, console: Console, config, open_jaw, lines=None) -> int:
+    """``open_jaw(calibration)``: the configured jaw driver, opened over the given range."""
+    path = profile_path(args.name, args.dir)
+    start = load_calibration(path) if path.exists() else config.calibration
+    wide = Calibration(closed_us=SAFE_LO, open_us=SAFE_HI, lead_ms=start.lead_ms, travel_ms=start.travel_ms)
+    jaw, closers = open_jaw(wide)
+    raw = RawJaw(jaw)
+    session = Session(raw, console, path, start)
+    console.print(f"[bold]skull calibrate[/]: profile {path}")
+    console.print("The servo starts at the closed pulse of the current profile. Jog it until the jaw just shuts "
+                  "without straining (c), then until it is fully open (o).")
+    console.print(HELP)
+    try:
+        raw.to_us(start.closed_us)
+        console.print(session.status())
+        while True:
+            try:
+                line = next(lines) if lines is not None else console.input("[bold]> [/]")
+            except (EOFError, StopIteration):
+                console.print("end of input: quit without saving")
+                break
+            if not session.handle(line):
+                break
+    except KeyboardInterrupt:
+        console.print("interrupted: quit without saving")
+    finally:
+        try:
+            if session.closed_us:
+                raw.to_us(session.closed_us)
+                time.sleep(0.25)
+            raw.detach()
+        finally:
+            for close in reversed(closers):
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing the jaw failed")
+    return 0 if session.saved else 1
+
+
+def cmd_calibrate(args) -> int:
+    console = Console()
+    if (args.closed_us is None) != (args.open_us is None):
+        raise SkullError("give both --closed-us and --open-us for a non-interactive run, or neither to jog the servo")
+    if args.closed_us is not None:
+        return non_interactive(args, console)
+    from .config import load_skull_config
+    from .runtime import open_jaw
+    config = load_skull_config(args.config)
+    if args.jaw:
+        config = dataclasses.replace(config, board=dataclasses.replace(config.board, driver=args.jaw))
+    return interactive(args, console, config, lambda cal: open_jaw(config, cal))

@@ -1,0 +1,302 @@
+"""`skull replay SESSION_DIR`: play recorded replies through a real or simulated jaw and measure
+how well the jaw keeps time with the sound.
+
+A session is what ``--record`` writes: ``turn-NNN/`` folders (reply.wav, jaw.csv,
+commands.csv, turn.json; see skull/record.py). Each reply is played on the speaker (or the
+simulated one) while the jaw loop follows its jaw track exactly as in a show, and every command
+the jaw receives is kept. The report (skull/jaw/metrics.py):
+
+* effective lag: the shift that best lines up the jaw's physical opening (commands through the
+  servo model: 20 ms frames, the calibrated travel time) with the heard loudness; positive = the
+  jaw is late;
+* correlation at that shift;
+* commands per second, largest single step, time outside the calibrated limits (must be 0);
+* the same lag and correlation for the jaw as it ran live, from commands.csv, when the turn
+  recorded when its first sound was heard.
+
+``--plot out.png`` draws the waveform, the loudness envelope, the commanded and the physical jaw
+on one time axis.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio.envelope import jaw_track
+from .audio.wav import read_wav, to_mono
+from .config import Calibration, SkullConfig
+from .errors import SkullError
+from .jaw import pulse_us
+from .jaw.metrics import HOP_S, CommandStats, command_stats, effective_lag, loudness
+from .jaw.sim import physical_positions
+
+log = logging.getLogger("skull.replay")
+
+
+@dataclass
+class TurnReplay:
+    folder: Path
+    duration_s: float
+    lag_ms: float
+    r: float
+    stats: CommandStats
+    lead_ms: float
+    travel_ms: float
+    jaw: str
+    live: tuple[float, float] | None = None
+    """(lag ms, r) of the jaw as it ran when recorded"""
+
+
+def turn_folders(session: Path, turn: int | None = None) -> list[Path]:
+    session = Path(session)
+    if not session.is_dir():
+        raise SkullError(f"session folder {session} does not exist; record one with skull demo --record DIR "
+                         f"or skull run --record DIR")
+    if (session / "reply.wav").is_file():
+        folders = [session]
+    else:
+        folders = sorted(p for p in session.glob("turn-*") if p.is_dir() and (p / "reply.wav").is_file())
+    if turn is not None:
+        folders = [p for p in folders if p.name == f"turn-{turn:03d}" or (p == session and turn == 1)]
+    if not folders:
+        raise SkullError(f"no recorded turn{f' {turn}' if turn is not None else ''} in {session} (a turn is a "
+                         f"turn-NNN folder with reply.wav); record one with skull demo --record DIR")
+    return folders
+
+
+def read_track(path: Path) -> tuple[np.ndarray, int]:
+    """jaw.csv (time_ms,opening) -> a track at the frame rate its times show."""
+    try:
+        with open(path, newline="") as f:
+            rows = [(float(r["time_ms"]), float(r["opening"])) for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError) as exc:
+        raise SkullError(f"{path} is not a jaw track (time_ms,opening rows): {exc}") from None
+    if len(rows) < 2:
+        return np.zeros(0, np.float32), 100
+    steps = np.diff([t for t, _ in rows])
+    step = float(np.median(steps[steps > 0])) if np.any(steps > 0) else 10.0
+    fps = max(1, int(round(1000.0 / step)))
+    track = np.zeros(int(round(rows[-1][0] / step)) + 1, np.float32)
+    for t, v in rows:
+        k = int(round(t / step))
+        if 0 <= k < len(track):
+            track[k] = v
+    return track, fps
+
+
+def physical(log_rows, times, cal: Calibration, t0: float) -> np.ndarray:
+    """Where the horn is at ``times`` for a jaw log, by the servo model with this travel time."""
+    throw = 25.0
+    sec_per_60 = cal.travel_ms / 1000.0 * 60.0 / throw
+    return np.asarray(physical_positions(log_rows, times, throw, sec_per_60, 0.020, t0))
+
+
+def recorded_sync(folder: Path, x: np.ndarray, rate: int, cal: Calibration) -> tuple[float, float] | None:
+    """(lag ms, r) of the commands the jaw got live (commands.csv). reply.wav holds the
+    segments back to back while the show had pauses between them, so each command is placed
+    on reply.wav's clock by the position it was meant for, one lead earlier (when it was sent)."""
+    lead = cal.lead_ms / 1000.0
+    try:
+        json.loads((folder / "turn.json").read_text())
+        with open(folder / "commands.csv", newline="") as f:
+            rows = [(float(r["reply_ms"]) / 1000.0 - lead, float(r["opening"])) for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    if len(rows) < 3:
+        return None
+    times = np.arange(0.0, len(x) / rate + 0.4, HOP_S)
+    pos = physical([(t, o, pulse_us(cal, o)) for t, o in rows], times, cal, rows[0][0])
+    lag, r = effective_lag(pos, loudness(x, rate))
+    return lag * 1000.0, r
+
+
+def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, audio: bool, retrack: bool,
+                plot: Path | None, open_jaw, open_speaker) -> TurnReplay:
+    cal = config.calibration
+    sound = read_wav(folder / "reply.wav")
+    x, rate = to_mono(sound), sound.rate
+    if not len(x):
+        raise SkullError(f"{folder / 'reply.wav'} is empty: that turn had no reply to replay")
+    if retrack or not (folder / "jaw.csv").is_file():
+        track, fps = jaw_track(x, rate, config.shape), config.shape.fps
+    else:
+        track, fps = read_track(folder / "jaw.csv")
+    from .jaw.sync import JawFollower
+    jaw, closers = open_jaw()
+    player = open_speaker(rate)
+    follower = JawFollower(player, jaw, frame_hz=config.jaw.frame_hz, lead_ms=cal.lead_ms, mode=config.jaw.mode,
+                           shape=config.shape)
+    try:
+        player.start()
+        follower.start()
+        started = time.monotonic()
+        seg = player.timeline.add(x, rate, track, fps, tag="replay")
+        deadline = started + len(x) / rate + 5.0
+        while (seg.start < 0 or player.timeline.busy) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the last commands and the servo's travel
+        follower.stop()
+        heard0 = seg.heard_at or seg.started_at
+        rows = [e for e in list(getattr(jaw, "log", None) or []) if e[0] >= started]
+    finally:
+        follower.stop()
+        player.close()
+        for close in reversed(closers):
+            try:
+                close()
+            except Exception:
+                log.exception("closing the jaw failed")
+    if not rows:
+        raise SkullError(f"the {jaw_kind} jaw received no command while {folder.name} played")
+    duration = len(x) / rate
+    shifted = [(t - heard0, o, us) for t, o, us in rows]
+    times = np.arange(0.0, duration + 0.4, HOP_S)
+    pos = physical(shifted, times, cal, shifted[0][0])
+    loud = loudness(x, rate)
+    lag, r = effective_lag(pos, loud)
+    result = TurnReplay(folder, duration, lag * 1000.0, r, command_stats(shifted, cal, duration), cal.lead_ms,
+                        cal.travel_ms, jaw_kind, recorded_sync(folder, x, rate, cal))
+    if plot is not None:
+        draw_plot(plot, x, rate, loud, shifted, pos, result)
+    return result
+
+
+def report_lines(res: TurnReplay) -> list[str]:
+    s = res.stats
+    lines = [f"{res.folder.name}: {res.duration_s:.2f} s of reply through the {res.jaw} jaw "
+             f"(lead {res.lead_ms:.0f} ms, servo travel {res.travel_ms:.0f} ms)",
+             f"  effective lag      {res.lag_ms:+.0f} ms  (positive = jaw late; |lag| under 45 ms is not noticed)",
+             f"  correlation        {res.r:.3f}  (physical jaw with heard loudness, at that lag)",
+             f"  commands/s         {s.per_second:.1f}  ({s.count} commands)",
+             f"  largest step       {s.largest_step:.2f} of the travel",
+             f"  outside limits     {s.outside_s:.3f} s" + ("" if s.outside_s == 0 else "  <-- NEVER expected")]
+    if res.live is not None:
+        lines.append(f"  as it ran live     lag {res.live[0]:+.0f} ms, r {res.live[1]:.3f}  (the commands in commands.csv)")
+    return lines
+
+
+# --- the plot (OpenCV, no plotting library needed) ----------------------------------------------
+
+def draw_plot(path: Path, x: np.ndarray, rate: int, loud: np.ndarray, log_rows, pos: np.ndarray,
+              res: TurnReplay) -> None:
+    """Waveform, then envelope + commanded + physical jaw over the whole reply, then the same
+    over a 1.2 s close-up of the first clear syllables, where the lead can be seen."""
+    import cv2
+    W, H, L, R = 1600, 1120, 90, 30
+    img = np.full((H, W, 3), 255, np.uint8)
+    duration = len(pos) * HOP_S
+    grey, blue, red, dark = (110, 110, 110), (200, 120, 30), (40, 40, 210), (20, 20, 20)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    env = loud / max(1e-9, float(np.percentile(loud, 99)))
+    # close-up: from 0.25 s before the first syllable that rises out of 100 ms of quiet
+    quiet = 20
+    onsets = [k for k in range(quiet, len(env)) if env[k] > 0.5 and env[k - quiet:k].max() < 0.15]
+    z0 = max(0.0, (onsets[0] * HOP_S if onsets else 0.0) - 0.25)
+    z1 = min(duration, z0 + 1.2)
+
+    def panel(y0, y1, t0, t1, label, wave=False):
+        span = W - L - R
+        cv2.rectangle(img, (L, y0), (W - R, y1), (200, 200, 200), 1)
+
+        def px(t):
+            return int(L + (t - t0) / (t1 - t0) * span)
+
+        def ys(v):
+            return int(y1 - 6 - np.clip(v, 0, 1.05) * (y1 - y0 - 12))
+
+        step = next(s for s in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0) if (t1 - t0) / s <= 16)
+        t = np.ceil(t0 / step) * step
+        while t <= t1 + 1e-9:
+            cv2.line(img, (px(t), y0), (px(t), y1), (235, 235, 235), 1)
+            cv2.putText(img, f"{t:.1f}", (px(t) - 12, y1 + 18), font, 0.45, (80, 80, 80), 1)
+            t += step
+        cv2.putText(img, label, (L + 6, y0 + 18), font, 0.55, (90, 90, 90), 1, cv2.LINE_AA)
+        if wave:
+            mid, half = (y0 + y1) // 2, (y1 - y0) // 2 - 4
+            peak = max(1e-6, float(np.max(np.abs(x))))
+            for col in range(span):
+                a = int((t0 + col / span * (t1 - t0)) * rate)
+                b = max(a + 1, int((t0 + (col + 1) / span * (t1 - t0)) * rate))
+                seg = x[a:b]
+                if len(seg):
+                    lo, hi = float(seg.min()) / peak, float(seg.max()) / peak
+                    cv2.line(img, (L + col, int(mid - hi * half)), (L + col, int(mid - lo * half)), grey, 1)
+            return
+        k0, k1 = int(t0 / HOP_S), min(len(pos), int(t1 / HOP_S) + 1)
+        poly = [(px(k * HOP_S), ys(env[k])) for k in range(k0, min(k1, len(env)))]
+        if poly:
+            cv2.fillPoly(img, [np.array([(poly[0][0], ys(0))] + poly + [(poly[-1][0], ys(0))], np.int32)],
+                         (228, 228, 228))
+            cv2.polylines(img, [np.array(poly, np.int32)], False, grey, 1, cv2.LINE_AA)
+        phys = [(px(k * HOP_S), ys(pos[k])) for k in range(k0, k1)]
+        cv2.polylines(img, [np.array(phys, np.int32)], False, red, 2, cv2.LINE_AA)
+        steps, last = [], 0.0
+        for t_cmd, o, us in log_rows:
+            o = 0.0 if us is None else o
+            if t0 <= t_cmd <= t1:
+                steps += [(px(t_cmd), ys(last)), (px(t_cmd), ys(o))]
+            last = o
+        if steps:
+            steps.append((px(t1), steps[-1][1]))
+            cv2.polylines(img, [np.array(steps, np.int32)], False, blue, 1, cv2.LINE_AA)
+
+    title = (f"{res.folder.name}: effective lag {res.lag_ms:+.0f} ms (positive = jaw late), r {res.r:.2f}; "
+             f"jaw commanded {res.lead_ms:.0f} ms ahead of the sound, servo travel {res.travel_ms:.0f} ms")
+    cv2.putText(img, title, (L, 32), font, 0.62, dark, 1, cv2.LINE_AA)
+    x_leg = L
+    for label, colour in (("heard loudness (envelope)", grey), ("jaw commanded", blue),
+                          ("jaw physical (servo model)", red)):
+        cv2.line(img, (x_leg, 56), (x_leg + 30, 56), colour, 3)
+        cv2.putText(img, label, (x_leg + 38, 61), font, 0.55, colour, 1, cv2.LINE_AA)
+        x_leg += 330
+    panel(80, 230, 0.0, duration, "waveform", wave=True)
+    panel(260, 580, 0.0, duration, "whole reply")
+    cv2.rectangle(img, (int(L + z0 / duration * (W - L - R)), 262), (int(L + z1 / duration * (W - L - R)), 578),
+                  (150, 150, 150), 1)
+    panel(640, 1080, z0, z1, f"close-up {z0:.1f}-{z1:.1f} s: the blue steps come before the sound they open for; "
+                             f"the red horn arrives with it")
+    cv2.putText(img, "time (s, as heard)", (W // 2 - 80, H - 8), font, 0.55, (60, 60, 60), 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise SkullError(f"could not write the plot to {path}; is it a .png path in a writable folder?")
+
+
+def cmd_replay(args, config: SkullConfig) -> int:
+    from .audio.player import ClockPlayer, open_player
+    from .runtime import open_jaw
+    import dataclasses
+    if args.plot and not str(args.plot).lower().endswith(".png"):
+        raise SkullError(f"--plot {args.plot}: give a .png file name")
+    config = dataclasses.replace(config, board=dataclasses.replace(config.board, driver=args.jaw))
+    folders = turn_folders(Path(args.session), args.turn)
+
+    def speaker(rate):
+        if args.no_audio:
+            return ClockPlayer(rate=rate, block_ms=5.0)
+        return open_player(config.audio.output_device)
+
+    failed = 0
+    for i, folder in enumerate(folders):
+        plot = None
+        if args.plot:
+            plot = Path(args.plot) if len(folders) == 1 else Path(args.plot).with_name(
+                f"{Path(args.plot).stem}-{folder.name}.png")
+        res = replay_turn(folder, config, jaw_kind=args.jaw, audio=not args.no_audio, retrack=args.retrack,
+                          plot=plot, open_jaw=lambda: open_jaw(config), open_speaker=speaker)
+        if args.report:
+            print("\n".join(report_lines(res)), flush=True)
+        else:
+            print(f"{folder.name}: lag {res.lag_ms:+.0f} ms, r {res.r:.3f}, outside limits {res.stats.outside_s:.3f} s",
+                  flush=True)
+        if plot is not None:
+            print(f"  plot: {plot}", flush=True)
+        failed += res.stats.outside_s > 0
+    return 1 if failed else 0
+
