@@ -104,6 +104,21 @@ class RawJaw:
     def detach(self) -> None:
         self.jaw.detach()
 
+    def release(self, closed_us: float | None, pause=time.sleep) -> None:
+        """Shut at ``closed_us`` (the pulse just found, not the wide range's end), detach, and
+        mark the driver closed so its own close() lets go without moving again."""
+        try:
+            if closed_us:
+                self.to_us(closed_us)
+                pause(0.25)
+        finally:
+            self.jaw.detach()
+            servo = getattr(self.jaw, "_servo", None)
+            if servo is not None:
+                servo.close()  # gpio: the pin is released; GpioJaw.close() then does nothing
+            if hasattr(self.jaw, "closed"):
+                self.jaw.closed = True
+
 
 class ProfileJaw:
     """The raw jaw seen through a (candidate) calibration: move(opening) like any driver."""
@@ -133,8 +148,11 @@ HELP = """commands (then Enter):
 class Session:
     """The interactive calibration, line by line (testable with piped input)."""
 
-    def __init__(self, raw: RawJaw, console: Console, path: Path, start: Calibration, speaker=None):
+    def __init__(self, raw: RawJaw, console: Console, path: Path, start: Calibration, speaker=None, ask=None,
+                 pause=time.sleep):
         self.raw, self.console, self.path = raw, console, path
+        self.ask = ask or console.input
+        self.pause = pause
         self.closed_us: float | None = start.closed_us
         self.open_us: float | None = start.open_us
         self.travel_ms, self.lead_ms = start.travel_ms, start.lead_ms
@@ -221,13 +239,13 @@ class Session:
             return
         for ms in (400, 250, 160, 100, 70, 50, 35):
             self.raw.to_us(self.closed_us)
-            time.sleep(0.4)
+            self.pause(0.4)
             for _ in range(3):
                 self.raw.to_us(self.open_us)
-                time.sleep(ms / 1000)
+                self.pause(ms / 1000)
                 self.raw.to_us(self.closed_us)
-                time.sleep(max(ms / 1000, 0.1))
-            answer = self.console.input(f"{ms} ms: did the jaw open all the way each time? [y/n] ").strip().lower()
+                self.pause(max(ms / 1000, 0.1))
+            answer = self.ask(f"{ms} ms: did the jaw open all the way each time? [y/n] ").strip().lower()
             if answer != "y":
                 break
             self.travel_ms = float(ms)
@@ -268,14 +286,24 @@ class Session:
             self.raw.to_us(cal.closed_us)
 
 
-def interactive(args, console: Console, config, open_jaw, lines=None) -> int:
-    """``open_jaw(calibration)``: the configured jaw driver, opened over the given range."""
+def interactive(args, console: Console, config, open_jaw, lines=None, pause=time.sleep) -> int:
+    """``open_jaw(calibration)``: the configured jaw driver, opened over the given range.
+    ``lines``: an iterator of typed lines (tests); default: the terminal."""
     path = profile_path(args.name, args.dir)
     start = load_calibration(path) if path.exists() else config.calibration
     wide = Calibration(closed_us=SAFE_LO, open_us=SAFE_HI, lead_ms=start.lead_ms, travel_ms=start.travel_ms)
     jaw, closers = open_jaw(wide)
     raw = RawJaw(jaw)
-    session = Session(raw, console, path, start)
+    def ask(prompt: str) -> str:
+        if lines is None:
+            return console.input(prompt)
+        console.print(prompt, end="")
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    session = Session(raw, console, path, start, ask=ask, pause=pause)
     console.print(f"[bold]skull calibrate[/]: profile {path}")
     console.print("The servo starts at the closed pulse of the current profile. Jog it until the jaw just shuts "
                   "without straining (c), then until it is fully open (o).")
@@ -285,20 +313,16 @@ def interactive(args, console: Console, config, open_jaw, lines=None) -> int:
         console.print(session.status())
         while True:
             try:
-                line = next(lines) if lines is not None else console.input("[bold]> [/]")
-            except (EOFError, StopIteration):
+                if not session.handle(ask("> ")):
+                    break
+            except EOFError:
                 console.print("end of input: quit without saving")
-                break
-            if not session.handle(line):
                 break
     except KeyboardInterrupt:
         console.print("interrupted: quit without saving")
     finally:
         try:
-            if session.closed_us:
-                raw.to_us(session.closed_us)
-                time.sleep(0.25)
-            raw.detach()
+            raw.release(session.closed_us or start.closed_us, pause)
         finally:
             for close in reversed(closers):
                 try:

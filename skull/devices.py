@@ -14,10 +14,10 @@ from .errors import DeviceError
 
 
 def pin_factory(sim: bool, name: str = ""):
-    """MockFactory (with PWM pins for the servo) when simulated; otherwise ``name`` ([board]
+    """MockFactory (with PWM pins for the servo) when simulated or asked for (mock); otherwise ``name`` ([board]
     pin_factory: lgpio, pigpio, rpigpio, native) or gpiozero's default, which honours
     GPIOZERO_PIN_FACTORY (lgpio on a Pi 5, pigpio where its daemon runs)."""
-    if sim:
+    if sim or (name or os.environ.get("GPIOZERO_PIN_FACTORY", "")).lower() == "mock":
         from gpiozero.pins.mock import MockFactory, MockPWMPin
         return MockFactory(pin_class=MockPWMPin)
     if name:

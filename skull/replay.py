@@ -51,6 +51,8 @@ class TurnReplay:
     jaw: str
     live: tuple[float, float] | None = None
     """(lag ms, r) of the jaw as it ran when recorded"""
+    commanded_lag_ms: float = 0.0
+    """lag of the commands behind the jaw track of the sound being heard (negative: sent ahead)"""
 
 
 def turn_folders(session: Path, turn: int | None = None) -> list[Path]:
@@ -95,6 +97,14 @@ def physical(log_rows, times, cal: Calibration, t0: float) -> np.ndarray:
     throw = 25.0
     sec_per_60 = cal.travel_ms / 1000.0 * 60.0 / throw
     return np.asarray(physical_positions(log_rows, times, throw, sec_per_60, 0.020, t0))
+
+
+def commanded_path(log_rows, times) -> np.ndarray:
+    """The last commanded opening at each of ``times`` (0 while detached)."""
+    t_cmd = np.array([t for t, _, _ in log_rows])
+    vals = np.array([0.0 if us is None else o for _, o, us in log_rows])
+    idx = np.searchsorted(t_cmd, times, side="right") - 1
+    return np.where(idx >= 0, vals[np.clip(idx, 0, None)], 0.0)
 
 
 def recorded_sync(folder: Path, x: np.ndarray, rate: int, cal: Calibration) -> tuple[float, float] | None:
@@ -160,8 +170,12 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, audio: bool
     pos = physical(shifted, times, cal, shifted[0][0])
     loud = loudness(x, rate)
     lag, r = effective_lag(pos, loud)
+    # how far ahead of the sound's own jaw track the commands went out (the lead, as measured)
+    commanded = commanded_path(shifted, times)
+    track_heard = np.interp(times, np.arange(len(track)) / fps, track, right=0.0) if len(track) else times * 0
+    cmd_lag, _ = effective_lag(commanded, track_heard, max_shift_s=0.2)
     result = TurnReplay(folder, duration, lag * 1000.0, r, command_stats(shifted, cal, duration), cal.lead_ms,
-                        cal.travel_ms, jaw_kind, recorded_sync(folder, x, rate, cal))
+                        cal.travel_ms, jaw_kind, recorded_sync(folder, x, rate, cal), cmd_lag * 1000.0)
     if plot is not None:
         draw_plot(plot, x, rate, loud, shifted, pos, result)
     return result
@@ -172,6 +186,8 @@ def report_lines(res: TurnReplay) -> list[str]:
     lines = [f"{res.folder.name}: {res.duration_s:.2f} s of reply through the {res.jaw} jaw "
              f"(lead {res.lead_ms:.0f} ms, servo travel {res.travel_ms:.0f} ms)",
              f"  effective lag      {res.lag_ms:+.0f} ms  (positive = jaw late; |lag| under 45 ms is not noticed)",
+             f"  commands sent      {-res.commanded_lag_ms:.0f} ms ahead of the sound they open for (the servo's "
+             f"frame wait and travel use it up)",
              f"  correlation        {res.r:.3f}  (physical jaw with heard loudness, at that lag)",
              f"  commands/s         {s.per_second:.1f}  ({s.count} commands)",
              f"  largest step       {s.largest_step:.2f} of the travel",

@@ -12,8 +12,8 @@ The chain per frame (``fps`` frames per second, 100 by default), each step a ``[
 3. gain: ``ref_dbfs`` is the level that opens the jaw fully; left unset, it is taken from the
    clip's own statistics (its ``ref_percentile`` level), so quiet and loud voices both use the
    whole travel; ``range_db`` below it the jaw is closed. A steady bed (music, hum, a crowd)
-   that never dips for ``steady_ms`` raises that floor to its own quietest level, so only what
-   rises above it opens the jaw;
+   that never dips for ``steady_ms`` raises that floor to 6 dB over its own quietest level, so
+   only what rises above it opens the jaw;
 4. curve: opening ** ``curve`` (below 1 opens wider on soft syllables);
 5. attack/release: a one-pole follower, fast to open (``attack_ms``), slower to close
    (``release_ms``);
@@ -31,6 +31,10 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from ..errors import ConfigError
+
+
+STEADY_MARGIN_DB = 6.0
+"""how far above a steady bed's quietest level a sound must rise to open the jaw"""
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class JawShape:
     """how far below the reference level the jaw is closed"""
     steady_ms: float = 1000.0
     """a sound that never dips for this long is a steady bed (music, hum, a crowd): the jaw opens
-    only on what rises above its quietest level of that window; 0 = off"""
+    only on what rises 6 dB above its quietest level of that window; 0 = off"""
     curve: float = 1.2
     """opening = level ** curve; below 1 opens wider on soft syllables, above 1 only on loud ones"""
     attack_ms: float = 15.0
@@ -224,7 +228,7 @@ class JawMapper:
             for i in range(len(levels)):
                 lo = i + n0 + 1 - self._steady
                 if lo >= 0:  # a full window: its quietest level
-                    floor[i] = max(floor[i], min(recent[lo:i + n0 + 1]))
+                    floor[i] = max(floor[i], min(recent[lo:i + n0 + 1]) + STEADY_MARGIN_DB)
             self._recent = recent[-self._steady:]
         raw = np.clip((levels - floor) / s.range_db, 0.0, 1.0) ** s.curve * s.max_open
         raw[levels < s.gate_dbfs] = 0.0
