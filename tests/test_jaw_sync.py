@@ -228,7 +228,6 @@ def test_replay_reports_and_plots_a_recorded_session(session, tmp_path, capsys):
     png = tmp_path / "sync.png"
     assert main(["replay", str(session), "--report", "--plot", str(png), "--no-audio"]) == 0
     out = capsys.readouterr().out
-    figures = dict(line.split(None, 2)[0:2] for line in [])  # noqa: F841 (kept simple below)
     lag = float(out.split("effective lag")[1].split("ms")[0])
     ahead = float(out.split("commands sent")[1].split("ms")[0])
     r = float(out.split("correlation")[1].split()[0])
