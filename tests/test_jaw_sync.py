@@ -289,3 +289,12 @@ def test_commands_csv_places_every_command_in_reply_wav(session):
 
 def test_loudness_hop():
     assert len(loudness(np.zeros(RATE, np.float32), RATE)) == int(1 / HOP_S)
+
+
+def test_live_mode_moves_the_jaw_in_a_whole_turn():
+    from skull.config import JawConfig
+    cfg = dataclasses.replace(SkullConfig(), jaw=JawConfig(mode="live"))
+    agent = asyncio.run(run_demo(bundled("question.wav"), bundled("snapshot.jpg"), audio=False, skull_config=cfg))
+    assert agent.follower.mode == "live" and agent.finished[-1].outcome == "answered"
+    openings = [o for _, o, us in agent.body.jaw.log if us is not None]
+    assert max(openings) > 0.8 and sum(o == 0.0 for o in openings) >= 2  # opened wide and shut between words
