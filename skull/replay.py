@@ -126,8 +126,8 @@ def recorded_sync(folder: Path, x: np.ndarray, rate: int, cal: Calibration) -> t
     return lag * 1000.0, r
 
 
-def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, audio: bool, retrack: bool,
-                plot: Path | None, open_jaw, open_speaker) -> TurnReplay:
+def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bool, plot: Path | None,
+                open_jaw, open_speaker) -> TurnReplay:
     cal = config.calibration
     sound = read_wav(folder / "reply.wav")
     x, rate = to_mono(sound), sound.rate
@@ -304,8 +304,8 @@ def cmd_replay(args, config: SkullConfig) -> int:
         if args.plot:
             plot = Path(args.plot) if len(folders) == 1 else Path(args.plot).with_name(
                 f"{Path(args.plot).stem}-{folder.name}.png")
-        res = replay_turn(folder, config, jaw_kind=args.jaw, audio=not args.no_audio, retrack=args.retrack,
-                          plot=plot, open_jaw=lambda: open_jaw(config), open_speaker=speaker)
+        res = replay_turn(folder, config, jaw_kind=args.jaw, retrack=args.retrack, plot=plot,
+                          open_jaw=lambda: open_jaw(config), open_speaker=speaker)
         if args.report:
             print("\n".join(report_lines(res)), flush=True)
         else:

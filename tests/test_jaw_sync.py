@@ -162,57 +162,51 @@ def test_agent_refuses_an_out_of_range_profile_naming_the_value(tmp_path):
     assert "closed_us = 300" in out.stderr and "500..2500" in out.stderr and "end stops" in out.stderr
 
 
-def test_interactive_calibration_jogs_sets_and_saves(tmp_path):
+class SimJaws(list):
+    """open_jaw for `skull calibrate`: a simulated jaw, kept for inspection."""
+
+    def __call__(self, cal):
+        from skull.jaw.sim import SimJaw
+        self.append(SimJaw(cal))
+        return self[-1], [self[-1].close]
+
+
+def calibrate_lines(tmp_path, name, lines):
     from rich.console import Console
 
     from skull.calibrate import interactive
-    from skull.jaw.sim import SimJaw
-
-    jaws = []
-
-    def open_jaw(cal):
-        jaws.append(SimJaw(cal))
-        return jaws[-1], [jaws[-1].close]
 
     class Args:
-        name, dir = "bench-skull", str(tmp_path)
+        dir = str(tmp_path)
+    Args.name = name
+    jaws = SimJaws()
+    with open(tmp_path / "out.txt", "w") as out:
+        rc = interactive(Args, Console(file=out, width=120), SkullConfig(), jaws, lines=iter(lines),
+                         pause=lambda s: None)
+    return rc, jaws[0], (tmp_path / "out.txt").read_text()
 
-    lines = iter(["1300", "--", "+", "c", "1650", "++", "o", "2900", "r", "r", "t", "y", "y", "y", "n", "w"])
-    console = Console(file=open(tmp_path / "out.txt", "w"), width=120)
-    assert interactive(Args, console, SkullConfig(), open_jaw, lines=lines, pause=lambda s: None) == 0
+
+def test_interactive_calibration_jogs_sets_and_saves(tmp_path):
+    lines = ["1300", "--", "+", "c", "1650", "++", "o", "2900", "r", "r", "t", "y", "y", "y", "n", "w"]
+    rc, jaw, out = calibrate_lines(tmp_path, "bench-skull", lines)
+    assert rc == 0
     cal = load_calibration(tmp_path / "bench-skull.toml")
     assert (cal.closed_us, cal.open_us, cal.travel_ms) == (1260.0, 1700.0, 160.0)
     assert 10 < cal.lead_ms < 150
-    jaw = jaws[0]
     pulses = [us for _, _, us in jaw.log if us is not None]
     assert max(pulses) <= 2500 and 2900 not in pulses  # the unsafe request was not obeyed
     assert jaw.log[-1][2] is None and jaw.closed  # left detached
     last_pulse = [us for _, _, us in jaw.log if us is not None][-1]
     assert last_pulse == pytest.approx(1260.0)  # shut before letting go
-    console.file.close()
-    assert "outside the safe 500..2500" in (tmp_path / "out.txt").read_text()
+    assert "outside the safe 500..2500" in out
 
 
 def test_interactive_calibration_quit_or_end_of_input_saves_nothing_and_detaches(tmp_path):
-    from rich.console import Console
-
-    from skull.calibrate import interactive
-    from skull.jaw.sim import SimJaw
-    jaws = []
-
-    def open_jaw(cal):
-        jaws.append(SimJaw(cal))
-        return jaws[-1], [jaws[-1].close]
-
-    class Args:
-        name, dir = "x", str(tmp_path)
-
     for lines in (["++", "q"], ["++", "c"]):
-        console = Console(file=open(tmp_path / "o.txt", "w"))
-        assert interactive(Args, console, SkullConfig(), open_jaw, lines=iter(lines), pause=lambda s: None) == 1
-        console.file.close()
+        rc, jaw, _ = calibrate_lines(tmp_path, "x", lines)
+        assert rc == 1
         assert not (tmp_path / "x.toml").exists()
-        assert jaws[-1].log[-1][2] is None
+        assert jaw.log[-1][2] is None
 
 
 # --- skull replay ----------------------------------------------------------------------------------
