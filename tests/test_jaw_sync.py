@@ -37,11 +37,27 @@ def first_open(cmds):
 
 def test_jaw_is_commanded_lead_ms_before_the_sound_is_heard():
     x = burst_clip(onset_s=0.5)
-    for lead in (0.0, 50.0, 120.0):
-        t = first_open(follow(x, RATE, lead_ms=lead, latency_s=0.040))
+    for lead, latency in ((0.0, 0.040), (50.0, 0.040), (120.0, 0.040), (120.0, 0.005)):
+        # a speaker buffer shorter than the lead: the jaw looks ahead into what is queued
+        t = first_open(follow(x, RATE, lead_ms=lead, latency_s=latency))
         # the first opening command goes out one lead before the sound (within one 20 ms loop tick
         # and the 10 ms level window that reaches back before the onset)
         assert 0.5 - lead / 1000 - 0.035 <= t <= 0.5 - lead / 1000 + 0.020, (lead, t)
+    # a sentence that starts with sound: the jaw still opens one lead before its first sample
+    t = first_open(follow(burst_clip(onset_s=0.0), RATE, lead_ms=60.0, latency_s=0.005))
+    assert -0.060 - 0.035 <= t <= -0.060 + 0.020
+
+
+def test_timeline_knows_the_jaw_of_a_segment_not_yet_handed_to_the_speaker():
+    from skull.audio.envelope import jaw_track
+    from skull.audio.player import Timeline
+    tl = Timeline(RATE)
+    tl.read(160)  # 10 ms of silence already went to the device
+    x = burst_clip(onset_s=0.0, on_s=0.3)
+    tl.add(x, RATE, jaw_track(x, RATE), 100)
+    assert tl.opening_at(160 + 0.1 * RATE) > 0.5  # 100 ms into the queued segment
+    assert tl.locate(160 + 0.1 * RATE)[1] == pytest.approx(0.1)
+    assert tl.opening_at(100) == 0.0
 
 
 def test_live_level_leads_only_as_far_as_the_speaker_buffer():

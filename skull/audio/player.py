@@ -107,16 +107,30 @@ class Timeline:
             self.on_drained()
         return out
 
+    def _spans(self):
+        """(segment, first frame) of what is playing and of what is queued behind it. A queued
+        segment starts exactly where the one before it ends (or at the next frame handed to the
+        device when nothing plays), so the jaw can look ahead into it. Call with the lock held."""
+        spans = [(seg, seg.start) for seg in self.playing]
+        nxt = self.frames
+        for i, seg in enumerate(self.queue):
+            if i == 0 and self._pos > 0:  # the head is already playing
+                nxt = seg.start + len(seg.samples)
+                continue
+            spans.append((seg, nxt))
+            nxt += len(seg.samples)
+        return spans
+
     def opening_at(self, frame: float) -> float | None:
         """Jaw opening for the sound at timeline ``frame`` (0 in silence); None when that sound
         came without a jaw track (the live level must be used)."""
         with self._lock:
-            for seg in self.playing:
-                if seg.start <= frame < seg.end:
+            for seg, start in self._spans():
+                if start <= frame < start + len(seg.samples):
                     if not len(seg.jaw):
                         return None
                     # between two track frames: the straight line between them
-                    pos = (frame - seg.start) / self.rate * seg.jaw_fps
+                    pos = (frame - start) / self.rate * seg.jaw_fps
                     k = int(pos)
                     if not 0 <= k < len(seg.jaw):
                         return 0.0
@@ -128,9 +142,9 @@ class Timeline:
     def locate(self, frame: float) -> tuple[object, float] | None:
         """(tag, seconds into that segment) of the sound at timeline ``frame``; None in silence."""
         with self._lock:
-            for seg in self.playing:
-                if seg.start <= frame < seg.end:
-                    return seg.tag, (frame - seg.start) / self.rate
+            for seg, start in self._spans():
+                if start <= frame < start + len(seg.samples):
+                    return seg.tag, (frame - start) / self.rate
         return None
 
     def samples(self, a: int, b: int) -> np.ndarray:
@@ -170,8 +184,9 @@ class ClockPlayer:
         return time.monotonic()
 
     def audible_frame(self, t: float) -> float:
-        """Timeline frame heard at clock time ``t``."""
-        return ((t - self._t0) * self.speed - self.latency_s) * self.rate
+        """Timeline frame heard at clock time ``t``: frame F is handed over ``latency_s`` early
+        and heard at t0 + F / rate (the same time ``Segment.heard_at`` gives)."""
+        return (t - self._t0) * self.speed * self.rate
 
     def start(self) -> None:
         self._stop.clear()
