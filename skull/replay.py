@@ -137,6 +137,7 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
         track, fps = jaw_track(x, rate, config.shape), config.shape.fps
     else:
         track, fps = read_track(folder / "jaw.csv")
+    from .audio.player import ClockPlayer
     from .jaw.sync import JawFollower
     jaw, closers = open_jaw()
     player = open_speaker(rate)
@@ -144,6 +145,8 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
                            shape=config.shape)
     try:
         player.start()
+        if not isinstance(player, ClockPlayer):
+            time.sleep(1.0)  # a sound device's first buffers come in bursts; its clock settles first
         follower.start()
         started = time.monotonic()
         seg = player.timeline.add(x, rate, track, fps, tag="replay")

@@ -252,7 +252,10 @@ class SoundDevicePlayer:
     def audible_frame(self, t: float) -> float:
         with self._lock:
             frame, dac = self._anchor
-        return frame + (t - dac) * self.rate
+        # a device that stalls (PulseAudio does for a second or two after a stream starts) does not
+        # play what it was never given: never run ahead of the frames handed to it
+        limit = self.timeline.frames + max(0.0, t - self.now()) * self.rate
+        return min(frame + (t - dac) * self.rate, limit)
 
     def start(self) -> None:
         try:
