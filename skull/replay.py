@@ -214,9 +214,13 @@ def draw_plot(path: Path, x: np.ndarray, rate: int, loud: np.ndarray, log_rows, 
     font = cv2.FONT_HERSHEY_SIMPLEX
     env = loud / max(1e-9, float(np.percentile(loud, 99)))
     # close-up: from 0.25 s before the first syllable that rises out of 100 ms of quiet
-    quiet = 20
-    onsets = [k for k in range(quiet, len(env)) if env[k] > 0.5 and env[k - quiet:k].max() < 0.15]
-    z0 = max(0.0, (onsets[0] * HOP_S if onsets else 0.0) - 0.25)
+    onset, quiet = 0, 0
+    for k, v in enumerate(env):
+        if quiet >= 20 and v > 0.5:
+            onset = k
+            break
+        quiet = quiet + 1 if v < 0.15 else (quiet if quiet >= 20 else 0)
+    z0 = max(0.0, onset * HOP_S - 0.25)
     z1 = min(duration, z0 + 1.2)
 
     def panel(y0, y1, t0, t1, label, wave=False):
