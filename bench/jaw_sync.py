@@ -8,7 +8,7 @@ Every clip is levelled to the same speaking volume (-20 dBFS RMS over its voiced
 volume knob a user would set) and "played" on a simulated clock: sample 0 is heard at t = 0,
 and every method gets its audio when it really would:
 
-* ours: the host's precomputed jaw track (skull.audio.envelope.jaw_track), followed by the real
+* ours: the host's precomputed jaw track (skull.core.envelope.jaw_track), followed by the real
   JawFollower at 50 Hz targeting the sound heard ``lead_ms`` ahead on the playback clock.
   ``ours (live level)`` is the same loop measuring the level of the audio as it is handed to the
   device (it can only look ahead by the output latency);
@@ -49,7 +49,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from skull.audio.wav import read_wav, to_mono, write_wav  # noqa: E402
+from skull.core.wav import read_wav, to_mono, write_wav  # noqa: E402
 from skull.config import Calibration  # noqa: E402
 from skull.jaw.metrics import effective_lag, loudness  # noqa: E402
 from skull.jaw.simulate import follow, servo_path  # noqa: E402

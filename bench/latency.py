@@ -37,7 +37,7 @@ from host.fakes.workload import Workload  # noqa: E402
 from skull.agent import Agent  # noqa: E402
 from skull.audio.player import ClockPlayer  # noqa: E402
 from skull.config import SkullConfig  # noqa: E402
-from skull.demo import bundled  # noqa: E402
+from skull.core.data import bundled  # noqa: E402
 from skull.machine import State  # noqa: E402
 from skull.runtime import build_body  # noqa: E402
 

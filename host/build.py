@@ -1,7 +1,7 @@
 """Building each stage's backend from host.toml."""
 from __future__ import annotations
 
-from skull.errors import BackendError, ConfigError
+from skull.core.errors import BackendError, ConfigError
 
 from .config import STAGE_BACKENDS, HostConfig
 from .turn import Backends

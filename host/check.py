@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from skull.errors import BackendError
+from skull.core.errors import BackendError
 
 from .config import HostConfig
 from .turn import Backends

@@ -6,8 +6,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skull.audio.envelope import JawShape
-from skull.config import build, need, read_toml
+from skull.core.envelope import JawShape
+from skull.core.validate import build, need, read_toml
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class StageConfig:
              "must be 0 (automatic) or 8000..48000 Hz")
         need(1 <= self.max_tokens <= 4096, where, "max_tokens", self.max_tokens, "must be 1..4096")
         need(0.0 <= self.temperature <= 2.0, where, "temperature", self.temperature, "must be 0..2")
-        stage = where.rsplit(".", 1)[-1] if "." in where else ""
+        stage = where.rsplit("[", 1)[-1].rstrip("]") if where.endswith("]") else ""
         if stage in STAGE_BACKENDS:
             need(self.backend in STAGE_BACKENDS[stage], where, "backend", self.backend,
                  f"choose one of {', '.join(STAGE_BACKENDS[stage])}")
@@ -117,6 +117,11 @@ class FallbackConfig:
     """spoken by the fallback voice when the configured voice fails for a whole answer"""
     voice: str = "en-us+m3"
     """the fallback voice: espeak-ng, which needs no server"""
+    timeout_s: float = 10.0
+    """how long the fallback voice may take to speak a line"""
+
+    def check(self, where: str) -> None:
+        need(0.5 <= self.timeout_s <= 120, where, "timeout_s", self.timeout_s, "must be 0.5..120 s")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import requests
 
-from skull.errors import BackendError
+from skull.core.errors import BackendError
 
 LOADING_POLL_S = 0.25
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from skull import protocol as p
-from skull.audio.envelope import JawShape
-from skull.errors import ConfigError, ProtocolError
+from skull.core import protocol as p
+from skull.core.envelope import JawShape
+from skull.core.errors import ConfigError, ProtocolError
 
 from .build import build_backends
 from .config import HostConfig, is_loopback

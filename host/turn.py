@@ -25,10 +25,10 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from skull import protocol as p
-from skull.audio.envelope import JawShape, jaw_track
-from skull.audio.wav import pcm16_to_audio, resample, to_mono_rate, to_pcm16
-from skull.errors import BackendError
+from skull.core import protocol as p
+from skull.core.envelope import JawShape, jaw_track
+from skull.core.wav import pcm16_to_audio, resample, to_mono_rate, to_pcm16
+from skull.core.errors import BackendError
 
 from .backends import Captioner, ReplyContext, ReplyWriter, SpeechToText, TextToSpeech
 from .config import HostConfig

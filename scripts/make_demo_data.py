@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from skull.audio.wav import read_wav, to_mono_rate, write_wav  # noqa: E402
+from skull.core.wav import read_wav, to_mono_rate, write_wav  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent / "skull" / "data"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import machine as m
-from . import protocol as p
+from .core import protocol as p
 from .audio.player import Segment
-from .audio.wav import pcm16_to_audio, to_mono
+from .core.wav import pcm16_to_audio, to_mono
 from .config import SkullConfig
 from .jaw.sync import JawFollower
 from .link import Link

@@ -16,7 +16,7 @@ import threading
 import time
 
 from .config import BoardConfig, Calibration
-from .errors import DeviceError
+from .core.errors import DeviceError
 from .jaw import pulse_us, safe_opening
 
 log = logging.getLogger("skull.board")

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import Calibration, load_calibration
-from .errors import ConfigError, SkullError
+from .core.errors import ConfigError, SkullError
 from .jaw import pulse_us
 
 log = logging.getLogger("skull.calibrate")
@@ -44,9 +44,9 @@ def profile_path(name: str, folder: str | Path = "calibration") -> Path:
 def suggested_lead_ms(travel_ms: float, shape=None) -> float:
     """The lead that puts the jaw on time for a servo of this travel time, found by running the
     real jaw loop on the bundled spoken sample through the servo model."""
-    from .audio.envelope import JawShape
-    from .audio.wav import read_wav, to_mono
-    from .demo import bundled
+    from .core.envelope import JawShape
+    from .core.wav import read_wav, to_mono
+    from .core.data import bundled
     from .jaw.simulate import best_lead_ms
     audio = read_wav(bundled("question.wav"))
     lead, _ = best_lead_ms(to_mono(audio), audio.rate, travel_ms=travel_ms, shape=shape or JawShape())
@@ -260,10 +260,10 @@ class Session:
         except (ConfigError, TypeError):
             self.console.print("[red]set closed (c) and open (o) first[/]")
             return
-        from .audio.envelope import jaw_track
+        from .core.envelope import jaw_track
         from .audio.player import ClockPlayer, open_player
-        from .audio.wav import read_wav, to_mono
-        from .demo import bundled
+        from .core.wav import read_wav, to_mono
+        from .core.data import bundled
         from .jaw.sync import JawFollower
         audio = read_wav(bundled("question.wav"))
         x = to_mono(audio)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 
-from .errors import DeviceError
+from .core.errors import DeviceError
 
 log = logging.getLogger("skull.camera")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

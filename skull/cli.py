@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import SkullError
+from .core.errors import SkullError
 
 log = logging.getLogger("skull.cli")
 
@@ -150,7 +150,8 @@ def cmd_demo(args) -> int:
     from rich.console import Console
 
     from .config import load_skull_config
-    from .demo import bundled, print_summary, run_demo
+    from .core.data import bundled
+    from .demo import print_summary, run_demo
 
     console = Console()
     question = Path(args.question) if args.question else bundled("question.wav")

@@ -7,77 +7,12 @@ the rule. Every key has a documented default, so an empty file (or none) is a va
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audio.envelope import JawShape
-from .errors import ConfigError
-
-
-def _type_ok(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is tuple or hint is tuple:
-        return isinstance(value, (list, tuple))
-    return isinstance(value, hint)
-
-
-def build(cls, table: dict, where: str):
-    """Make a frozen dataclass from a TOML table, checking keys and types."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table, got {table!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in table:
-            continue
-        value, hint = table[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = build(hint, value, f"{where}.{f.name}")
-            continue
-        if not _type_ok(value, hint):
-            raise ConfigError(f"{where}.{f.name} = {value!r} has the wrong type; it must be "
-                              f"{getattr(hint, '__name__', str(hint))}")
-        kwargs[f.name] = tuple(value) if isinstance(value, list) and (hint is tuple or typing.get_origin(hint) is tuple) \
-            else float(value) if hint is float else value
-    obj = cls(**kwargs)
-    check = getattr(obj, "check", None)
-    if check is not None:
-        check(where)
-    return obj
-
-
-def need(ok: bool, where: str, key: str, value, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}.{key} = {value!r} is out of range: {rule}")
-
-
-def read_toml(path: str | Path | None) -> tuple[dict, str]:
-    if path is None:
-        return {}, "built-in defaults"
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    try:
-        return tomllib.loads(text), str(p)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+from .core.envelope import JawShape
+from .core.validate import build, need, read_toml
 
 
 # --- the skull (agent) ---------------------------------------------------------------------

@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -27,10 +26,6 @@ from .machine import State
 from .runtime import build_body
 
 log = logging.getLogger("skull.demo")
-
-
-def bundled(name: str) -> Path:
-    return Path(str(resources.files("skull") / "data" / name))
 
 
 def render(agent: Agent, started: float) -> Group:

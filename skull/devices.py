@@ -10,7 +10,7 @@ import os
 from gpiozero import LED, Button
 
 from .config import PinsConfig
-from .errors import DeviceError
+from .core.errors import DeviceError
 
 
 def pin_factory(sim: bool, name: str = ""):

@@ -52,7 +52,7 @@ def _camera(config: SkullConfig) -> list[Finding]:
     if source is None:
         return [Finding("camera", "WARN", "[camera] source is off: turns go without a snapshot")]
     from .camera import Camera
-    from .errors import DeviceError
+    from .core.errors import DeviceError
     try:
         cam = Camera(source, config.camera.width, config.camera.height)
         try:
@@ -135,7 +135,7 @@ def _calibration(config: SkullConfig) -> list[Finding]:
 def _host(config: SkullConfig, timeout_s: float = 3.0) -> list[Finding]:
     from websockets.asyncio.client import connect
 
-    from . import protocol as p
+    from .core import protocol as p
     link = config.link
 
     async def hello():

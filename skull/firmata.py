@@ -14,7 +14,7 @@ import time
 
 from .boards import BoardJaw, BoardPanel
 from .config import BoardConfig, Calibration
-from .errors import DeviceError
+from .core.errors import DeviceError
 
 log = logging.getLogger("skull.firmata")
 REPORT_VERSION = 0xF9

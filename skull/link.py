@@ -12,9 +12,9 @@ from typing import Awaitable, Callable
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from . import protocol as p
+from .core import protocol as p
 from .config import LinkConfig
-from .errors import ProtocolError, SkullError
+from .core.errors import ProtocolError, SkullError
 
 log = logging.getLogger("skull.link")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio.wav import pcm16_to_audio, resample, to_mono, write_wav
+from .core.wav import pcm16_to_audio, resample, to_mono, write_wav
 
 log = logging.getLogger("skull.record")
 

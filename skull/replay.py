@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio.envelope import jaw_track
-from .audio.wav import read_wav, to_mono
+from .core.envelope import jaw_track
+from .core.wav import read_wav, to_mono
 from .config import Calibration, SkullConfig
-from .errors import SkullError
+from .core.errors import SkullError
 from .jaw import pulse_us
 from .jaw.metrics import HOP_S, CommandStats, command_stats, effective_lag, loudness
 from .jaw.sim import physical_positions

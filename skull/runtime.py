@@ -9,7 +9,7 @@ from .audio.recorder import FileMic, SoundDeviceMic
 from .camera import Camera
 from .config import SkullConfig
 from .devices import Panel, pin_factory
-from .errors import DeviceError
+from .core.errors import DeviceError
 from .jaw.gpio import GpioJaw
 from .jaw.sim import SimJaw
 

@@ -13,9 +13,9 @@ from host.config import HostConfig, ServerConfig
 from host.build import build_backends
 from host.server import Host
 from skull.audio.player import ClockPlayer
-from skull.audio.wav import read_wav, to_mono, write_wav
+from skull.core.wav import read_wav, to_mono, write_wav
 from skull.config import SkullConfig
-from skull.demo import bundled
+from skull.core.data import bundled
 from skull.runtime import build_body
 
 DATA = Path(__file__).parent / "data"
@@ -77,7 +77,7 @@ async def wait_for(predicate, timeout: float = 10.0, step: float = 0.02):
 @pytest.fixture(scope="session")
 def stereo_question(tmp_path_factory) -> Path:
     """The bundled question resampled to 22.05 kHz stereo (right channel quieter than left)."""
-    from skull.audio.wav import resample
+    from skull.core.wav import resample
     path = tmp_path_factory.mktemp("q") / "question-22k-stereo.wav"
     x = resample(to_mono(read_wav(bundled("question.wav"))), 16000, 22050)
     write_wav(path, np.stack([x, x * 0.8], axis=1), 22050)

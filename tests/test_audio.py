@@ -5,9 +5,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from skull.audio.envelope import JawShape, frame_levels_dbfs, jaw_track
-from skull.audio.wav import read_wav, to_mono_rate, wav_bytes
-from skull.errors import AudioFormatError
+from skull.core.envelope import JawShape, frame_levels_dbfs, jaw_track
+from skull.core.wav import read_wav, to_mono_rate, wav_bytes
+from skull.core.errors import AudioFormatError
 
 
 def test_wav_round_trip_stereo():
@@ -98,7 +98,7 @@ def test_release_tail_snaps_to_fully_closed():
 
 def test_image_camera_gives_the_same_picture_every_time():
     from skull.camera import Camera
-    from skull.demo import bundled
+    from skull.core.data import bundled
     cam = Camera(bundled("snapshot.jpg"))  # a Path, as the demo passes it
     shots = [cam.snapshot() for _ in range(3)]
     assert shots[0][:2] == b"\xff\xd8" and shots[0] == shots[1] == shots[2]

@@ -22,9 +22,9 @@ from host.build import build_backends
 from host.config import HostConfig, StageConfig
 from host.fakes import Knobs, LlamaCppFake, OllamaFake, OpenAIAudioFake, PiperFake, WhisperCppFake, XttsFake, tokens
 from host.http import error_message
-from skull.audio.wav import read_wav, to_mono
-from skull.demo import bundled
-from skull.errors import BackendError, ConfigError
+from skull.core.wav import read_wav, to_mono
+from skull.core.data import bundled
+from skull.core.errors import BackendError, ConfigError
 
 QUESTION = to_mono(read_wav(bundled("question.wav")))
 SNAPSHOT = bundled("snapshot.jpg").read_bytes()
@@ -379,10 +379,10 @@ def test_bad_backend_config_is_named(tmp_path):
     from host.config import load_host_config
     path = tmp_path / "host.toml"
     path.write_text("[reply]\nbackend = 'gpt'\n")
-    with pytest.raises(ConfigError, match="reply.backend = 'gpt'.*jokes, openai-chat, ollama"):
+    with pytest.raises(ConfigError, match=r"\[reply\]: backend = 'gpt'.*jokes, openai-chat, ollama"):
         load_host_config(path)
     path.write_text("[stt]\nbackend = 'whisper.cpp'\n")
-    with pytest.raises(ConfigError, match="stt.url = ''.*needs the server's address"):
+    with pytest.raises(ConfigError, match=r"\[stt\]: url = ''.*needs the server's address"):
         load_host_config(path)
     with pytest.raises(ConfigError, match="needs a reply model that looks at pictures"):
         build_backends(dataclasses.replace(HostConfig(), vision=StageConfig(backend="reply")))

@@ -22,8 +22,8 @@ from skull.agent import Agent
 from skull.audio.player import ClockPlayer
 from skull.boards import SkulljawBoard
 from skull.config import BoardConfig, Calibration
-from skull.demo import bundled
-from skull.errors import DeviceError
+from skull.core.data import bundled
+from skull.core.errors import DeviceError
 from skull.jaw.gpio import GpioJaw
 from skull.jaw.sim import SimJaw
 from skull.machine import State

@@ -3,7 +3,7 @@ import pytest
 
 from host.config import load_host_config
 from skull.config import load_skull_config
-from skull.errors import ConfigError
+from skull.core.errors import ConfigError
 
 
 def _write(tmp_path, text, name="skull.toml"):
@@ -18,11 +18,11 @@ def test_defaults_without_a_file():
 
 
 @pytest.mark.parametrize("text, words", [
-    ("[calibration]\nopen_us = 3000\n", ["calibration.open_us", "3000", "500..2500"]),
-    ("[calibration]\nclosed_us = 'low'\n", ["calibration.closed_us", "'low'", "wrong type"]),
-    ("[link]\nurl = 'http://x'\n", ["link.url", "ws://"]),
-    ("[pins]\nbutton = 18\n", ["pins.button", "three different pins"]),
-    ("[jaw]\nframe_rate = 50\n", ["unknown key 'frame_rate'", "frame_hz"]),
+    ("[calibration]\nopen_us = 3000\n", ["[calibration]: open_us = 3000.0", "500..2500"]),
+    ("[calibration]\nclosed_us = 'low'\n", ["[calibration]: closed_us = 'low'", "wrong type"]),
+    ("[link]\nurl = 'http://x'\n", ["[link]: url = 'http://x'", "ws://"]),
+    ("[pins]\nbutton = 18\n", ["[pins]: button", "three different pins"]),
+    ("[jaw]\nframe_rate = 50\n", ["[jaw]: unknown key 'frame_rate'", "frame_hz"]),
     ("[jaww]\n", ["unknown key 'jaww'"]),
     ("this is not toml", ["not valid TOML"]),
 ])
@@ -44,7 +44,7 @@ def test_calibration_profile_file_is_used(tmp_path):
 def test_host_config_stage_and_range(tmp_path):
     cfg = load_host_config(_write(tmp_path, "[tts]\nvoice = 'en-gb'\n", "host.toml"))
     assert cfg.tts.voice == "en-gb" and cfg.tts.backend == "espeak-ng"
-    with pytest.raises(ConfigError, match="server.port"):
+    with pytest.raises(ConfigError, match=r"\[server\]: port = 70000"):
         load_host_config(_write(tmp_path, "[server]\nport = 70000\n", "host.toml"))
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skull.audio.wav import read_wav, to_mono, write_wav
+from skull.core.wav import read_wav, to_mono, write_wav
 from skull.cli import main
 from skull.config import Calibration, SkullConfig, load_calibration
-from skull.demo import bundled, run_demo
+from skull.core.data import bundled
+from skull.demo import run_demo
 from skull.jaw.metrics import HOP_S, command_stats, effective_lag, loudness
 from skull.jaw.simulate import best_lead_ms, follow, sync_of
 
@@ -49,7 +50,7 @@ def test_jaw_is_commanded_lead_ms_before_the_sound_is_heard():
 
 
 def test_timeline_knows_the_jaw_of_a_segment_not_yet_handed_to_the_speaker():
-    from skull.audio.envelope import jaw_track
+    from skull.core.envelope import jaw_track
     from skull.audio.player import Timeline
     tl = Timeline(RATE)
     tl.read(160)  # 10 ms of silence already went to the device
@@ -117,7 +118,7 @@ def test_command_stats_count_time_outside_limits():
 # --- the host makes this skull's tracks with its [shape] -------------------------------------------
 
 def test_host_makes_tracks_with_the_skulls_shape(tmp_path):
-    from skull.audio.envelope import JawShape
+    from skull.core.envelope import JawShape
     cfg = dataclasses.replace(SkullConfig(), shape=JawShape(max_open=0.4))
     agent = asyncio.run(run_demo(bundled("question.wav"), bundled("snapshot.jpg"), audio=False, skull_config=cfg))
     rec = agent.finished[-1]
@@ -126,8 +127,8 @@ def test_host_makes_tracks_with_the_skulls_shape(tmp_path):
 
 
 def test_hello_with_a_bad_shape_is_refused_by_name():
-    from skull import protocol as p
-    from skull.errors import ProtocolError
+    from skull.core import protocol as p
+    from skull.core.errors import ProtocolError
     with pytest.raises(ProtocolError, match="jaw_shape.*max_open"):
         p.decode_text('{"type":"hello","protocol":1,"skull":"x","jaw_shape":{"max_open":3}}', p.CLIENT_MESSAGES)
 

@@ -1,8 +1,8 @@
 """Protocol v1 encode/decode from literal frames, and every malformed-frame case."""
 import pytest
 
-from skull import protocol as p
-from skull.errors import ProtocolError
+from skull.core import protocol as p
+from skull.core.errors import ProtocolError
 
 
 def test_hello_from_literal_frame():
@@ -62,8 +62,8 @@ def test_error_and_done_decode():
     ('{"turn": 1}', p.E_MISSING_FIELD, "'type'"),
     ('{"type": "dance"}', p.E_UNKNOWN_TYPE, "'dance'"),
     ('{"type": "listen"}', p.E_MISSING_FIELD, "'turn'"),
-    ('{"type": "listen", "turn": "one"}', p.E_BAD_FIELD, "'turn'"),
-    ('{"type": "listen", "turn": true}', p.E_BAD_FIELD, "'turn'"),
+    ('{"type": "listen", "turn": "one"}', p.E_BAD_FIELD, "turn = 'one' has the wrong type"),
+    ('{"type": "listen", "turn": true}', p.E_BAD_FIELD, "turn = True has the wrong type"),
     ('{"type": "listen", "turn": -1}', p.E_BAD_FIELD, "0 or more"),
     ('{"type": "audio_start", "turn": 1, "rate": 16000, "width": 3, "channels": 1}', p.E_BAD_FIELD, "'width'"),
     ('{"type": "audio_start", "turn": 1, "rate": 100, "width": 2, "channels": 1}', p.E_BAD_FIELD, "'rate'"),

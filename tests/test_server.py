@@ -8,8 +8,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from host.server import Host
-from skull import protocol as p
-from skull.errors import ConfigError
+from skull.core import protocol as p
+from skull.core.errors import ConfigError
 
 
 def run(coro):

@@ -11,8 +11,8 @@ import numpy as np
 
 from conftest import ask, sim_body, skull_config, start_host, wait_for
 from skull.agent import Agent
-from skull.audio.envelope import frame_levels_dbfs
-from skull.audio.wav import read_wav, to_mono
+from skull.core.envelope import frame_levels_dbfs
+from skull.core.wav import read_wav, to_mono
 from skull.machine import State
 
 

@@ -16,7 +16,7 @@ import logging
 import threading
 from typing import Iterator
 
-from skull.errors import BackendError
+from skull.core.errors import BackendError
 
 from ..http import Http, iter_ndjson, iter_sse
 from . import ReplyContext

@@ -7,8 +7,8 @@ import threading
 
 import numpy as np
 
-from skull.audio.wav import resample, to_pcm16, wav_bytes
-from skull.errors import BackendError
+from skull.core.wav import resample, to_pcm16, wav_bytes
+from skull.core.errors import BackendError
 
 from ..http import Http
 

@@ -12,8 +12,8 @@ import subprocess
 import threading
 
 
-from skull.audio.wav import pcm16_to_audio, read_wav, to_mono
-from skull.errors import AudioFormatError, BackendError
+from skull.core.wav import pcm16_to_audio, read_wav, to_mono
+from skull.core.errors import AudioFormatError, BackendError
 
 from ..http import Http, content_bytes
 from . import Speech

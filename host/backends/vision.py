@@ -8,7 +8,7 @@ import threading
 import cv2
 import numpy as np
 
-from skull.errors import BackendError
+from skull.core.errors import BackendError
 
 _HUES = [(10, "red"), (22, "orange"), (34, "yellow"), (78, "green"), (96, "teal"), (130, "blue"),
          (150, "purple"), (170, "pink"), (181, "red")]  # OpenCV hue 0..180 upper bounds

@@ -14,8 +14,8 @@ import struct
 import time
 import uuid
 
-from skull.audio.wav import read_wav, to_pcm16, wav_bytes
-from skull.errors import AudioFormatError
+from skull.core.wav import read_wav, to_pcm16, wav_bytes
+from skull.core.errors import AudioFormatError
 
 from .core import Crash, FakeServer, Handler, Knobs
 from .speech import speechlike

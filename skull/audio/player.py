@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import DeviceError
-from .wav import resample
+from ..core.errors import DeviceError
+from ..core.wav import resample
 
 log = logging.getLogger("skull.player")
 

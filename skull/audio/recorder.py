@@ -11,8 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import DeviceError
-from .wav import read_wav, to_mono_rate, to_pcm16
+from ..core.errors import DeviceError
+from ..core.wav import read_wav, to_mono_rate, to_pcm16
 
 log = logging.getLogger("skull.mic")
 Chunk = Callable[[bytes], None]

@@ -13,7 +13,7 @@ from gpiozero import Servo
 
 from ..config import Calibration
 from . import pulse_us, safe_opening
-from ..errors import DeviceError
+from ..core.errors import DeviceError
 
 
 class GpioJaw:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..audio.envelope import JawShape, jaw_track
+from ..core.envelope import JawShape, jaw_track
 from ..audio.player import Timeline
 from ..config import Calibration
 from .metrics import HOP_S, effective_lag, loudness

@@ -2,7 +2,7 @@
 ``lead_ms`` from now, read from the playback clock (not a timer), so neither the speaker's
 buffering nor the servo's travel time makes the jaw late.
 
-Two sources for the opening, through the one mapping in :mod:`skull.audio.envelope`:
+Two sources for the opening, through the one mapping in :mod:`skull.core.envelope`:
 
 * ``track`` (default): the host's precomputed jaw track of each reply segment. The whole reply
   is known before it is heard, so the full ``lead_ms`` is honoured.
@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from ..audio.envelope import JawShape, LiveEnvelope
+from ..core.envelope import JawShape, LiveEnvelope
 
 log = logging.getLogger("skull.jaw")
 

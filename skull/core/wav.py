@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AudioFormatError
+from .errors import AudioFormatError
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 

@@ -26,11 +26,12 @@ The chain per frame (``fps`` frames per second, 100 by default), each step a ``[
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from .validate import build
+from .validate import need as check
 
 
 STEADY_MARGIN_DB = 6.0
@@ -73,8 +74,7 @@ class JawShape:
 
     def check(self, where: str = "[shape]") -> None:
         def need(ok, key, rule):
-            if not ok:
-                raise ConfigError(f"{where}.{key} = {getattr(self, key)!r} is out of range: {rule}")
+            check(ok, where, key, getattr(self, key), rule)
         need(10 <= self.fps <= 1000, "fps", "must be 10..1000 frames per second")
         lo_hi = tuple(self.band_hz)
         need(len(lo_hi) == 2 and all(isinstance(v, (int, float)) for v in lo_hi) and 20 <= lo_hi[0] < lo_hi[1] <= 20000,
@@ -106,29 +106,8 @@ class JawShape:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "jaw_shape") -> "JawShape":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(names)}")
-        kw = {}
-        for k, v in d.items():
-            if k in ("band_hz", "band_weights"):
-                if not isinstance(v, (list, tuple)):
-                    raise ConfigError(f"{where}.{k} = {v!r} has the wrong type; it must be a list")
-                kw[k] = tuple(tuple(b) if isinstance(b, (list, tuple)) else b for b in v)
-            elif k == "fps":
-                if not isinstance(v, int) or isinstance(v, bool):
-                    raise ConfigError(f"{where}.fps = {v!r} has the wrong type; it must be int")
-                kw[k] = v
-            elif v is None and k == "ref_dbfs":
-                kw[k] = None
-            else:
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                    raise ConfigError(f"{where}.{k} = {v!r} has the wrong type; it must be a number")
-                kw[k] = float(v)
-        shape = cls(**kw)
-        shape.check(where)
-        return shape
+        """A shape from a mapping (the ``jaw_shape`` of hello), through the one validator."""
+        return build(cls, d, where)
 
 
 def _bands(shape: JawShape) -> list[tuple[float, float, float]]:

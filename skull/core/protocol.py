@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 from .errors import ProtocolError
+from .validate import ValidationError, build
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -48,6 +49,8 @@ E_UNEXPECTED_BINARY = "unexpected_binary"
 E_TOO_LARGE = "too_large"
 E_BAD_STATE = "bad_state"
 E_STAGE_FAILED = "stage_failed"
+E_INTERNAL = "internal_error"
+"""the peer hit an unexpected fault handling a message; it logged it and the connection stays open"""
 
 SAMPLE_WIDTHS = (2,)  # v1 carries signed 16-bit little-endian PCM only
 MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
@@ -67,6 +70,10 @@ class Message:
 
     def validate(self) -> None:
         """Check ranges; raise ProtocolError(bad_field) naming the field."""
+
+    def check(self, where: str) -> None:
+        """The validator's hook (:func:`skull.core.validate.build`): the message's own rules."""
+        self.validate()
 
     def to_dict(self) -> dict[str, Any]:
         d = {"type": self.type}
@@ -113,7 +120,7 @@ class Hello(Message):
 
     def shape(self):
         """The jaw shape this skull asked for (the defaults where it said nothing)."""
-        from .audio.envelope import JawShape
+        from .envelope import JawShape
         from .errors import ConfigError
         try:
             return JawShape.from_dict(self.jaw_shape, "field 'jaw_shape'")
@@ -282,10 +289,6 @@ class Error(Message):
 CLIENT_MESSAGES = {m.type: m for m in (Hello, Listen, Image, AudioStart, Stop, Played)}
 HOST_MESSAGES = {m.type: m for m in (Welcome, Ack, Heard, Speech, Done, Error)}
 
-_JSON_TYPES = {"int": int, "float": (int, float), "str": str, "list": list, "dict": dict,
-               "Union[int, None]": (int, type(None))}
-
-
 def encode(msg: Message, payload: bytes | None = None) -> list[Union[str, bytes]]:
     """Frames for ``msg``: its JSON text frame, then its binary payload when it has one."""
     msg.validate()
@@ -299,7 +302,9 @@ def encode(msg: Message, payload: bytes | None = None) -> list[Union[str, bytes]
 
 
 def decode_text(text: str, registry: dict[str, type[Message]]) -> Message:
-    """One text frame -> a validated message of a type in ``registry``."""
+    """One text frame -> a validated message of a type in ``registry``. Whatever the frame holds
+    (nesting past the decoder's depth, an integer of thousands of digits, a lone surrogate), the
+    answer is a message or a ProtocolError, never another exception."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
         raise _fail(E_TOO_LARGE, f"text frame is over the {MAX_TEXT_BYTES}-byte limit")
     try:
@@ -307,6 +312,11 @@ def decode_text(text: str, registry: dict[str, type[Message]]) -> Message:
     except json.JSONDecodeError as exc:
         raise _fail(E_BAD_JSON, f"text frame is not JSON ({exc.msg} at character {exc.pos}); "
                                 f"send one JSON object per text frame") from None
+    except RecursionError:
+        raise _fail(E_BAD_JSON, "text frame nests arrays or objects too deeply to read; "
+                                "a message is one flat JSON object") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit limit
+        raise _fail(E_BAD_JSON, f"text frame cannot be read as JSON ({str(exc)[:80]})") from None
     if not isinstance(obj, dict):
         raise _fail(E_BAD_MESSAGE, f"a message must be a JSON object, got {type(obj).__name__}")
     kind = obj.get("type")
@@ -314,22 +324,13 @@ def decode_text(text: str, registry: dict[str, type[Message]]) -> Message:
         raise _fail(E_MISSING_FIELD, "message has no 'type' field (a string)")
     cls = registry.get(kind)
     if cls is None:
-        raise _fail(E_UNKNOWN_TYPE, f"unknown message type {kind!r}; expected one of {sorted(registry)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in obj:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _fail(E_MISSING_FIELD, f"{kind} message is missing field {f.name!r}")
-            continue
-        value = obj[f.name]
-        want = _JSON_TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
-        if isinstance(value, bool) or not isinstance(value, want):
-            raise _fail(E_BAD_FIELD, f"field {f.name!r} of {kind} must be {f.type.replace('Union[int, None]', 'int or null')}, "
-                                     f"got {json.dumps(value)[:40]}")
-        kwargs[f.name] = float(value) if f.type == "float" else value
-    msg = cls(**kwargs)
-    msg.validate()
-    return msg
+        shown = kind[:40].encode("utf-8", "backslashreplace").decode()
+        raise _fail(E_UNKNOWN_TYPE, f"unknown message type {shown!r}; expected one of {sorted(registry)}")
+    try:
+        # fields a newer peer adds are ignored; known ones must have the right type
+        return build(cls, {k: v for k, v in obj.items() if k != "type"}, f"{kind} message", unknown="ignore")
+    except ValidationError as exc:
+        raise _fail(E_MISSING_FIELD if exc.rule_kind == "missing" else E_BAD_FIELD, str(exc)) from None
 
 
 class FrameReader:
