@@ -69,7 +69,7 @@ async def soak(port: int, turns: int, host: HostProcess, reply: str, report_ever
                 await asyncio.sleep(0.01)
             rec = await press_and_ask(agent, timeout=20.0)
             stats["turns"] += 1
-            spoken = [seg[1] for seg in sorted(rec.segments)] if rec else []
+            spoken = [seg.text for seg in rec.in_order()] if rec else []
             if not spoken or "first_audio" not in rec.timings_ms:
                 stats["mute"] += 1
             elif any(text in fallbacks for text in spoken):

@@ -1,68 +1,104 @@
 """The agent: runs the talk state machine against real (or simulated) devices and the link.
 
-Device threads (button, microphone, speaker) post events into the event loop; the machine
-decides; :meth:`Agent._do` carries out its actions. Whatever happens, :meth:`Agent.close`
-leaves the hardware safe: playback stopped, jaw closed and detached, LED off.
+Device threads (button, microphone, speaker) post typed events into the event loop; the
+machine decides; each action it emits goes to its handler in :data:`Agent.HANDLERS` (one per
+action type, checked when this module is imported, so an action without a handler fails at
+once, not at a show).
+
+Supervised: a failure in a device, a message handler or the link is logged once with its
+context, the machine gets a :class:`~skull.machine.Fault` (the jaw closes on the spot, audio
+and mic stop, the LED goes off, the turn ends "failed") and the skull carries on; whatever
+escapes the session loop itself restarts it with backoff. Only :class:`~skull.link.LinkFatal`
+(the host refused the token, the protocol or the hello) stops the agent. Whatever happens,
+:meth:`Agent.close` leaves the hardware safe: playback stopped, jaw closed and detached, LED off.
+
+Views subscribe to :attr:`Agent.events` (see :mod:`skull.events`); the per-turn log line and
+the recording of turns are subscribers too.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
+
+from . import events as ev
 from . import machine as m
 from .core import protocol as p
-from .audio.player import Segment
-from .core.wav import pcm16_to_audio, to_mono
+from .core.bus import Bus
 from .config import SkullConfig
 from .jaw.sync import JawFollower
-from .link import Link
-from .record import TurnRecord, write_turn
+from .link import Link, LinkFatal
+from .ports import Camera, Jaw, Mic, Panel, Speaker
+from .record import SentCommand, TurnRecord, write_turn
+from .segment import ReplySegment, SegmentTag
+from .supervisor import FaultLog, Supervisor
 
 log = logging.getLogger("skull.agent")
+
+VIEW_HZ = 10.0
+"""how often jaw and level events are sampled for views (only changes are published)"""
 
 
 @dataclass
 class Body:
-    """The skull's devices. ``panel`` has the button and LED; ``jaw`` moves; ``mic`` has
-    start(on_chunk)/stop(); ``camera`` has snapshot() (or is None); ``player`` has a timeline."""
-    panel: object
-    jaw: object
-    mic: object
-    player: object
-    camera: object = None
+    """The skull's devices, each behind its port (:mod:`skull.ports`). ``closers``: what else
+    was opened to make them (a serial board), closed after the devices."""
+    panel: Panel
+    jaw: Jaw
+    mic: Mic
+    player: Speaker
+    camera: Camera | None = None
     closers: list = field(default_factory=list)
+
+
+def _dbfs(x: np.ndarray) -> float:
+    if not len(x):
+        return -120.0
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return max(-120.0, 20.0 * math.log10(rms)) if rms > 0 else -120.0
 
 
 class Agent:
     def __init__(self, config: SkullConfig, body: Body, *, record_dir: str | Path | None = None,
-                 on_change: Callable[["Agent"], None] | None = None, reply_timeout_s: float = 90.0):
+                 reply_timeout_s: float = 90.0):
         self.config, self.body = config, body
         self.machine = m.TalkMachine()
+        self.events: Bus[ev.SkullEvent] = Bus("skull")
+        self.faults = FaultLog(log)
         self.link = Link(config.link, self._on_message, self._on_link, play_rate=int(body.player.rate),
-                         jaw_shape=config.shape.to_dict())
+                         jaw_shape=config.shape.to_dict(), on_fault=self._fault)
         self.follower = JawFollower(body.player, body.jaw, frame_hz=config.jaw.frame_hz,
                                     lead_ms=config.calibration.lead_ms, mode=config.jaw.mode, shape=config.shape)
+        self.supervisor = Supervisor("the skull's session", fatal=(LinkFatal,), faults=self.faults,
+                                     min_s=config.link.reconnect_min_s, max_s=config.link.reconnect_max_s)
         self.record_dir = Path(record_dir) if record_dir else None
-        self.on_change = on_change
         self.reply_timeout_s = reply_timeout_s
         self.records: dict[int, TurnRecord] = {}
         self.finished: list[TurnRecord] = []  # ended turns, newest last
         self.recorded: list[Path] = []
         self.last_error = ""
+        self.led = m.LedPattern.OFF
         self._streaming: int | None = None  # turn whose mic audio goes to the host
+        self._mic_dbfs = -120.0
         self._events: asyncio.Queue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._closed = False
+        self._recovering = False
         self.turn_ended = asyncio.Event()
+        self.events.subscribe(self._log_turn, ev.TurnEnded)
+        if self.record_dir is not None:
+            self.events.subscribe(self._record_turn, ev.TurnEnded)
 
     # --- events from threads ------------------------------------------------------------
 
-    def post(self, *event) -> None:
+    def post(self, event: m.Event) -> None:
         """Thread-safe: queue an event for the machine."""
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
@@ -72,17 +108,30 @@ class Agent:
         return self.machine.state
 
     async def run(self) -> None:
-        """Run until cancelled (or the link fails fatally); always leaves the hardware safe."""
+        """Run until cancelled or a fatal link error (LinkFatal, re-raised); any other failure
+        is survived. Always leaves the hardware safe."""
         self._loop = asyncio.get_running_loop()
         self._events = asyncio.Queue()
-        panel, player = self.body.panel, self.body.player
-        panel.button.when_pressed = lambda: self.post(m.BUTTON_DOWN)
-        panel.button.when_released = lambda: self.post(m.BUTTON_UP)
+        panel, player, mic = self.body.panel, self.body.player, self.body.mic
+        panel.button.when_pressed = lambda: self.post(m.ButtonDown())
+        panel.button.when_released = lambda: self.post(m.ButtonUp())
         player.timeline.on_start = self._segment_started
-        player.timeline.on_drained = lambda: self.post(m.DRAINED)
-        panel.set_led("offline")
-        player.start()
-        self.follower.start()
+        player.timeline.on_drained = lambda: self.post(m.Drained())
+        mic.on_error = lambda exc: self._loop.call_soon_threadsafe(self._fault, "the microphone", exc)
+        try:
+            self._set_led(m.LedPattern.OFFLINE)
+            player.start()
+            self.follower.start()
+            views = asyncio.create_task(self._views(), name="skull-views")
+            try:
+                await self.supervisor.run(self._session, self._recover)
+            finally:
+                views.cancel()
+        finally:
+            self.close()
+
+    async def _session(self) -> None:
+        """The link and the machine's event loop, until one of them fails."""
         link_task = asyncio.create_task(self.link.run(), name="link")
         try:
             while True:
@@ -90,7 +139,7 @@ class Agent:
                 done, _ = await asyncio.wait({get, link_task}, return_when=asyncio.FIRST_COMPLETED)
                 if link_task in done:
                     get.cancel()
-                    link_task.result()  # raises LinkFatal
+                    link_task.result()  # raises LinkFatal (or whatever ended it)
                     return
                 await self._dispatch(get.result())
         finally:
@@ -100,98 +149,159 @@ class Agent:
                     await link_task
                 except asyncio.CancelledError:
                     pass  # the cancellation asked for just above
-                except Exception:
-                    log.exception("the link failed while stopping")
-            self.close()
+                except Exception as exc:
+                    self.faults("the link, while stopping", exc)
 
-    async def _dispatch(self, event: tuple) -> None:
-        for action in self.machine.handle(event):
+    def _recover(self, exc: BaseException) -> None:
+        """The session failed: safe at once; the machine is offline until the link is back."""
+        self._fault("the skull's session", exc, logged=True)
+        if self.machine.state is not m.State.OFFLINE:
+            self._run_actions(self.machine.handle(m.Disconnected()))
+
+    async def _dispatch(self, event: m.Event) -> None:
+        before = (self.machine.state, self.machine.turn)
+        self._run_actions(self.machine.handle(event))
+        if (self.machine.state, self.machine.turn) != before:
+            self.events.emit(ev.StateChanged(self.machine.state, self.machine.turn))
+
+    def _run_actions(self, actions: list[m.Action]) -> None:
+        failed: BaseException | None = None
+        for action in actions:
             try:
-                await self._do(action)
+                self.HANDLERS[type(action)](self, action)
             except Exception as exc:  # one failing device must not stop the skull
-                self.last_error = f"{action[0]}: {exc}"
-                log.exception("action %s failed", action[0])
-        if self.on_change:
-            self.on_change(self)
+                self.last_error = self.faults(f"{type(action).__name__} ({self._device_of(action)})", exc)
+                failed = failed or exc
+        if failed is not None and not self._recovering:
+            self._fault("", failed, logged=True)
+
+    @staticmethod
+    def _device_of(action: m.Action) -> str:
+        return {m.MicStart: "microphone", m.MicStop: "microphone", m.Led: "LED", m.JawClose: "jaw",
+                m.Play: "speaker", m.StopPlayback: "speaker", m.Snapshot: "camera"}.get(type(action), "link")
+
+    def _fault(self, what: str, exc: BaseException, logged: bool = False) -> None:
+        """Something failed: log it once, then make the hardware safe and end the turn, at once
+        (not behind queued events), so the jaw closes within a servo frame."""
+        if not logged:
+            self.last_error = self.faults(what, exc)
+        self.events.emit(ev.Faulted(what or "a device", f"{type(exc).__name__}: {exc}"))
+        if self._recovering:
+            return
+        self._recovering = True
+        try:
+            before = (self.machine.state, self.machine.turn)
+            self._run_actions(self.machine.handle(m.Fault(what or "a device")))
+            if (self.machine.state, self.machine.turn) != before:
+                self.events.emit(ev.StateChanged(self.machine.state, self.machine.turn))
+        finally:
+            self._recovering = False
 
     # --- link callbacks -------------------------------------------------------------------
 
     async def _on_link(self, up: bool) -> None:
-        await self._dispatch((m.CONNECTED,) if up else (m.DISCONNECTED,))
+        await self._dispatch(m.Connected() if up else m.Disconnected())
 
     async def _on_message(self, msg: p.Message, payload: bytes | None) -> None:
         rec = self.records.get(getattr(msg, "turn", None))
         if isinstance(msg, p.Ack):
-            await self._dispatch((m.ACK_LISTEN if msg.of == "listen" else m.ACK_STOP, msg.turn))
+            await self._dispatch(m.AckListen(msg.turn) if msg.of == "listen" else m.AckStop(msg.turn))
         elif isinstance(msg, p.Heard):
             if rec:
                 rec.transcript, rec.caption = msg.transcript, msg.caption
-            if self.on_change:
-                self.on_change(self)
+            self.events.emit(ev.Heard(msg.turn, msg.transcript, msg.caption))
         elif isinstance(msg, p.Speech):
+            segment = ReplySegment.from_speech(msg, payload)  # decoded once: played and recorded
             if rec and msg.turn == self.machine.turn:
-                rec.add_segment(msg, payload)
-            await self._dispatch((m.SEGMENT, msg.turn, msg, payload))
+                rec.segments.append(segment)
+            await self._dispatch(m.SegmentArrived(msg.turn, segment))
         elif isinstance(msg, p.Done):
             if rec:
                 rec.reply = msg.reply
                 rec.timings_ms.update(msg.timings_ms)
-            await self._dispatch((m.DONE, msg.turn))
+            await self._dispatch(m.HostDone(msg.turn))
         elif isinstance(msg, p.Error):
             log.warning("host: %s: %s", msg.code, msg.message)
             self.last_error = msg.message
             if rec:
                 rec.errors.append(f"{msg.code}: {msg.message}")
 
-    # --- actions ----------------------------------------------------------------------------
+    # --- actions: one handler per action type -------------------------------------------------
 
-    async def _do(self, action: tuple) -> None:
-        name, args = action[0], action[1:]
-        b = self.body
-        if name == "led":
-            b.panel.set_led(args[0])
-        elif name == "mic_start":
-            turn = args[0]
-            self.records[turn] = TurnRecord(turn, self.config.link.name)
-            self.follower.record = True
-            b.mic.start(lambda chunk, t=turn: self._loop.call_soon_threadsafe(self._mic_chunk, t, chunk))
-            self._later(self.config.audio.max_record_s, (m.RECORD_LIMIT, turn))
-        elif name == "send_listen":
-            self.link.send(p.Listen(args[0]))
-        elif name == "snapshot":
-            asyncio.create_task(self._snapshot(args[0]))
-        elif name == "stream_audio":
-            turn = args[0]
-            self._streaming = turn
-            self.link.send(p.AudioStart(turn, 16000, 2, 1))
-            rec = self.records.get(turn)
-            if rec and rec.question:  # the pre-roll recorded before the host said yes
-                self._send_audio(bytes(rec.question))
-        elif name == "mic_stop":
-            b.mic.stop()
-            rec = self.records.get(args[0])
-            if rec:
-                rec.released_at = time.monotonic()
-        elif name == "send_stop":
-            turn = args[0]
-            self._streaming = None
-            self.link.send(p.Stop(turn, args[1]))
-            self._later(self.reply_timeout_s, (m.REPLY_TIMEOUT, turn))
-        elif name == "play":
-            turn, msg, pcm = args
-            samples = to_mono(pcm16_to_audio(pcm, msg.rate, msg.channels))
-            b.player.timeline.add(samples, msg.rate, msg.jaw, msg.jaw_fps, tag=(turn, msg.seq))
-        elif name == "stop_playback":
-            b.player.timeline.clear()
-            b.mic.stop()
-        elif name == "jaw_close":
-            if not self.follower.running:
-                b.jaw.move(0.0)
-            # with the follower running, an empty timeline closes the jaw on its next frame
-        elif name == "turn_end":
-            self._turn_end(*args)
+    def _set_led(self, pattern: m.LedPattern) -> None:
+        self.body.panel.set_led(pattern)
+        if pattern is not self.led:
+            self.led = pattern
+            self.events.emit(ev.LedChanged(pattern))
 
-    def _later(self, delay: float, event: tuple) -> None:
+    def _do_led(self, a: m.Led) -> None:
+        self._set_led(a.pattern)
+
+    def _do_mic_start(self, a: m.MicStart) -> None:
+        mic = self.body.mic
+        self.records[a.turn] = TurnRecord(a.turn, self.config.link.name, question_rate=mic.rate)
+        self.follower.record = True
+        self._later(self.config.audio.max_record_s, m.RecordLimit(a.turn))
+        mic.start(lambda chunk, t=a.turn: self._loop.call_soon_threadsafe(self._mic_chunk, t, chunk))
+
+    def _do_send_listen(self, a: m.SendListen) -> None:
+        self.link.send(p.Listen(a.turn))
+
+    def _do_snapshot(self, a: m.Snapshot) -> None:
+        asyncio.create_task(self._snapshot(a.turn), name=f"snapshot-{a.turn}")
+
+    def _do_stream_audio(self, a: m.StreamAudio) -> None:
+        self._streaming = a.turn
+        self.link.send(p.AudioStart(a.turn, int(self.body.mic.rate), 2, 1))
+        rec = self.records.get(a.turn)
+        if rec and rec.question:  # the pre-roll recorded before the host said yes
+            self._send_audio(bytes(rec.question))
+
+    def _do_mic_stop(self, a: m.MicStop) -> None:
+        rec = self.records.get(a.turn)
+        if rec:
+            rec.released_at = time.monotonic()
+        self._mic_dbfs = -120.0
+        self.body.mic.stop()
+
+    def _do_send_stop(self, a: m.SendStop) -> None:
+        self._streaming = None
+        self.link.send(p.Stop(a.turn, a.reason))
+        self._later(self.reply_timeout_s, m.ReplyTimeout(a.turn))
+
+    def _do_play(self, a: m.Play) -> None:
+        s = a.segment
+        self.body.player.timeline.add(s.samples, s.rate, s.jaw, s.jaw_fps, tag=s.tag)
+
+    def _do_stop_playback(self, a: m.StopPlayback) -> None:
+        self.body.player.timeline.clear()
+        self.body.mic.stop()
+
+    def _do_jaw_close(self, a: m.JawClose) -> None:
+        # now, not at the jaw loop's next frame; the loop then finds nothing to play and stays shut
+        self.follower.close_now()
+
+    def _do_turn_end(self, a: m.TurnEnd) -> None:
+        self._streaming = None
+        rec = self.records.pop(a.turn, None)
+        self.follower.record = False
+        if rec is None:
+            return
+        rec.outcome = a.reason
+        rec.commands = self._commands_for(rec)
+        self.finished.append(rec)
+        del self.finished[:-20]
+        self.events.emit(ev.TurnEnded(rec))
+        self.turn_ended.set()
+
+    HANDLERS = {m.Led: _do_led, m.MicStart: _do_mic_start, m.SendListen: _do_send_listen, m.Snapshot: _do_snapshot,
+                m.StreamAudio: _do_stream_audio, m.MicStop: _do_mic_stop, m.SendStop: _do_send_stop, m.Play: _do_play,
+                m.StopPlayback: _do_stop_playback, m.JawClose: _do_jaw_close, m.TurnEnd: _do_turn_end}
+    """action type -> handler; every type in machine.ACTIONS has one (checked below)"""
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _later(self, delay: float, event: m.Event) -> None:
         # only the current turn's timers matter; older ones fire harmlessly (stale turn)
         self._timers = self._timers[-4:] + [self._loop.call_later(delay, self._events.put_nowait, event)]
 
@@ -201,6 +311,7 @@ class Agent:
         rec = self.records.get(turn)
         if rec is not None:
             rec.question.extend(chunk)
+        self._mic_dbfs = _dbfs(np.frombuffer(chunk, "<i2").astype(np.float32) / 32768.0)
         if self._streaming == turn:
             self._send_audio(chunk)
 
@@ -214,8 +325,8 @@ class Agent:
             return
         try:
             jpeg = await asyncio.to_thread(cam.snapshot)
-        except Exception as exc:
-            log.warning("no snapshot for turn %d: %s", turn, exc)
+        except Exception as exc:  # a turn without a picture is still a turn
+            self.faults("the camera", exc)
             return
         if turn != self.machine.turn:
             return
@@ -224,13 +335,12 @@ class Agent:
             rec.snapshot = jpeg
         self.link.send(p.Image(turn, "jpeg", len(jpeg)), jpeg)
 
-    def _segment_started(self, seg: Segment) -> None:
+    def _segment_started(self, seg) -> None:
         """Called from the audio thread when a segment's first sample goes to the device."""
-        turn, seq = seg.tag if isinstance(seg.tag, tuple) else (None, None)
-        if seq == 0 and turn is not None:
-            self._loop.call_soon_threadsafe(self._first_audio, turn, seg)
+        if isinstance(seg.tag, SegmentTag) and seg.tag.seq == 0:
+            self._loop.call_soon_threadsafe(self._first_audio, seg.tag.turn, seg)
 
-    def _first_audio(self, turn: int, seg: Segment) -> None:
+    def _first_audio(self, turn: int, seg) -> None:
         rec = self.records.get(turn)
         if rec is None or rec.released_at is None:
             return
@@ -238,64 +348,94 @@ class Agent:
         rec.timings_ms["first_audio"] = ms
         self.link.send(p.Played(turn, ms))
 
-    def _turn_end(self, turn: int, outcome: str) -> None:
-        rec = self.records.pop(turn, None)
-        self.follower.record = False
-        if rec is None:
-            return
-        rec.outcome = outcome
-        rec.commands = self._commands_for(rec)
-        self.finished.append(rec)
-        del self.finished[:-20]
-        log.info("turn %d %s: heard=%r reply=%r timings_ms=%s", turn, outcome, rec.transcript, rec.reply,
-                 rec.timings_ms)
-        if self.record_dir is not None:
+    async def _views(self) -> None:
+        """Jaw and level events for views, sampled at VIEW_HZ, published when they change."""
+        jaw, player = self.body.jaw, self.body.player
+        last_jaw, last_levels = None, None
+        while True:
+            await asyncio.sleep(1.0 / VIEW_HZ)
             try:
-                self.recorded.append(write_turn(self.record_dir, rec))
-            except OSError as exc:
-                self.last_error = f"could not record turn {turn}: {exc}"
-                log.error("%s", self.last_error)
-        self.turn_ended.set()
+                opening = round(jaw.opening if jaw.attached else 0.0, 2)
+                pw = jaw.pulse_width_us
+                if (opening, pw) != last_jaw:
+                    last_jaw = (opening, pw)
+                    self.events.emit(ev.JawMoved(opening, pw))
+                now = player.audible_frame(player.now())
+                levels = (round(self._mic_dbfs), round(_dbfs(player.timeline.samples(now - player.rate // 20, now))))
+                if levels != last_levels:
+                    last_levels = levels
+                    self.events.emit(ev.Levels(*map(float, levels)))
+            except Exception as exc:  # a view must never cost the skull anything
+                self.faults("the view sampler", exc)
 
-    def _commands_for(self, rec: TurnRecord) -> list:
-        """Jaw commands sent during this turn: (seconds since button release, the position in
-        reply.wav it was meant for in seconds, opening). reply.wav holds the segments back to
-        back; a command meant for silence (after a segment) counts on from the last one."""
+    # --- subscribers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _log_turn(e: ev.TurnEnded) -> None:
+        r = e.record
+        log.info("turn %d %s: heard=%r reply=%r timings_ms=%s", r.turn, r.outcome, r.transcript, r.reply, r.timings_ms)
+
+    def _record_turn(self, e: ev.TurnEnded) -> None:
+        try:
+            self.recorded.append(write_turn(self.record_dir, e.record))
+        except OSError as exc:
+            self.last_error = f"could not record turn {e.record.turn}: {exc}"
+            log.error("%s", self.last_error)
+
+    def _commands_for(self, rec: TurnRecord) -> list[SentCommand]:
+        """The jaw commands sent during this turn, placed on reply.wav's clock. reply.wav holds
+        the segments back to back; a command meant for silence (after a segment) counts on from
+        the last one."""
         cmds, self.follower.commands = self.follower.commands, []
         offsets, acc = {}, 0.0
-        for seq, _, samples, rate, _, _ in sorted(rec.segments, key=lambda s: s[0]):
-            offsets[seq] = acc
-            acc += len(samples) / rate
+        for seg in rec.in_order():
+            offsets[seg.seq] = acc
+            acc += seg.seconds
         out, last = [], None  # last: (meant, target_t) of the last command inside a segment
-        for sent, target_t, opening, where in cmds:
-            tag = where[0] if where else None
-            if isinstance(tag, tuple) and tag[0] == rec.turn and tag[1] in offsets:
-                meant = offsets[tag[1]] + where[1]
-                last = (meant, target_t)
+        for c in cmds:
+            tag = c.place.tag if c.place else None
+            if isinstance(tag, SegmentTag) and tag.turn == rec.turn and tag.seq in offsets:
+                meant = offsets[tag.seq] + c.place.seconds
+                last = (meant, c.target_t)
             elif last is not None:
-                meant = last[0] + (target_t - last[1])
+                meant = last[0] + (c.target_t - last[1])
             else:
                 continue
-            out.append((sent - (rec.released_at or sent), meant, opening))
+            out.append(SentCommand(c.sent_at - (rec.released_at or c.sent_at), meant, c.opening))
         return out
 
     # --- shutdown ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Leave the hardware safe: audio stopped, jaw closed and detached, LED off. Idempotent."""
+        """Leave the hardware safe: audio stopped, jaw closed and detached, LED off. Idempotent;
+        every step runs even when one before it failed."""
         if self._closed:
             return
         self._closed = True
         for t in self._timers:
             t.cancel()
         b = self.body
-        steps = [("mic", lambda: b.mic.stop()), ("playback", lambda: b.player.timeline.clear()),
-                 ("jaw loop", self.follower.stop), ("jaw", lambda: b.jaw.close()),
-                 ("led", lambda: b.panel.set_led("off")), ("speaker", b.player.close), ("panel", b.panel.close),
-                 ("camera", lambda: b.camera and b.camera.close())]
-        for what, step in steps + [(f"closer {i}", c) for i, c in enumerate(b.closers)]:
-            try:
-                step()
-            except Exception:
-                log.exception("closing %s failed", what)
+        steps = [("mic", b.mic.stop), ("playback", b.player.timeline.clear), ("jaw loop", self.follower.stop),
+                 ("jaw", b.jaw.close), ("led", lambda: b.panel.set_led(m.LedPattern.OFF)), ("speaker", b.player.close),
+                 ("panel", b.panel.close), ("mic", b.mic.close), ("camera", lambda: b.camera and b.camera.close())]
+        with ExitStack() as stack:  # closed last first; a failing step is logged, the rest still run
+            for what, step in reversed(steps + [(f"closer {i}", c) for i, c in enumerate(b.closers)]):
+                stack.callback(_logged, what, step)
 
+
+def _logged(what: str, step) -> None:
+    try:
+        step()
+    except Exception:
+        log.exception("closing %s failed", what)
+
+
+def _check_handlers() -> None:
+    missing = [a.__name__ for a in m.ACTIONS if a not in Agent.HANDLERS]
+    extra = [a.__name__ for a in Agent.HANDLERS if a not in m.ACTIONS]
+    if missing or extra:
+        raise TypeError(f"Agent.HANDLERS does not match machine.ACTIONS: no handler for {missing}, "
+                        f"handlers for unknown actions {extra}")
+
+
+_check_handlers()

@@ -17,7 +17,9 @@ import time
 
 from .config import BoardConfig, Calibration
 from .core.errors import DeviceError
-from .jaw import pulse_us, safe_opening
+from .jaw.base import JawBase
+from .machine import LedPattern
+from .ports import Device
 
 log = logging.getLogger("skull.board")
 
@@ -39,25 +41,26 @@ class Button:
             fn()
 
 
-class BoardPanel:
+class BoardPanel(Device):
     """Button and LED of a board; LED patterns as on the Pi: off, on, offline (slow blink)."""
 
     def __init__(self, board):
-        self.board, self.button, self.pattern = board, Button(), "off"
+        self.board, self.button, self.pattern = board, Button(), LedPattern.OFF
         self._blink: threading.Event | None = None
 
-    def set_led(self, pattern: str) -> None:
-        if pattern == self.pattern:
+    def set_led(self, pattern: LedPattern) -> None:
+        pattern = LedPattern(pattern)
+        if pattern is self.pattern:
             return
         self.pattern = pattern
         if self._blink is not None:
             self._blink.set()
             self._blink = None
-        if pattern == "offline":
+        if pattern is LedPattern.OFFLINE:
             stop = self._blink = threading.Event()
             threading.Thread(target=self._blinking, args=(stop,), name="led-blink", daemon=True).start()
         else:
-            self.board.led(pattern == "on")
+            self.board.led(pattern is LedPattern.ON)
 
     def _blinking(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -68,60 +71,34 @@ class BoardPanel:
             stop.wait(0.9)
 
     def close(self) -> None:
-        self.set_led("off")
+        self.set_led(LedPattern.OFF)
         self.board.led(False)
 
 
-class BoardJaw:
-    """``move(opening)`` 0 (closed) .. 1 (open), clamped; commands go to the board through its
-    ``set_jaw(opening)`` and ``release_jaw()``."""
+class BoardJaw(JawBase):
+    """The jaw of a board: each pulse goes to the board as an opening of the range the board was
+    opened with (its ``set_jaw(opening)``), so the board's own limits hold it too; detach is
+    the board's ``release_jaw()``; closing the jaw closes the board."""
 
     def __init__(self, board, calibration: Calibration):
-        self.board, self.calibration = board, calibration
-        self.opening, self.attached, self.closed = 0.0, False, False
-        self._lock = threading.Lock()
-        #: (monotonic time, opening, pulse width in microseconds or None when detached)
-        self.log: list[tuple[float, float, float | None]] = []
+        super().__init__(calibration)
+        self.board = board
+        self._board_cal = calibration  # the limits stored on the board (never changed after opening)
 
-    def pulse_us(self, opening: float) -> float:
-        return pulse_us(self.calibration, opening)
+    def _drive(self, us: float, opening: float) -> None:
+        c = self._board_cal
+        self.board.set_jaw((us - c.closed_us) / (c.open_us - c.closed_us))
 
-    def move(self, opening: float) -> None:
-        opening = safe_opening(opening)
-        with self._lock:
-            if self.closed:
-                return
-            self.board.set_jaw(opening)
-            self.opening, self.attached = opening, True
-            self.log.append((time.monotonic(), opening, self.pulse_us(opening)))
+    def _release(self) -> None:
+        self.board.release_jaw()
 
-    def detach(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.board.release_jaw()
-            self.attached = False
-            self.log.append((time.monotonic(), self.opening, None))
-
-    @property
-    def pulse_width_us(self) -> float | None:
-        return self.log[-1][2] if self.log else None
-
-    def close(self, settle_s: float = 0.25) -> None:
-        if self.closed:
-            return
-        try:
-            self.move(0.0)
-            time.sleep(settle_s)
-            self.detach()
-        finally:
-            self.closed = True
-            self.board.close()
+    def _shutdown(self) -> None:
+        self.board.close()
 
 
 # --- SKULLJAW firmware ---------------------------------------------------------------------
 
-class SkulljawBoard:
+class SkulljawBoard(Device):
     """Our firmware over pyserial: line commands, one answer line each; ``B 1``/``B 0`` and
     ``X watchdog`` arrive as events at any time."""
 
@@ -254,7 +231,7 @@ class SkulljawBoard:
         if self.closed:
             return
         try:
-            self.panel.set_led("off")
+            self.panel.set_led(LedPattern.OFF)
             self.ask("O 0")
             self.ask("D")
         except DeviceError as exc:

@@ -105,19 +105,16 @@ class RawJaw:
         self.jaw.detach()
 
     def release(self, closed_us: float | None, pause=time.sleep) -> None:
-        """Shut at ``closed_us`` (the pulse just found, not the wide range's end), detach, and
-        mark the driver closed so its own close() lets go without moving again."""
+        """Shut at ``closed_us`` (the pulse just found, not the wide range's end), then let the
+        jaw port close itself there: it narrows its limits to start at that pulse, shuts,
+        detaches and releases its hardware."""
         try:
             if closed_us:
                 self.to_us(closed_us)
                 pause(0.25)
+                self.jaw.recalibrate(dataclasses.replace(self.jaw.calibration, closed_us=float(closed_us)))
         finally:
-            self.jaw.detach()
-            servo = getattr(self.jaw, "_servo", None)
-            if servo is not None:
-                servo.close()  # gpio: the pin is released; GpioJaw.close() then does nothing
-            if hasattr(self.jaw, "closed"):
-                self.jaw.closed = True
+            self.jaw.close()
 
 
 class ProfileJaw:
@@ -287,13 +284,14 @@ class Session:
 
 
 def interactive(args, console: Console, config, open_jaw, lines=None, pause=time.sleep) -> int:
-    """``open_jaw(calibration)``: the configured jaw driver, opened over the given range.
+    """``open_jaw(calibration)``: the configured jaw driver opened over the given range, as a
+    :class:`~skull.runtime.OpenedJaw` (its ``jaw`` is used through the jaw port only).
     ``lines``: an iterator of typed lines (tests); default: the terminal."""
     path = profile_path(args.name, args.dir)
     start = load_calibration(path) if path.exists() else config.calibration
     wide = Calibration(closed_us=SAFE_LO, open_us=SAFE_HI, lead_ms=start.lead_ms, travel_ms=start.travel_ms)
-    jaw, closers = open_jaw(wide)
-    raw = RawJaw(jaw)
+    opened = open_jaw(wide)
+    raw = RawJaw(opened.jaw)
     def ask(prompt: str) -> str:
         if lines is None:
             return console.input(prompt)
@@ -324,11 +322,7 @@ def interactive(args, console: Console, config, open_jaw, lines=None, pause=time
         try:
             raw.release(session.closed_us or start.closed_us, pause)
         finally:
-            for close in reversed(closers):
-                try:
-                    close()
-                except Exception:
-                    log.exception("closing the jaw failed")
+            opened.close()
     return 0 if session.saved else 1
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import cv2
 
 from .core.errors import DeviceError
+from .ports import Device
 
 log = logging.getLogger("skull.camera")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
-class Camera:
+class Camera(Device):
     """``snapshot()`` returns one JPEG. Video files loop; image files return the same picture."""
 
     def __init__(self, source: str | Path | int, width: int = 640, height: int = 480, quality: int = 85):

@@ -22,7 +22,7 @@ from host.server import Host
 from .agent import Agent
 from .audio.recorder import FileMic
 from .config import SkullConfig
-from .machine import State
+from .machine import LedPattern, State
 from .runtime import build_body
 
 log = logging.getLogger("skull.demo")
@@ -39,8 +39,8 @@ def render(agent: Agent, started: float) -> Group:
     colour = {State.OFFLINE: "red", State.IDLE: "white", State.LISTENING: "green", State.THINKING: "yellow",
               State.SPEAKING: "magenta"}[state]
     t.add_row("skull", Text(state.value.upper(), style=f"bold {colour}"))
-    t.add_row("led", {"on": "[bold green]● on[/]", "offline": "[red]◌ blinking (offline)[/]"}.get(b.panel.pattern,
-                                                                                                 "○ off"))
+    t.add_row("led", {LedPattern.ON: "[bold green]● on[/]",
+                      LedPattern.OFFLINE: "[red]◌ blinking (offline)[/]"}.get(agent.led, "○ off"))
     opening = b.jaw.opening if b.jaw.attached else 0.0
     bar = "█" * int(round(opening * 30))
     pw = b.jaw.pulse_width_us
@@ -49,7 +49,7 @@ def render(agent: Agent, started: float) -> Group:
     if rec is not None:
         t.add_row("heard", rec.transcript or "…")
         t.add_row("saw", rec.caption or "…")
-        t.add_row("reply", rec.reply or " ".join(s[1] for s in rec.segments) or "…")
+        t.add_row("reply", rec.reply or " ".join(seg.text for seg in rec.in_order()) or "…")
         if rec.timings_ms:
             t.add_row("timings", "  ".join(f"{k} {v:.0f} ms" for k, v in rec.timings_ms.items()))
     if agent.last_error:
@@ -76,7 +76,8 @@ async def run_demo(question: Path, image: Path, *, record: Path | None = None, a
     agent_task = None
     try:
         with live:
-            agent.on_change = lambda a: live.update(render(a, started))
+            # the view is a subscriber of the skull's bus: it redraws on every change it publishes
+            agent.events.subscribe(lambda e: live.update(render(agent, started)))
             agent_task = asyncio.create_task(agent.run(), name="agent")
             await asyncio.wait_for(visitor(agent, turns, live, started), timeout_s)
             live.update(render(agent, started))

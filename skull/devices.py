@@ -11,6 +11,8 @@ from gpiozero import LED, Button
 
 from .config import PinsConfig
 from .core.errors import DeviceError
+from .machine import LedPattern
+from .ports import Device
 
 
 def pin_factory(sim: bool, name: str = ""):
@@ -31,8 +33,9 @@ def pin_factory(sim: bool, name: str = ""):
                           f"with --sim") from exc
 
 
-class Panel:
-    """The push button and the LED. LED patterns: off, on (listening), offline (slow blink)."""
+class GpioPanel(Device):
+    """The push button and the LED on a Pi's pins. LED patterns: off, on (listening), offline
+    (slow blink)."""
 
     def __init__(self, pins: PinsConfig, factory, bounce_s: float | None = 0.02):
         try:
@@ -44,22 +47,24 @@ class Panel:
         except Exception as exc:
             self.button.close()
             raise DeviceError(f"cannot use GPIO{pins.led} for the LED: {exc}") from exc
-        self.pattern = "off"
+        self.pattern = LedPattern.OFF
 
-    def set_led(self, pattern: str) -> None:
-        if self.led.closed or pattern == self.pattern:
+    def set_led(self, pattern: LedPattern) -> None:
+        pattern = LedPattern(pattern)
+        if self.led.closed or pattern is self.pattern:
             return
         self.pattern = pattern
-        if pattern == "on":
+        if pattern is LedPattern.ON:
             self.led.on()
-        elif pattern == "offline":
+        elif pattern is LedPattern.OFFLINE:
             self.led.blink(on_time=0.1, off_time=0.9)
         else:
             self.led.off()
 
     def close(self) -> None:
+        """LED off, pins released. Safe to call twice."""
         if not self.led.closed:
             self.led.off()
             self.led.close()
-        self.pattern = "off"
+        self.pattern = LedPattern.OFF
         self.button.close()

@@ -13,6 +13,8 @@ import threading
 import time
 
 from .boards import BoardJaw, BoardPanel
+from .machine import LedPattern
+from .ports import Device
 from .config import BoardConfig, Calibration
 from .core.errors import DeviceError
 
@@ -20,7 +22,7 @@ log = logging.getLogger("skull.firmata")
 REPORT_VERSION = 0xF9
 
 
-class FirmataBoard:
+class FirmataBoard(Device):
     def __init__(self, port: str, calibration: Calibration, config: BoardConfig, probe_s: float = 2.0):
         import pyfirmata2
         import serial
@@ -100,7 +102,7 @@ class FirmataBoard:
         if self.closed:
             return
         try:
-            self.panel.set_led("off")
+            self.panel.set_led(LedPattern.OFF)
             self.led(False)
             self.release_jaw()
         finally:

@@ -1,12 +1,16 @@
 """The skull's websocket link to its host: hello, keepalive, and reconnection with capped
-exponential backoff and jitter. Errors are sorted into retryable (host down, network, timeouts:
-try again) and fatal (wrong token, unsupported protocol: retrying cannot help; say so and stop).
+exponential backoff and jitter. Errors are sorted into retryable (host down, network, timeouts,
+a host that answers nonsense: try again) and fatal (wrong token, unsupported protocol, a hello
+the host cannot read: retrying cannot help; say so and stop).
+
+Nothing a host sends can end the link: a malformed frame is logged and skipped, and an
+exception while handling a good one goes to ``on_fault`` (the agent leaves the hardware safe
+and ends the turn); the link reads on.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Awaitable, Callable
 
 from websockets.asyncio.client import connect
@@ -15,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .core import protocol as p
 from .config import LinkConfig
 from .core.errors import ProtocolError, SkullError
+from .supervisor import FaultLog, backoff_delays
 
 log = logging.getLogger("skull.link")
 
@@ -27,28 +32,22 @@ class LinkFatal(SkullError, ConnectionError):
     """The host refused this skull in a way that retrying cannot fix."""
 
 
-def backoff_delays(min_s: float, max_s: float, rng: random.Random | None = None):
-    """min_s, 2*min_s, 4*min_s ... capped at max_s, each plus up to 25% jitter."""
-    rng = rng or random.Random()
-    delay = min_s
-    while True:
-        yield delay * (1.0 + rng.uniform(0.0, 0.25))
-        delay = min(max_s, delay * 2)
-
-
 OnMessage = Callable[[p.Message, "bytes | None"], Awaitable[None]]
 OnState = Callable[[bool], Awaitable[None]]
+OnFault = Callable[[str, BaseException], None]
 
 
 class Link:
     def __init__(self, config: LinkConfig, on_message: OnMessage, on_state: OnState, play_rate: int = 0,
-                 jaw_shape: dict | None = None):
+                 jaw_shape: dict | None = None, on_fault: OnFault | None = None):
         self.config = config
         self.play_rate = play_rate
+        """the speaker's rate, told to the host so speech arrives ready to play"""
         self.jaw_shape = jaw_shape or {}
         """this skull's [shape] keys, told to the host, which makes the jaw tracks with them"""
-        """the speaker's rate, told to the host so speech arrives ready to play"""
         self.on_message, self.on_state = on_message, on_state
+        self.faults = FaultLog(log)
+        self.on_fault = on_fault or self.faults
         self.connected = False
         self.welcome: p.Welcome | None = None
         self.connects = 0
@@ -88,6 +87,12 @@ class Link:
                         c.url, exc or type(exc).__name__)
             except InvalidURI as exc:
                 raise LinkFatal(f"link url {c.url!r} is not a websocket URL: {exc}") from None
+            except ProtocolError as exc:  # the host answered hello with something unreadable
+                log.log(logging.WARNING if delays is None else logging.INFO, "host %s: %s; retrying", c.url, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # anything else: logged once, and the link tries again
+                self.faults(f"link to {c.url}", exc)
             finally:
                 if self.connected:
                     self.connected = False
@@ -106,9 +111,14 @@ class Link:
             if code in FATAL_CLOSE_CODES:
                 raise LinkFatal(f"{FATAL_CLOSE_CODES[code]} (close {code}: {exc.rcvd.reason})") from None
             raise
-        welcome = p.decode_text(first, {"welcome": p.Welcome}) if isinstance(first, str) else None
-        if welcome is None:
-            raise LinkFatal("the host did not answer hello with welcome; is the URL a skull host?")
+        if not isinstance(first, str):
+            raise ProtocolError(p.E_UNEXPECTED_BINARY, "the host answered hello with a binary frame, not welcome; "
+                                                       "is [link] url a skull host?")
+        try:
+            welcome = p.decode_text(first, {"welcome": p.Welcome})
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"the host did not answer hello with a valid welcome ({exc}); is [link] "
+                                          f"url a skull host of protocol {p.PROTOCOL_VERSION}?") from None
         self.welcome, self.connected, self._out = welcome, True, asyncio.Queue()
         self.connects += 1
         log.info("connected to %s (protocol %d, session %s)", c.url, welcome.protocol, welcome.session)
@@ -128,7 +138,10 @@ class Link:
                 except ProtocolError as exc:
                     log.warning("malformed frame from host ignored: %s", exc)
                     continue
-                await self.on_message(msg, payload)
+                try:
+                    await self.on_message(msg, payload)
+                except Exception as exc:  # one message must not end the link
+                    self.on_fault(f"handling {msg.type} from the host", exc)
         finally:
             writer.cancel()
 

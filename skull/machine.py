@@ -1,17 +1,24 @@
-"""The talk state machine, without I/O: events in, actions out.
+"""The talk state machine, without I/O: typed events in, typed actions out.
 
-    OFFLINE --connected--> IDLE --button down--> LISTENING --button up / limit--> THINKING
-    THINKING --speech--> SPEAKING --done and drained--> IDLE
-    THINKING/SPEAKING --button down--> LISTENING (interrupt: stop audio, close jaw, new turn)
-    any --disconnected--> OFFLINE (stop mic and audio, close jaw, LED blinks)
+    OFFLINE --Connected--> IDLE --ButtonDown--> LISTENING --ButtonUp / RecordLimit--> THINKING
+    THINKING --SegmentArrived--> SPEAKING --HostDone and Drained--> IDLE
+    THINKING/SPEAKING --ButtonDown--> LISTENING (interrupt: stop audio, close jaw, new turn)
+    any --Disconnected--> OFFLINE (stop mic and audio, close jaw, LED blinks)
+    any --Fault--> safe again (jaw closed, audio and mic stopped, LED off; the turn ends "failed")
 
-Events and actions are tuples ``(name, *args)`` so tests can list them literally. Events of an
-older turn (a late segment after an interrupt) are dropped.
+Events and actions are small frozen dataclasses, so tests list them literally and the agent
+dispatches them exhaustively (every action type in :data:`ACTIONS` has a handler, checked when
+the agent module is imported). Events of an older turn (a late segment after an interrupt)
+are dropped.
 """
 from __future__ import annotations
 
 import enum
 import logging
+import typing
+from dataclasses import dataclass
+
+from .segment import ReplySegment
 
 log = logging.getLogger("skull.machine")
 
@@ -24,13 +31,156 @@ class State(enum.Enum):
     SPEAKING = "speaking"
 
 
-# events
-CONNECTED, DISCONNECTED = "connected", "disconnected"
-BUTTON_DOWN, BUTTON_UP, RECORD_LIMIT = "button_down", "button_up", "record_limit"
-ACK_LISTEN, ACK_STOP, SEGMENT, DONE, DRAINED, REPLY_TIMEOUT = (
-    "ack_listen", "ack_stop", "segment", "done", "drained", "reply_timeout")
+class LedPattern(enum.Enum):
+    OFF = "off"
+    ON = "on"
+    """listening: the host is taking the question"""
+    OFFLINE = "offline"
+    """slow blink: no host"""
 
-_TURN_EVENTS = {ACK_LISTEN, ACK_STOP, SEGMENT, DONE, RECORD_LIMIT, REPLY_TIMEOUT}
+
+# --- events ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Connected:
+    """The link to the host is up (welcome received)."""
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The link to the host went down."""
+
+
+@dataclass(frozen=True)
+class ButtonDown:
+    pass
+
+
+@dataclass(frozen=True)
+class ButtonUp:
+    pass
+
+
+@dataclass(frozen=True)
+class RecordLimit:
+    """The recording of ``turn`` reached [audio] max_record_s (a stuck button)."""
+    turn: int
+
+
+@dataclass(frozen=True)
+class AckListen:
+    turn: int
+
+
+@dataclass(frozen=True)
+class AckStop:
+    turn: int
+
+
+@dataclass(frozen=True)
+class SegmentArrived:
+    """One spoken sentence of the reply, decoded and ready to play."""
+    turn: int
+    segment: ReplySegment
+
+
+@dataclass(frozen=True)
+class HostDone:
+    """The host has sent every segment of ``turn``."""
+    turn: int
+
+
+@dataclass(frozen=True)
+class Drained:
+    """Everything queued for the speaker has been played."""
+
+
+@dataclass(frozen=True)
+class ReplyTimeout:
+    turn: int
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something failed unexpectedly (a device, a message handler, the link task): leave the
+    hardware safe and end the turn; the skull goes on with the next one."""
+    what: str
+
+
+Event = typing.Union[Connected, Disconnected, ButtonDown, ButtonUp, RecordLimit, AckListen, AckStop,
+                     SegmentArrived, HostDone, Drained, ReplyTimeout, Fault]
+EVENTS: tuple[type, ...] = typing.get_args(Event)
+_TURN_EVENTS = (RecordLimit, AckListen, AckStop, SegmentArrived, HostDone, ReplyTimeout)
+
+
+# --- actions --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MicStart:
+    """Open the microphone for ``turn`` (it buffers until the host acknowledges)."""
+    turn: int
+
+
+@dataclass(frozen=True)
+class SendListen:
+    turn: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Grab a webcam picture for ``turn`` and send it."""
+    turn: int
+
+
+@dataclass(frozen=True)
+class StreamAudio:
+    """The host said yes: send the recording so far, then every new chunk."""
+    turn: int
+
+
+@dataclass(frozen=True)
+class MicStop:
+    turn: int
+
+
+@dataclass(frozen=True)
+class SendStop:
+    turn: int
+    reason: str
+    """released or max_length"""
+
+
+@dataclass(frozen=True)
+class Play:
+    turn: int
+    segment: ReplySegment
+
+
+@dataclass(frozen=True)
+class StopPlayback:
+    """Drop what is queued for the speaker and cut what plays (also stops the mic)."""
+
+
+@dataclass(frozen=True)
+class JawClose:
+    pass
+
+
+@dataclass(frozen=True)
+class Led:
+    pattern: LedPattern
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    turn: int
+    reason: str
+    """answered, no reply, timeout, interrupted, disconnected or failed"""
+
+
+Action = typing.Union[MicStart, SendListen, Snapshot, StreamAudio, MicStop, SendStop, Play, StopPlayback, JawClose,
+                      Led, TurnEnd]
+ACTIONS: tuple[type, ...] = typing.get_args(Action)
 
 
 class TalkMachine:
@@ -41,83 +191,91 @@ class TalkMachine:
         self.drained = True  # everything received so far has been played
         self.segments = 0
 
-    def handle(self, event: tuple) -> list[tuple]:
-        name, args = event[0], event[1:]
-        if name in _TURN_EVENTS and args and args[0] != self.turn:
-            log.debug("dropped %s of old turn %s (current %d)", name, args[0], self.turn)
+    def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, _TURN_EVENTS) and event.turn != self.turn:
+            log.debug("dropped %s of old turn %s (current %d)", type(event).__name__, event.turn, self.turn)
             return []
         before = self.state
-        actions = self._handle(name, args)
+        actions = self._handle(event)
         if self.state is not before:
-            log.debug("%s --%s--> %s", before.name, name, self.state.name)
+            log.debug("%s --%s--> %s", before.name, type(event).__name__, self.state.name)
         return actions
 
-    def _new_turn(self) -> list[tuple]:
+    def _new_turn(self) -> list[Action]:
         self.turn += 1
         self.done, self.drained, self.segments = False, True, 0
         self.state = State.LISTENING
         t = self.turn
         # the mic opens at once and buffers until the host acknowledges: no first word lost
-        return [("mic_start", t), ("send_listen", t), ("snapshot", t)]
+        return [MicStart(t), SendListen(t), Snapshot(t)]
 
-    def _end_turn(self, reason: str) -> list[tuple]:
+    def _end_turn(self, reason: str) -> list[Action]:
         self.state = State.IDLE
-        return [("jaw_close",), ("led", "off"), ("turn_end", self.turn, reason)]
+        return [JawClose(), Led(LedPattern.OFF), TurnEnd(self.turn, reason)]
 
-    def _handle(self, name: str, args: tuple) -> list[tuple]:
+    def _segment(self, event: SegmentArrived) -> list[Action]:
+        self.state = State.SPEAKING
+        self.segments += 1
+        self.drained = False
+        return [Play(self.turn, event.segment)]
+
+    def _handle(self, event: Event) -> list[Action]:
         s = self.state
-        if name == DISCONNECTED:
+        in_turn = s in (State.LISTENING, State.THINKING, State.SPEAKING)
+        if isinstance(event, Disconnected):
             if s is State.OFFLINE:
                 return []
-            acts = [("mic_stop", self.turn)] if s is State.LISTENING else []
-            acts += [("stop_playback",), ("jaw_close",), ("led", "offline")]
-            if s in (State.LISTENING, State.THINKING, State.SPEAKING):
-                acts.append(("turn_end", self.turn, "disconnected"))
+            acts: list[Action] = [MicStop(self.turn)] if s is State.LISTENING else []
+            acts += [StopPlayback(), JawClose(), Led(LedPattern.OFFLINE)]
+            if in_turn:
+                acts.append(TurnEnd(self.turn, "disconnected"))
             self.state = State.OFFLINE
             return acts
-        if s is State.OFFLINE:
-            if name == CONNECTED:
+        if isinstance(event, Fault):
+            acts = [MicStop(self.turn)] if s is State.LISTENING else []
+            acts += [StopPlayback(), JawClose(), Led(LedPattern.OFFLINE if s is State.OFFLINE else LedPattern.OFF)]
+            if in_turn:
+                acts.append(TurnEnd(self.turn, "failed"))
                 self.state = State.IDLE
-                return [("jaw_close",), ("led", "off")]
+            return acts
+        if s is State.OFFLINE:
+            if isinstance(event, Connected):
+                self.state = State.IDLE
+                return [JawClose(), Led(LedPattern.OFF)]
             return []
-        if name == BUTTON_DOWN:
+        if isinstance(event, ButtonDown):
             if s is State.IDLE:
                 return self._new_turn()
             if s in (State.THINKING, State.SPEAKING):  # interrupt
                 old = self.turn
-                return [("stop_playback",), ("jaw_close",), ("led", "off"), ("turn_end", old, "interrupted"),
+                return [StopPlayback(), JawClose(), Led(LedPattern.OFF), TurnEnd(old, "interrupted"),
                         *self._new_turn()]
             return []
         if s is State.LISTENING:
-            if name == ACK_LISTEN:
-                return [("led", "on"), ("stream_audio", self.turn)]
-            if name in (BUTTON_UP, RECORD_LIMIT):
+            if isinstance(event, AckListen):
+                return [Led(LedPattern.ON), StreamAudio(self.turn)]
+            if isinstance(event, (ButtonUp, RecordLimit)):
                 self.state = State.THINKING
-                reason = "released" if name == BUTTON_UP else "max_length"
-                return [("mic_stop", self.turn), ("send_stop", self.turn, reason)]
+                reason = "released" if isinstance(event, ButtonUp) else "max_length"
+                return [MicStop(self.turn), SendStop(self.turn, reason)]
             return []
-        if name == ACK_STOP:
-            return [("led", "off")]
+        if isinstance(event, AckStop):
+            return [Led(LedPattern.OFF)]
         if s is State.THINKING:
-            if name == SEGMENT:
-                self.state = State.SPEAKING
-                self.segments += 1
-                self.drained = False
-                return [("play", self.turn) + tuple(args[1:])]
-            if name == DONE:
+            if isinstance(event, SegmentArrived):
+                return self._segment(event)
+            if isinstance(event, HostDone):
                 self.done = True
                 return self._end_turn("no reply") if self.segments == 0 else []
-            if name == REPLY_TIMEOUT:
+            if isinstance(event, ReplyTimeout):
                 return self._end_turn("timeout")
             return []
         if s is State.SPEAKING:
-            if name == SEGMENT:
-                self.segments += 1
-                self.drained = False
-                return [("play", self.turn) + tuple(args[1:])]
-            if name == DONE:
+            if isinstance(event, SegmentArrived):
+                return self._segment(event)
+            if isinstance(event, HostDone):
                 self.done = True
-            elif name == DRAINED:
+            elif isinstance(event, Drained):
                 self.drained = True
             else:
                 return []

@@ -17,12 +17,24 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .core.wav import pcm16_to_audio, resample, to_mono, write_wav
+from .segment import ReplySegment
 
 log = logging.getLogger("skull.record")
+
+
+class SentCommand(NamedTuple):
+    """One jaw command of a recorded turn (a row of commands.csv)."""
+    sent_s: float
+    """seconds after the button release it was sent"""
+    reply_s: float
+    """the position in reply.wav it was meant for, seconds"""
+    opening: float
+    """0 (closed) .. 1 (open)"""
 
 
 @dataclass
@@ -35,31 +47,30 @@ class TurnRecord:
     transcript: str = ""
     caption: str = ""
     reply: str = ""
-    segments: list = field(default_factory=list)
-    """(seq, text, samples float mono, rate, jaw track, jaw fps)"""
+    segments: list[ReplySegment] = field(default_factory=list)
+    """the reply's spoken sentences as they arrived"""
     timings_ms: dict = field(default_factory=dict)
     outcome: str = ""
     released_at: float | None = None
     """time.monotonic() of button release"""
-    commands: list = field(default_factory=list)
-    """jaw commands: (seconds since button release, position in reply.wav meant for in s, opening)"""
+    commands: list[SentCommand] = field(default_factory=list)
+    """the jaw commands sent during the turn, placed on reply.wav's clock"""
     errors: list = field(default_factory=list)
 
-    def add_segment(self, msg, pcm: bytes) -> None:
-        audio = pcm16_to_audio(pcm, msg.rate, msg.channels)
-        self.segments.append((msg.seq, msg.text, to_mono(audio), msg.rate, np.asarray(msg.jaw, np.float32), msg.jaw_fps))
+    def in_order(self) -> list[ReplySegment]:
+        return sorted(self.segments, key=lambda s: s.seq)
 
     def reply_audio(self) -> tuple[np.ndarray, int, list[tuple[float, float]]]:
         """All segments back to back at the first segment's rate, and the jaw track rows."""
-        segs = sorted(self.segments, key=lambda s: s[0])
+        segs = self.in_order()
         if not segs:
             return np.zeros(0, np.float32), 22050, []
-        rate = segs[0][3]
+        rate = segs[0].rate
         parts, rows, offset = [], [], 0.0
-        for _, _, samples, r, jaw, fps in segs:
-            x = resample(samples, r, rate)
+        for seg in segs:
+            x = resample(seg.samples, seg.rate, rate)
             parts.append(x)
-            rows.extend(((offset + k / fps) * 1000.0, float(v)) for k, v in enumerate(jaw))
+            rows.extend(((offset + k / seg.jaw_fps) * 1000.0, float(v)) for k, v in enumerate(seg.jaw))
             offset += len(x) / rate
         return np.concatenate(parts), rate, rows
 
@@ -86,12 +97,12 @@ def write_turn(root: str | Path, rec: TurnRecord) -> Path:
         f.writelines(f"{t:.1f},{v:.3f}\n" for t, v in rows)
     with open(tmp / "commands.csv", "w") as f:
         f.write("sent_ms,reply_ms,opening\n")
-        f.writelines(f"{s * 1000:.1f},{a * 1000:.1f},{v:.3f}\n" for s, a, v in rec.commands)
+        f.writelines(f"{c.sent_s * 1000:.1f},{c.reply_s * 1000:.1f},{c.opening:.3f}\n" for c in rec.commands)
     meta = {
         "turn": rec.turn, "skull": rec.skull, "outcome": rec.outcome,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "transcript": rec.transcript, "caption": rec.caption, "reply": rec.reply,
-        "sentences": [s[1] for s in sorted(rec.segments, key=lambda s: s[0])],
+        "sentences": [seg.text for seg in rec.in_order()],
         "question_s": round(len(q.samples) / rec.question_rate, 3),
         "reply_s": round(len(audio) / rate, 3) if len(audio) else 0.0,
         "timings_ms": rec.timings_ms, "errors": rec.errors,

@@ -139,8 +139,13 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
         track, fps = read_track(folder / "jaw.csv")
     from .audio.player import ClockPlayer
     from .jaw.sync import JawFollower
-    jaw, closers = open_jaw()
-    player = open_speaker(rate)
+    opened = open_jaw()
+    jaw = opened.jaw
+    try:
+        player = open_speaker(rate)
+    except BaseException:
+        opened.close()
+        raise
     follower = JawFollower(player, jaw, frame_hz=config.jaw.frame_hz, lead_ms=cal.lead_ms, mode=config.jaw.mode,
                            shape=config.shape)
     try:
@@ -160,11 +165,7 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
     finally:
         follower.stop()
         player.close()
-        for close in reversed(closers):
-            try:
-                close()
-            except Exception:
-                log.exception("closing the jaw failed")
+        opened.close()
     if not rows:
         raise SkullError(f"the {jaw_kind} jaw received no command while {folder.name} played")
     duration = len(x) / rate

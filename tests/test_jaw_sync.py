@@ -122,7 +122,7 @@ def test_host_makes_tracks_with_the_skulls_shape(tmp_path):
     cfg = dataclasses.replace(SkullConfig(), shape=JawShape(max_open=0.4))
     agent = asyncio.run(run_demo(bundled("question.wav"), bundled("snapshot.jpg"), audio=False, skull_config=cfg))
     rec = agent.finished[-1]
-    tracks = [seg[4] for seg in rec.segments]
+    tracks = [seg.jaw for seg in rec.segments]
     assert tracks and 0.3 < max(float(t.max()) for t in tracks) <= 0.4
 
 
@@ -183,9 +183,14 @@ class SimJaws(list):
     """open_jaw for `skull calibrate`: a simulated jaw, kept for inspection."""
 
     def __call__(self, cal):
+        from contextlib import ExitStack
+
         from skull.jaw.sim import SimJaw
+        from skull.runtime import OpenedJaw
         self.append(SimJaw(cal))
-        return self[-1], [self[-1].close]
+        stack = ExitStack()
+        stack.callback(self[-1].close)
+        return OpenedJaw(self[-1], stack)
 
 
 def calibrate_lines(tmp_path, name, lines):

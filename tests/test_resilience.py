@@ -1,17 +1,15 @@
 """The skull survives its host going away, and leaves the hardware safe however it stops."""
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
 
 from conftest import ask, sim_body, skull_config, start_host, wait_for
 from skull.agent import Agent
-from skull.link import backoff_delays
-from skull.machine import State
+from skull.supervisor import backoff_delays
+from skull.machine import LedPattern, State
 
 
 def _free_port() -> int:
@@ -44,7 +42,7 @@ def test_host_restart_mid_conversation(host_config, backends):
             await host.stop()  # the host goes away mid-answer
             await wait_for(lambda: agent.state is State.OFFLINE, timeout=5)
             await wait_for(lambda: body.jaw.opening == 0.0, timeout=1)
-            assert body.panel.pattern == "offline"
+            assert body.panel.pattern is LedPattern.OFFLINE
             assert not body.player.timeline.busy  # the rest of the answer was dropped
             assert agent.finished[-1].outcome == "disconnected"
             await asyncio.sleep(1.5)  # down for a while; the skull keeps trying
@@ -100,25 +98,13 @@ def _assert_safe(body):
     assert body.jaw.log[-2][1] == 0.0 and body.jaw.log[-2][2] == body.jaw.calibration.closed_us  # closed...
     assert body.jaw.log[-1][2] is None  # ...then detached
     assert not body.jaw.attached
-    assert body.panel.led.closed and body.panel.pattern == "off"
+    assert body.panel.led.closed and body.panel.pattern is LedPattern.OFF
 
 
 def test_cancelled_mid_answer_leaves_jaw_closed_and_led_off(host_config, backends):
     async def cancel(agent, task):  # what Ctrl-C does to asyncio.run's main task
         task.cancel()
     body, task = _started_turn(host_config, backends, cancel)
-    _assert_safe(body)
-
-
-def test_error_mid_answer_leaves_jaw_closed_and_led_off(host_config, backends):
-    async def explode(agent, task):
-        def boom(a):
-            raise RuntimeError("display crashed")
-        agent.on_change = boom
-        agent.post("ack_stop", agent.machine.turn)  # any event now raises inside the agent loop
-        await asyncio.gather(task, return_exceptions=True)
-    body, task = _started_turn(host_config, backends, explode)
-    assert isinstance(task.exception(), RuntimeError)
     _assert_safe(body)
 
 

@@ -63,9 +63,9 @@ def test_reply_streams_sentence_by_sentence_into_the_voice(servers):
                 tts=OpenAIAudioFake(Knobs(delay_s=0.05), flavor="kokoro"))
     [rec] = run_turns(config_for(s))
     assert rec.outcome == "answered" and rec.transcript == "do you like my costume"
-    assert [seg[1] for seg in sorted(rec.segments)] == [
+    assert [seg.text for seg in rec.in_order()] == [
         "Ooh, spooky!", "That costume is a scream, and I should know.", "Come back when you have some guts!"]
-    assert all(seg[3] == 22050 for seg in rec.segments)  # the voice's 24 kHz arrives at the speaker's rate
+    assert all(seg.rate == 22050 for seg in rec.segments)  # the voice's 24 kHz arrives at the speaker's rate
     t = rec.timings_ms
     # the first sentence was spoken long before the last token was written
     assert t["llm_first_token"] < t["llm_first_sentence"] < t["tts_first_segment"] < t["stt"] + t["reply"] - 400
@@ -78,7 +78,7 @@ def test_reply_streams_sentence_by_sentence_into_the_voice(servers):
 def test_sequential_mode_speaks_the_whole_reply_at_once(servers):
     s = servers(stt=WhisperCppFake(), llm=LlamaCppFake(reply=REPLY), tts=OpenAIAudioFake(flavor="kokoro"))
     [rec] = run_turns(config_for(s, streaming=False))
-    assert [seg[1] for seg in rec.segments] == [REPLY]
+    assert [seg.text for seg in rec.segments] == [REPLY]
     assert '"stream": false' in s["llm"].requests[-1][3].decode()
 
 
@@ -88,7 +88,7 @@ def test_dead_voice_still_speaks_the_fallback_line(servers):
     cfg = config_for(s)
     [rec] = run_turns(cfg)
     assert rec.outcome == "answered"
-    assert [seg[1] for seg in rec.segments] == [cfg.fallback.tts]  # in the espeak-ng voice
+    assert [seg.text for seg in rec.segments] == [cfg.fallback.tts]  # in the espeak-ng voice
     assert any("tts" in e and "not reachable" in e for e in rec.errors)
 
 
@@ -98,7 +98,7 @@ def test_failing_language_model_gives_the_reply_fallback(servers):
     cfg = config_for(s)
     recs = run_turns(cfg, n=2)
     for rec in recs:
-        spoken = [seg[1] for seg in sorted(rec.segments)]
+        spoken = [seg.text for seg in rec.in_order()]
         # either nothing came and the fallback was said, or the answer stops at its last whole sentence
         assert spoken == [cfg.fallback.reply] or (spoken and all(x in REPLY for x in spoken))
         assert any("reply" in e for e in rec.errors)
@@ -110,7 +110,7 @@ def test_a_crash_is_retried_once(servers):
     outcomes = iter(["crash", "ok"])
     s["stt"].roll = lambda: next(outcomes)
     [rec] = run_turns(config_for(s))
-    assert rec.transcript == "boo" and [seg[1] for seg in rec.segments] == ["Boo to you!"]
+    assert rec.transcript == "boo" and [seg.text for seg in rec.segments] == ["Boo to you!"]
     assert not rec.errors
 
 
@@ -119,7 +119,7 @@ def test_words_children_should_not_hear_are_replaced(servers):
                 tts=OpenAIAudioFake(flavor="kokoro"))
     cfg = config_for(s, filter=FilterConfig(words=("costume",), allow=("damn*",), replacement="bones"))
     [rec] = run_turns(cfg)
-    said = " ".join(seg[1] for seg in sorted(rec.segments))
+    said = " ".join(seg.text for seg in rec.in_order())
     assert said == "Holy bones, what a bones! Damn, I mean it. Boo!"
     assert rec.reply == said
     tts_inputs = [r[3].decode() for r in s["tts"].requests]
@@ -130,5 +130,5 @@ def test_a_model_that_cannot_see_still_answers(servers):
     s = servers(stt=WhisperCppFake(), llm=LlamaCppFake(mmproj=False, reply="Hello, {heard}!"),
                 tts=OpenAIAudioFake(flavor="kokoro"))
     [rec] = run_turns(config_for(s))
-    assert [seg[1] for seg in rec.segments] == ["Hello, what do you think of my costume!"]
+    assert [seg.text for seg in rec.segments] == ["Hello, what do you think of my costume!"]
     assert not rec.errors  # reported in the host log, not a failed turn

@@ -13,7 +13,8 @@ from conftest import ask, sim_body, skull_config, start_host, wait_for
 from skull.agent import Agent
 from skull.core.envelope import frame_levels_dbfs
 from skull.core.wav import read_wav, to_mono
-from skull.machine import State
+from skull.events import LedChanged
+from skull.machine import LedPattern, State
 
 
 def test_whole_turn_answers_moves_the_jaw_and_ends_safe(host_config, backends, tmp_path):
@@ -27,7 +28,7 @@ def test_whole_turn_answers_moves_the_jaw_and_ends_safe(host_config, backends, t
         try:
             await wait_for(lambda: agent.state is State.IDLE)
             led_seen = []
-            agent.on_change = lambda a: led_seen.append(a.body.panel.pattern)
+            agent.events.subscribe(lambda e: led_seen.append(e.pattern), LedChanged)  # a view of the LED
             rec = await ask(agent)
             led_seen.append(("after turn", body.panel.pattern))
         finally:
@@ -42,8 +43,9 @@ def test_whole_turn_answers_moves_the_jaw_and_ends_safe(host_config, backends, t
     assert "two faces" in rec.caption
     assert "costume" in rec.reply.lower()
     assert len(rec.segments) >= 2  # one speech segment per sentence
-    assert "on" in led_seen  # LED lit while listening (after the host's ack)...
-    assert ("after turn", "off") in led_seen  # ...and off when the turn ended
+    assert LedPattern.ON in led_seen  # LED lit while listening (after the host's ack)...
+    after = led_seen.index(("after turn", LedPattern.OFF))
+    assert led_seen[after - 1] is LedPattern.OFF  # ...and off when the turn ended
     for key in ("stt", "vision", "reply", "llm_first_token", "llm_first_sentence", "tts_first_segment",
                 "first_audio", "total"):
         assert rec.timings_ms[key] >= 0, key

@@ -13,14 +13,21 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from ..core.errors import DeviceError
+from ..ports import Device
 from ..core.wav import resample
 
 log = logging.getLogger("skull.player")
+
+
+class Place(NamedTuple):
+    """A point of the reply: the segment's tag and the seconds into it."""
+    tag: object
+    seconds: float
 
 
 @dataclass
@@ -31,7 +38,7 @@ class Segment:
     """opening 0..1 per jaw frame"""
     jaw_fps: int
     tag: object = None
-    """who it belongs to, e.g. (turn, seq)"""
+    """who it belongs to, e.g. SegmentTag(turn, seq)"""
     start: int = -1
     """timeline frame of its first sample, set when it starts playing"""
     started_at: float = 0.0
@@ -139,12 +146,12 @@ class Timeline:
                     return a + (b - a) * (pos - k) if a and b else (a if pos - k < 0.5 else b)
         return 0.0
 
-    def locate(self, frame: float) -> tuple[object, float] | None:
-        """(tag, seconds into that segment) of the sound at timeline ``frame``; None in silence."""
+    def locate(self, frame: float) -> Place | None:
+        """Which segment sounds at timeline ``frame``, and how far into it; None in silence."""
         with self._lock:
             for seg, start in self._spans():
                 if start <= frame < start + len(seg.samples):
-                    return seg.tag, (frame - start) / self.rate
+                    return Place(seg.tag, (frame - start) / self.rate)
         return None
 
     def samples(self, a: int, b: int) -> np.ndarray:
@@ -164,7 +171,7 @@ class Timeline:
             return bool(self.queue) or any(s.end > self.frames for s in self.playing)
 
 
-class ClockPlayer:
+class ClockPlayer(Device):
     """No sound device: consumes the timeline in real time, as a speaker would, with a
     simulated output latency of one block. Used by --no-audio and wherever no speaker exists."""
 
@@ -213,7 +220,7 @@ class ClockPlayer:
             self._thread = None
 
 
-class SoundDevicePlayer:
+class SoundDevicePlayer(Device):
     """A real speaker through PortAudio. The stream runs continuously (silence between replies)
     so the DAC clock is always known: PortAudio tells, for every buffer, when its first sample
     reaches the DAC (``outputBufferDacTime``, on the stream's clock)."""

@@ -12,13 +12,14 @@ from typing import Callable
 import numpy as np
 
 from ..core.errors import DeviceError
+from ..ports import Device
 from ..core.wav import read_wav, to_mono_rate, to_pcm16
 
 log = logging.getLogger("skull.mic")
 Chunk = Callable[[bytes], None]
 
 
-class FileMic:
+class FileMic(Device):
     """Plays a recording into the skull as its microphone, paced in real time (``speed`` > 1 is
     faster). ``on_finished`` runs when the recording has been delivered (e.g. to release the
     button); after that the mic delivers silence until stopped."""
@@ -27,6 +28,7 @@ class FileMic:
         self.rate, self.chunk_ms, self.speed = rate, chunk_ms, speed
         self.pcm = to_pcm16(to_mono_rate(read_wav(path), rate))
         self.on_finished: Callable[[], None] | None = None
+        self.on_error: Callable[[BaseException], None] | None = None
         self._stop = threading.Event()
         self._thread = None
 
@@ -41,6 +43,14 @@ class FileMic:
         self._thread.start()
 
     def _run(self, on_chunk: Chunk) -> None:
+        try:
+            self._play(on_chunk)
+        except Exception as exc:  # reported to the agent, not lost on a dead thread
+            if self.on_error is None:
+                raise
+            self.on_error(exc)
+
+    def _play(self, on_chunk: Chunk) -> None:
         step = int(self.rate * self.chunk_ms / 1000) * 2
         t0, pos, finished = time.monotonic(), 0, False
         while not self._stop.is_set():
@@ -66,7 +76,7 @@ class FileMic:
         self.stop()
 
 
-class SoundDeviceMic:
+class SoundDeviceMic(Device):
     """A real microphone through PortAudio, opened only while recording. The device's native
     rate is used and resampled to ``rate`` when it cannot record at ``rate`` directly."""
 
@@ -81,6 +91,7 @@ class SoundDeviceMic:
                               f"input_device, or use --mic-file FILE.wav") from None
         self.name = info["name"]
         self.native_rate = int(info["default_samplerate"])
+        self.on_error: Callable[[BaseException], None] | None = None
         self._stream = None
 
     def start(self, on_chunk: Chunk) -> None:
@@ -96,11 +107,16 @@ class SoundDeviceMic:
         def callback(indata, frames, t, status):
             if status:
                 log.warning("microphone %s: %s", self.name, status)
-            x = np.frombuffer(bytes(indata), "<i2").astype(np.float32) / 32768.0
-            if rate != self.rate:
-                import soxr
-                x = soxr.resample(x, rate, self.rate)
-            on_chunk(to_pcm16(x))
+            try:
+                x = np.frombuffer(bytes(indata), "<i2").astype(np.float32) / 32768.0
+                if rate != self.rate:
+                    import soxr
+                    x = soxr.resample(x, rate, self.rate)
+                on_chunk(to_pcm16(x))
+            except Exception as exc:  # reported to the agent; the stream ends for this turn
+                if self.on_error is not None:
+                    self.on_error(exc)
+                raise sd.CallbackAbort from exc
 
         try:
             self._stream = sd.RawInputStream(device=self.device, samplerate=rate, channels=1, dtype="int16",

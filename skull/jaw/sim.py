@@ -8,59 +8,28 @@ closed and open. Commands are clamped to the calibrated range like every jaw dri
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 from ..config import Calibration
-from . import pulse_us, safe_opening
+from .base import JawBase
 
 
-class SimJaw:
+class SimJaw(JawBase):
     def __init__(self, calibration: Calibration, *, throw_deg: float = 25.0, sec_per_60deg: float = 0.10,
                  frame_s: float = 0.020, clock=time.monotonic):
-        self.calibration = calibration
+        super().__init__(calibration, clock=clock)
         self.throw_deg, self.sec_per_60deg, self.frame_s = throw_deg, sec_per_60deg, frame_s
-        self.clock = clock
-        self._lock = threading.Lock()
-        self.opening = 0.0
-        self.attached = False
-        self.closed = False
         self.t0 = clock()
-        #: (time, opening, pulse width in microseconds or None when detached)
-        self.log: list[tuple[float, float, float | None]] = []
 
-    def pulse_us(self, opening: float) -> float:
-        return pulse_us(self.calibration, opening)
+    def _drive(self, us: float, opening: float) -> None:
+        """Nothing to send: the log is the servo's input (see :meth:`physical`)."""
 
-    def move(self, opening: float) -> None:
-        opening = safe_opening(opening)
-        us = self.pulse_us(opening)
-        with self._lock:
-            if self.closed:
-                return
-            self.opening, self.attached = opening, True
-            self.log.append((self.clock(), opening, us))
-
-    def detach(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.attached = False
-            self.log.append((self.clock(), self.opening, None))
+    def _release(self) -> None:
+        """Nothing to stop: a None pulse in the log is the servo going limp."""
 
     def close(self, settle_s: float = 0.0) -> None:
         """Shut, (optionally wait for the horn to get there), detach. Safe to call twice."""
-        if self.closed:
-            return
-        self.move(0.0)
-        if settle_s:
-            time.sleep(settle_s)
-        self.detach()
-        self.closed = True
-
-    @property
-    def pulse_width_us(self) -> float | None:
-        return self.log[-1][2] if self.log else None
+        super().close(settle_s)
 
     def physical(self, times) -> list[float]:
         """Where the horn is (opening 0..1) at each of ``times`` (same clock as the log)."""

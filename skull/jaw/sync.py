@@ -17,17 +17,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import NamedTuple
 
+from ..audio.player import Place
 from ..core.envelope import JawShape, LiveEnvelope
+from ..supervisor import FaultLog
 
 log = logging.getLogger("skull.jaw")
+
+
+class JawCommand(NamedTuple):
+    sent_at: float
+    """when it was sent, on the follower's clock (time.monotonic())"""
+    target_t: float
+    """the playback-clock time of the sound it opens the jaw for"""
+    opening: float
+    """0 (closed) .. 1 (open)"""
+    place: Place | None
+    """which reply segment sounds then, and how far into it; None in silence"""
 
 
 class JawFollower:
     """Runs in its own thread so a busy event loop cannot make the jaw stutter.
 
-    ``commands`` keeps (time sent, audio clock time meant for, opening, (segment tag, seconds
-    into it) or None in silence) of each command while ``record`` is on; the
+    ``commands`` keeps a :class:`JawCommand` for each command while ``record`` is on; the
     jaw is detached after ``rest_detach_s`` closed and silent so the servo does not buzz.
     """
 
@@ -40,7 +53,8 @@ class JawFollower:
         self.lead_s = lead_ms / 1000.0
         self.rest_detach_s = rest_detach_s
         self.mode, self.shape, self.clock = mode, shape, clock
-        self.commands: list[tuple] = []
+        self.commands: list[JawCommand] = []
+        self.faults = FaultLog(log)
         self.record = False
         self._stop = threading.Event()
         self._thread = None
@@ -93,8 +107,8 @@ class JawFollower:
                 self.jaw.move(opening)
                 sent = opening
                 if self.record:
-                    self.commands.append((self.clock(), target_t, opening,
-                                          self.player.timeline.locate(target_frame)))
+                    self.commands.append(JawCommand(self.clock(), target_t, opening,
+                                                    self.player.timeline.locate(target_frame)))
             if opening > 0.0:
                 self._closed_since = self.clock()
             self._last = opening
@@ -102,15 +116,24 @@ class JawFollower:
             self.jaw.detach()
         return sent
 
+    def close_now(self) -> None:
+        """Shut the jaw at once (an interrupt, a fault), not at the loop's next frame; the loop
+        then finds nothing to play and keeps it shut."""
+        self.jaw.move(0.0)
+        self._last = 0.0
+        self._closed_since = self.clock()
+
     def _run(self) -> None:
         next_t = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:  # the jaw loop must survive anything, and leave the jaw shut
-                log.exception("jaw loop error; closing the jaw")
-                self.jaw.move(0.0)
-                self._last = 0.0
+            except Exception as exc:  # the jaw loop must survive anything, and leave the jaw shut
+                self.faults("the jaw loop", exc)
+                try:
+                    self.close_now()
+                except Exception as again:
+                    self.faults("closing the jaw", again)
             next_t += self.period
             delay = next_t - time.monotonic()
             if delay < -self.period:  # fell behind (machine busy): resynchronise, do not burst

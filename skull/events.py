@@ -1,0 +1,66 @@
+"""What the skull publishes on its bus (``Agent.events``) for views: the terminal view of
+``skull demo``, a dashboard, a log, the turn recorder. Emitted on the event loop's thread.
+
+* :class:`StateChanged`: the talk machine moved (offline, idle, listening, thinking, speaking);
+* :class:`LedChanged`: the LED pattern;
+* :class:`Heard`: what the host understood and saw;
+* :class:`JawMoved` and :class:`Levels`: sampled at most 10 times a second,
+  only when they changed;
+* :class:`Faulted`: a failure the skull survived (what failed, the error);
+* :class:`TurnEnded`: a turn is over, with its record (transcript, reply, timings, audio).
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+
+from .machine import LedPattern, State
+from .record import TurnRecord
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: State
+    turn: int
+
+
+@dataclass(frozen=True)
+class LedChanged:
+    pattern: LedPattern
+
+
+@dataclass(frozen=True)
+class Heard:
+    turn: int
+    transcript: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class JawMoved:
+    opening: float
+    """0 (closed) .. 1 (open); 0 when detached"""
+    pulse_us: float | None
+    """the pulse width sent, microseconds; None when detached (no pulses)"""
+
+
+@dataclass(frozen=True)
+class Levels:
+    mic_dbfs: float
+    """the microphone's last chunk, dB below full scale (-120 when silent or not recording)"""
+    speaker_dbfs: float
+    """what the speaker is playing now, dB below full scale"""
+
+
+@dataclass(frozen=True)
+class Faulted:
+    what: str
+    error: str
+
+
+@dataclass(frozen=True, eq=False)
+class TurnEnded:
+    record: TurnRecord
+
+
+SkullEvent = typing.Union[StateChanged, LedChanged, Heard, JawMoved, Levels, Faulted, TurnEnded]
