@@ -35,11 +35,11 @@ def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
     def one(job) -> CheckLine:
         stage, cfg, backend = job
         name = cfg.backend if cfg is not None else "espeak-ng"
-        url = cfg.url if cfg is not None and getattr(backend, "http", None) is not None else ""
         if backend is None:
             what = "the reply model looks at the snapshot itself" if name == "reply" else "no caption"
             return CheckLine(stage, name, "-", what)
-        http = getattr(backend, "http", None)
+        http = getattr(backend, "http", None)  # a backend on a model server talks to it through its Http
+        url = http.url if http is not None else ""
         if http is not None:
             http.wait_loading = False
         t0 = time.monotonic()

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from skull.core.envelope import JawShape
-from skull.core.validate import build, need, read_toml
+from skull.core.validate import ValidationError, build, need, read_toml, where_of
+
+from .backends import registry
 
 
 @dataclass(frozen=True)
@@ -27,71 +30,106 @@ class ServerConfig:
         need(1 <= self.max_record_s <= 300, where, "max_record_s", self.max_record_s, "must be 1..300 s")
 
 
-STAGE_BACKENDS = {
-    "stt": ("pocketsphinx", "whisper.cpp", "openai"),
-    "vision": ("opencv", "openai-chat", "ollama", "reply", "none"),
-    "reply": ("jokes", "openai-chat", "ollama"),
-    "tts": ("espeak-ng", "openai", "piper", "xtts"),
-}
-"""the backends each stage can use; the first is the embedded default"""
+STAGE_TIMEOUT_S = {"stt": 20.0, "vision": 10.0, "reply": 20.0, "tts": 20.0}
+"""each stage's time budget when its table does not set timeout_s"""
+
+
+@dataclass(frozen=True)
+class _StageTable:
+    """The keys of a stage table itself; the backend's own keys go in its table [stage.backend]."""
+    backend: str = ""
+    timeout_s: float = 20.0
+    retries: int = 1
+
+    def check(self, where: str) -> None:
+        need(0.1 <= self.timeout_s <= 300, where, "timeout_s", self.timeout_s, "must be 0.1..300 s")
+        need(0 <= self.retries <= 3, where, "retries", self.retries, "must be 0..3")
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One stage's backend and its settings. Keys a backend does not use are ignored by it."""
-    backend: str = ""
-    url: str = ""
-    """the model server, e.g. http://127.0.0.1:8080 (server backends only)"""
-    model: str = ""
-    api_key: str = ""
-    """sent as 'Authorization: Bearer <key>' when set"""
+    """One stage: the backend that serves it, its time budget, how often to ask again, and the
+    backend's own settings (the frozen dataclass the backend declared, from [stage.backend])."""
+    stage: str
+    """'stt', 'vision', 'reply' or 'tts'"""
+    backend: str
+    """the chosen backend, one of host.backends.registry.names(stage)"""
+    settings: Any
+    """the chosen backend's settings"""
     timeout_s: float = 20.0
     """the whole stage, a retry included; a streamed reply: time to the first piece and between pieces"""
-    connect_timeout_s: float = 3.0
     retries: int = 1
     """extra attempts after a failure that asking again can cure (server down, dropped, 5xx)"""
-    path: str = ""
-    """endpoint path when the server uses a non-default one (e.g. whisper-server --inference-path)"""
-    language: str = ""
-    """speech to text and xtts: 'en', 'auto'...; empty = the backend's default"""
-    voice: str = ""
-    """espeak-ng voice, Kokoro voice, Piper voice; empty = the backend's default"""
-    speed: float = 1.0
-    """speaking speed: 1.0 normal (espeak-ng: 155 words/min), 0.5 half, 2.0 double"""
-    format: str = ""
-    """openai tts: 'wav' (default) or 'pcm'"""
-    sample_rate: int = 0
-    """openai tts with pcm: the rate the server produces; 0 = from its reply, else 24000"""
-    speaker_wav: str = ""
-    """xtts: the voice to clone (speaker name, or a WAV path on the XTTS server)"""
-    api: str = ""
-    """piper: 'synthesize', 'json-root', 'text' or 'auto' (empty)"""
-    prompt: str = ""
-    """reply: the system prompt (the skull's persona); vision: the caption instruction"""
-    temperature: float = 0.8
-    max_tokens: int = 120
-    options: dict = field(default_factory=dict)
-    """extra request fields passed to the server as they are (e.g. {num_ctx = 4096})"""
-    seed: int = -1
-    """joke engine random seed; -1 = different every run (reply only)"""
+    source: str = "host.toml"
+    """where it was read (a file name), for messages"""
 
-    def check(self, where: str) -> None:
-        need(0.1 <= self.timeout_s <= 300, where, "timeout_s", self.timeout_s, "must be 0.1..300 s")
-        need(0.1 <= self.connect_timeout_s <= 60, where, "connect_timeout_s", self.connect_timeout_s,
-             "must be 0.1..60 s")
-        need(0 <= self.retries <= 3, where, "retries", self.retries, "must be 0..3")
-        need(0.25 <= self.speed <= 4.0, where, "speed", self.speed, "must be 0.25..4.0")
-        need(self.sample_rate == 0 or 8000 <= self.sample_rate <= 48000, where, "sample_rate", self.sample_rate,
-             "must be 0 (automatic) or 8000..48000 Hz")
-        need(1 <= self.max_tokens <= 4096, where, "max_tokens", self.max_tokens, "must be 1..4096")
-        need(0.0 <= self.temperature <= 2.0, where, "temperature", self.temperature, "must be 0..2")
-        stage = where.rsplit("[", 1)[-1].rstrip("]") if where.endswith("]") else ""
-        if stage in STAGE_BACKENDS:
-            need(self.backend in STAGE_BACKENDS[stage], where, "backend", self.backend,
-                 f"choose one of {', '.join(STAGE_BACKENDS[stage])}")
-            server = self.backend not in ("pocketsphinx", "opencv", "jokes", "espeak-ng", "reply", "none")
-            need(not server or self.url.startswith(("http://", "https://")), where, "url", self.url,
-                 f"the {self.backend} backend needs the server's address, e.g. http://127.0.0.1:8080")
+    @classmethod
+    def of(cls, stage: str, backend: str, *, timeout_s: float | None = None, retries: int = 1,
+           source: str = "StageConfig.of", **settings) -> StageConfig:
+        """A stage config made in Python, validated as host.toml would be:
+        ``StageConfig.of("tts", "openai", timeout_s=5, url="http://127.0.0.1:8880", voice="bm_george")``."""
+        table = {"backend": backend, "retries": retries, backend: settings}
+        if timeout_s is not None:
+            table["timeout_s"] = timeout_s
+        return load_stage(stage, table, source)
+
+
+def load_stage(stage: str, table, source: str) -> StageConfig:
+    """The stage table ``[stage]`` read from ``source``: its own keys (backend, timeout_s, retries),
+    then one sub-table per backend, each checked against that backend's settings."""
+    where = where_of(source, stage)
+    if not isinstance(table, dict):
+        raise ValidationError(f"{source}: {stage} = {table!r} must be a table: write [{stage}]"[:300], stage, "type")
+    choices = registry.names(stage)
+    keys = [f.name for f in fields(_StageTable)]
+    own = {k: v for k, v in table.items() if k in keys}
+    built = build(_StageTable, {"backend": choices[0], "timeout_s": STAGE_TIMEOUT_S[stage], **own}, source, stage)
+    need(built.backend in choices, where, "backend", built.backend, f"choose one of {', '.join(choices)}")
+    tables = {}
+    for key, value in table.items():
+        if key in keys:
+            continue
+        if key in choices:
+            entry = registry.lookup(stage, key)
+            tables[key] = build(entry.settings, value, source, entry.table(stage))
+        else:
+            _refuse_key(stage, key, value, built.backend, source)
+    settings = tables.get(built.backend)
+    if settings is None:  # no table: the backend's defaults, which must do on their own
+        entry = registry.lookup(stage, built.backend)
+        settings = build(entry.settings, {}, source, entry.table(stage))
+    return StageConfig(stage, built.backend, settings, built.timeout_s, built.retries, source)
+
+
+def _refuse_key(stage: str, key: str, value, backend: str, source: str) -> None:
+    """A key of [stage] that is neither a stage key nor a backend's table: say where it belongs."""
+    where, choices = where_of(source, stage), registry.names(stage)
+    for name in choices:  # [stt.whisper.cpp] reads as table "whisper" holding table "cpp"
+        first, *rest = name.split(".")
+        if rest and key == first and _holds_tables(value, rest):
+            raise ValidationError(f"{where_of(source, '.'.join([stage, name]))}: there is no backend {key!r}; a dot "
+                                  f"in a table name starts a sub-table, so quote the backend's name: "
+                                  f"[{stage}.\"{name}\"]", key, "unknown")
+    users = [n for n in choices if key in registry.lookup(stage, n).keys()]
+    if users:
+        home = registry.lookup(stage, backend if backend in users else users[0]).table(stage)
+        raise ValidationError(f"{where}: {key} is a setting of the backend, not of the stage: it belongs in "
+                              f"[{stage}.<backend>], here [{home}]; [{stage}] itself takes only backend, timeout_s, "
+                              f"retries", key, "unknown")
+    if isinstance(value, dict):
+        raise ValidationError(f"{where_of(source, f'{stage}.{key}')}: no {stage} backend is called {key!r}; choose "
+                              f"one of {', '.join(choices)}", key, "unknown")
+    raise ValidationError(f"{where}: unknown key {key!r}; known keys: backend, timeout_s, retries, and one table "
+                          f"[{stage}.<backend>] per backend ({', '.join(choices)})", key, "unknown")
+
+
+def _holds_tables(value, path: list) -> bool:
+    """True when ``value`` holds nested tables along ``path``."""
+    for part in path:
+        if not isinstance(value, dict) or not isinstance(value.get(part), dict):
+            return False
+        value = value[part]
+    return True
 
 
 @dataclass(frozen=True)
@@ -121,16 +159,17 @@ class FallbackConfig:
     """how long the fallback voice may take to speak a line"""
 
     def check(self, where: str) -> None:
+        need(bool(self.voice), where, "voice", self.voice, "an espeak-ng voice such as 'en-us+m3'")
         need(0.5 <= self.timeout_s <= 120, where, "timeout_s", self.timeout_s, "must be 0.5..120 s")
 
 
 @dataclass(frozen=True)
 class HostConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
-    stt: StageConfig = field(default_factory=lambda: StageConfig(backend="pocketsphinx", timeout_s=20.0))
-    vision: StageConfig = field(default_factory=lambda: StageConfig(backend="opencv", timeout_s=10.0))
-    reply: StageConfig = field(default_factory=lambda: StageConfig(backend="jokes", timeout_s=20.0))
-    tts: StageConfig = field(default_factory=lambda: StageConfig(backend="espeak-ng", timeout_s=20.0))
+    stt: StageConfig = field(default_factory=lambda: load_stage("stt", {}, "built-in defaults"))
+    vision: StageConfig = field(default_factory=lambda: load_stage("vision", {}, "built-in defaults"))
+    reply: StageConfig = field(default_factory=lambda: load_stage("reply", {}, "built-in defaults"))
+    tts: StageConfig = field(default_factory=lambda: load_stage("tts", {}, "built-in defaults"))
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     shape: JawShape = field(default_factory=JawShape)
@@ -142,14 +181,9 @@ class HostConfig:
 
 
 def load_host_config(path: str | Path | None = None) -> HostConfig:
-    data, where = read_toml(path)
-    defaults = HostConfig()
-    # a stage table given in the file starts from that stage's own defaults
-    for stage in STAGE_BACKENDS:
-        if stage in data and isinstance(data[stage], dict):
-            base = getattr(defaults, stage)
-            data[stage] = {"backend": base.backend, "timeout_s": base.timeout_s, **data[stage]}
-    return build(HostConfig, data, where)
+    data, source = read_toml(path)
+    stages = {stage: load_stage(stage, data.pop(stage), source) for stage in registry.STAGES if stage in data}
+    return replace(build(HostConfig, data, source), **stages)
 
 
 def is_loopback(bind: str) -> bool:

@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import json
 import logging
+import sys
 import time
 
 import numpy as np
@@ -15,10 +16,7 @@ import pytest
 import requests
 
 from host.backends import ReplyContext
-from host.backends.llm import OllamaChat, OpenAIChat
-from host.backends.stt import OpenAISTT, WhisperCppSTT
-from host.backends.tts import OpenAISpeechTTS, PiperTTS, XttsTTS
-from host.build import build_backends
+from host.build import build_backends, build_stage
 from host.config import HostConfig, StageConfig
 from host.fakes import Knobs, LlamaCppFake, OllamaFake, OpenAIAudioFake, PiperFake, WhisperCppFake, XttsFake, tokens
 from host.http import error_message
@@ -32,8 +30,10 @@ FAIL = Knobs(failure_rate=1.0)
 CRASH = Knobs(crash_rate=1.0)
 
 
-def stage(url: str, **kw) -> StageConfig:
-    return StageConfig(url=url, timeout_s=kw.pop("timeout_s", 5.0), retries=0, **kw)
+def make(stage: str, backend: str, url: str, *, sees_images: bool = False, timeout_s: float = 5.0, **settings):
+    """The backend ``backend`` of ``stage`` on the server at ``url``, built as host.toml would build it."""
+    cfg = StageConfig.of(stage, backend, timeout_s=timeout_s, retries=0, url=url, **settings)
+    return build_stage(cfg, sees_images)
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_error_message_reads_every_server_shape(body, ctype, expected):
 def test_dead_server_is_named_with_what_to_do():
     url = free_url()
     with pytest.raises(BackendError) as e:
-        WhisperCppSTT(stage(url)).transcribe(QUESTION, 16000)
+        make("stt", "whisper.cpp", url).transcribe(QUESTION, 16000)
     assert e.value.retryable and "whisper.cpp" in str(e.value) and url in str(e.value)
     assert "connection refused" in str(e.value) and "start it" in str(e.value)
 
@@ -89,7 +89,7 @@ def test_dead_server_is_named_with_what_to_do():
 
 def test_whisper_transcribes_a_wav_as_multipart(fake):
     srv = fake(WhisperCppFake, transcript="nice costume")
-    stt = WhisperCppSTT(stage(srv.url))
+    stt = make("stt", "whisper.cpp", srv.url)
     assert stt.transcribe(QUESTION, 16000) == "nice costume"
     method, path, headers, body = srv.requests[-1]
     assert (method, path) == ("POST", "/inference") and headers["Content-Type"].startswith("multipart/form-data")
@@ -101,7 +101,7 @@ def test_whisper_old_server_200_with_error_body_is_an_error(fake):
     srv = fake(WhisperCppFake, legacy_errors=True)
     r = requests.post(srv.url + "/inference", files={"file": ("a.wav", b"not audio", "audio/wav")})
     assert r.status_code == 200 and r.json() == {"error": "failed to read audio data"}
-    stt = WhisperCppSTT(stage(srv.url))
+    stt = make("stt", "whisper.cpp", srv.url)
     assert stt.transcribe(QUESTION, 16000) == "what do you think of my costume"  # good audio still works
     # whatever the server disliked, the backend sees the error key on a 200 and does not take it for words
     srv.handle = lambda h: srv._bad(h, "failed to read audio data")
@@ -120,11 +120,11 @@ def test_whisper_current_errors(fake):
     assert (r.status_code, r.text) == (404, "File Not Found (/nowhere)")
     failing = fake(WhisperCppFake, FAIL)
     with pytest.raises(BackendError, match="HTTP 500: failed to process audio") as e:
-        WhisperCppSTT(stage(failing.url)).transcribe(QUESTION, 16000)
+        make("stt", "whisper.cpp", failing.url).transcribe(QUESTION, 16000)
     assert e.value.retryable
     crashing = fake(WhisperCppFake, CRASH)
     with pytest.raises(BackendError) as e:
-        WhisperCppSTT(stage(crashing.url)).transcribe(QUESTION, 16000)
+        make("stt", "whisper.cpp", crashing.url).transcribe(QUESTION, 16000)
     assert e.value.retryable and "closed without answering" in str(e.value)
 
 
@@ -132,12 +132,12 @@ def test_whisper_current_errors(fake):
 
 def test_openai_transcription_needs_model_and_names_a_missing_one(fake):
     srv = fake(OpenAIAudioFake, flavor="speaches", transcript="boo")
-    assert OpenAISTT(stage(srv.url, model="Systran/faster-whisper-small")).transcribe(QUESTION, 16000) == "boo"
-    assert OpenAISTT(stage(srv.url, model="whisper-1")).transcribe(QUESTION, 16000) == "boo"  # alias
+    assert make("stt", "openai", srv.url, model="Systran/faster-whisper-small").transcribe(QUESTION, 16000) == "boo"
+    assert make("stt", "openai", srv.url, model="whisper-1").transcribe(QUESTION, 16000) == "boo"  # alias
     with pytest.raises(BackendError, match="not installed locally.*check \\[stt\\] model"):
-        OpenAISTT(stage(srv.url, model="large-v9")).transcribe(QUESTION, 16000)
-    with pytest.raises(BackendError, match="needs a model"):
-        OpenAISTT(stage(srv.url))
+        make("stt", "openai", srv.url, model="large-v9").transcribe(QUESTION, 16000)
+    with pytest.raises(ConfigError, match=r"\[stt.openai\]: model = '' .*needs a model"):
+        make("stt", "openai", srv.url)
     r = requests.post(srv.url + "/v1/audio/transcriptions", data={"model": "whisper-1"},
                       files={"file": ("a.mp3", b"garbage", "audio/mpeg")})
     assert r.status_code == 415 and "Failed to decode audio" in r.json()["detail"]
@@ -153,7 +153,7 @@ def ctx(image: bytes | None = None) -> ReplyContext:
 
 def test_llama_streams_the_reply_as_sse_and_sends_the_picture_as_a_data_uri(fake):
     srv = fake(LlamaCppFake, reply="Ooh, spooky! Nice {heard}. Bye now.")
-    llm = OpenAIChat(stage(srv.url), "reply", sees_images=True)
+    llm = make("reply", "openai-chat", srv.url, sees_images=True)
     pieces = list(llm.stream(ctx(SNAPSHOT)))
     assert pieces == tokens("Ooh, spooky! Nice do you like my costume. Bye now.")
     body = json.loads(srv.requests[-1][3])
@@ -172,7 +172,7 @@ def test_llama_without_mmproj_is_detected_and_the_turn_goes_on_without_the_pictu
     r = requests.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}}]}]})
     assert r.status_code == 500 and "image input is not supported" in r.json()["error"]["message"]
-    llm = OpenAIChat(stage(srv.url), "reply", sees_images=True)
+    llm = make("reply", "openai-chat", srv.url, sees_images=True)
     with caplog.at_level(logging.ERROR, logger="host.llm"):
         assert "".join(llm.stream(ctx(SNAPSHOT))) == "Boo!"
         assert "".join(llm.stream(ctx(SNAPSHOT))) == "Boo!"
@@ -182,7 +182,7 @@ def test_llama_without_mmproj_is_detected_and_the_turn_goes_on_without_the_pictu
     with pytest.raises(BackendError, match="cannot take images \\(no mmproj\\)"):
         llm.check()
     with pytest.raises(BackendError, match="cannot take images"):
-        OpenAIChat(stage(srv.url), "vision", sees_images=True).caption(SNAPSHOT)
+        make("vision", "openai-chat", srv.url, sees_images=True).caption(SNAPSHOT)
 
 
 def test_llama_loading_503_is_waited_out(fake):
@@ -191,11 +191,11 @@ def test_llama_loading_503_is_waited_out(fake):
     assert r.status_code == 503 and r.json() == {"error": {"code": 503, "message": "Loading model",
                                                            "type": "unavailable_error"}}
     t0 = time.monotonic()
-    assert "".join(OpenAIChat(stage(srv.url), "reply").stream(ctx())) == "Ready!"
+    assert "".join(make("reply", "openai-chat", srv.url).stream(ctx())) == "Ready!"
     assert time.monotonic() - t0 >= 0.5
     still = fake(LlamaCppFake, Knobs(loading_s=30))
     with pytest.raises(BackendError, match="still loading its model") as e:
-        OpenAIChat(stage(still.url, timeout_s=0.6), "reply").reply(ctx())
+        make("reply", "openai-chat", still.url, timeout_s=0.6).reply(ctx())
     assert e.value.retryable
 
 
@@ -204,18 +204,18 @@ def test_llama_failures_before_and_during_the_stream(fake):
     seen = set()
     for _ in range(6):
         with pytest.raises(BackendError) as e:
-            list(OpenAIChat(stage(srv.url), "reply").stream(ctx()))
+            list(make("reply", "openai-chat", srv.url).stream(ctx()))
         assert e.value.retryable
         seen.add("mid-stream" in str(e.value))
     assert seen == {True, False}  # both the plain 500 and the error event after streaming began
     crashing = fake(LlamaCppFake, Knobs(crash_rate=1.0), reply="One two three four five six seven eight.")
     with pytest.raises(BackendError, match="dropped the connection mid-answer|closed without answering"):
-        list(OpenAIChat(stage(crashing.url), "reply").stream(ctx()))
+        list(make("reply", "openai-chat", crashing.url).stream(ctx()))
 
 
 def test_llama_caption_model(fake):
     srv = fake(LlamaCppFake, reply="A witch and a vampire in purple light.")
-    cap = OpenAIChat(stage(srv.url), "vision", sees_images=True)
+    cap = make("vision", "openai-chat", srv.url, sees_images=True)
     assert cap.caption(SNAPSHOT) == "A witch and a vampire in purple light."
     body = json.loads(srv.requests[-1][3])
     assert body["stream"] is False and "Describe in one short sentence" in body["messages"][0]["content"]
@@ -225,7 +225,7 @@ def test_llama_caption_model(fake):
 
 def test_ollama_streams_ndjson_with_plain_base64_images(fake):
     srv = fake(OllamaFake, reply="Eek! A {heard}.")
-    llm = OllamaChat(stage(srv.url, model="llava:7b"), "reply", sees_images=True)
+    llm = make("reply", "ollama", srv.url, model="llava:7b", sees_images=True)
     assert "".join(llm.stream(ctx(SNAPSHOT))) == "Eek! A do you like my costume."
     body = json.loads(srv.requests[-1][3])
     image = body["messages"][-1]["images"][0]
@@ -240,14 +240,14 @@ def test_ollama_refuses_data_uris_and_unknown_models(fake):
         {"role": "user", "content": "hi", "images": ["data:image/jpeg;base64,/9j/4AAQ"]}]})
     assert (r.status_code, r.json()) == (400, {"error": "illegal base64 data at input byte 4"})
     with pytest.raises(BackendError, match="model 'mistral' not found"):
-        OllamaChat(stage(srv.url, model="mistral"), "reply").reply(ctx())
-    with pytest.raises(BackendError, match="needs a model"):
-        OllamaChat(stage(srv.url), "reply")
+        make("reply", "ollama", srv.url, model="mistral").reply(ctx())
+    with pytest.raises(ConfigError, match=r"\[reply.ollama\]: model = '' .*ollama needs a model"):
+        make("reply", "ollama", srv.url)
 
 
 def test_ollama_text_model_with_a_picture_is_caught_by_its_capabilities(fake, caplog):
     srv = fake(OllamaFake, reply="Hello {heard}!")
-    llm = OllamaChat(stage(srv.url, model="llama3.2:3b"), "reply", sees_images=True)
+    llm = make("reply", "ollama", srv.url, model="llama3.2:3b", sees_images=True)
     with caplog.at_level(logging.ERROR, logger="host.llm"):
         assert "".join(llm.stream(ctx(SNAPSHOT))).startswith("Hello")
     assert "cannot take images" in caplog.text and "pull a vision model" in caplog.text
@@ -261,7 +261,7 @@ def test_ollama_mid_stream_error_line(fake):
     messages = set()
     for _ in range(6):
         with pytest.raises(BackendError) as e:
-            list(OllamaChat(stage(srv.url, model="llava:7b"), "reply").stream(ctx()))
+            list(make("reply", "ollama", srv.url, model="llava:7b").stream(ctx()))
         messages.add("mid-stream" in str(e.value))
         assert "llama runner process has terminated" in str(e.value)
     assert messages == {True, False}
@@ -278,10 +278,10 @@ def test_kokoro_wav_stream_with_unpatched_header_and_pcm(fake):
     srv = fake(OpenAIAudioFake, flavor="kokoro")
     r = requests.post(srv.url + "/v1/audio/speech", json={"input": "Boo to you.", "response_format": "wav"})
     assert r.headers["Transfer-Encoding"] == "chunked" and r.content[4:8] == b"\0\0\0\0"  # sizes never patched
-    wav = OpenAISpeechTTS(stage(srv.url, voice="bm_george")).synthesize("Boo to you, my friend.")
+    wav = make("tts", "openai", srv.url, voice="bm_george").synthesize("Boo to you, my friend.")
     assert wav.rate == 24000
     _speechy(wav)
-    pcm = OpenAISpeechTTS(stage(srv.url, format="pcm")).synthesize("Boo to you, my friend.")
+    pcm = make("tts", "openai", srv.url, format="pcm").synthesize("Boo to you, my friend.")
     assert pcm.rate == 24000 and abs(len(pcm.samples) - len(wav.samples)) < 2400
     body = json.loads(srv.requests[-1][3])
     assert body["response_format"] == "pcm" and body["voice"] == "af_heart" and body["model"] == "tts-1"
@@ -290,17 +290,18 @@ def test_kokoro_wav_stream_with_unpatched_header_and_pcm(fake):
 def test_speech_errors_name_the_voice_and_range(fake):
     srv = fake(OpenAIAudioFake, flavor="kokoro")
     with pytest.raises(BackendError, match="Voice 'zz_nobody' not found"):
-        OpenAISpeechTTS(stage(srv.url, voice="zz_nobody")).synthesize("Hi.")
+        make("tts", "openai", srv.url, voice="zz_nobody").synthesize("Hi.")
     r = requests.post(srv.url + "/v1/audio/speech", json={"input": "hi", "speed": 9})
     assert r.status_code == 422
     with pytest.raises(BackendError, match="invalid_model|Unsupported model"):
-        OpenAISpeechTTS(stage(srv.url, model="gpt-9")).synthesize("Hi.")
+        make("tts", "openai", srv.url, model="gpt-9").synthesize("Hi.")
 
 
 def test_speaches_voice_pcm_at_the_requested_rate(fake):
     srv = fake(OpenAIAudioFake, flavor="speaches")
-    cfg = stage(srv.url, model="speaches-ai/Kokoro-82M-v1.0-ONNX", voice="af_heart", format="pcm", sample_rate=16000)
-    speech = OpenAISpeechTTS(cfg).synthesize("Hello there, mortal.")
+    tts = make("tts", "openai", srv.url, model="speaches-ai/Kokoro-82M-v1.0-ONNX", voice="af_heart", format="pcm",
+               sample_rate=16000)
+    speech = tts.synthesize("Hello there, mortal.")
     assert speech.rate == 16000
     _speechy(speech)
 
@@ -308,7 +309,7 @@ def test_speaches_voice_pcm_at_the_requested_rate(fake):
 @pytest.mark.parametrize("api", ["synthesize", "json-root", "text"])
 def test_piper_every_api_form_is_found_and_content_type_ignored(fake, api):
     srv = fake(PiperFake, api=api, rate=22050)
-    tts = PiperTTS(stage(srv.url, speed=1.25))
+    tts = make("tts", "piper", srv.url, speed=1.25)
     speech = tts.synthesize("Welcome to my crypt.")
     assert tts.api == api and speech.rate == 22050
     _speechy(speech)
@@ -321,34 +322,34 @@ def test_piper_every_api_form_is_found_and_content_type_ignored(fake, api):
 def test_piper_errors_are_flask_pages_read_as_text(fake):
     srv = fake(PiperFake, FAIL)
     with pytest.raises(BackendError, match="HTTP 500: 500 Internal Server Error"):
-        PiperTTS(stage(srv.url, api="synthesize")).synthesize("Hi.")
+        make("tts", "piper", srv.url, api="synthesize").synthesize("Hi.")
 
 
 def test_xtts_float_wav_and_its_500_errors(fake, tmp_path):
     srv = fake(XttsFake, speakers=("skull",))
-    speech = XttsTTS(stage(srv.url, speaker_wav="skull", language="en")).synthesize("I am the voice of doom.")
+    speech = make("tts", "xtts", srv.url, speaker_wav="skull", language="en").synthesize("I am the voice of doom.")
     assert speech.rate == 24000
     _speechy(speech)
     assert requests.post(srv.url + "/tts_to_audio/", json={"text": "a", "speaker_wav": "skull",
                                                            "language": "en"}).content[20:22] == b"\x03\x00"  # float
     with pytest.raises(BackendError, match="Speaker nobody not found"):
-        XttsTTS(stage(srv.url, speaker_wav="nobody")).synthesize("Hi.")
+        make("tts", "xtts", srv.url, speaker_wav="nobody").synthesize("Hi.")
     with pytest.raises(BackendError, match="Language code sent is either unsupported"):
-        XttsTTS(stage(srv.url, speaker_wav="skull", language="xx")).synthesize("Hi.")
+        make("tts", "xtts", srv.url, speaker_wav="skull", language="xx").synthesize("Hi.")
     with pytest.raises(BackendError, match="has no speaker 'nobody'"):
-        XttsTTS(stage(srv.url, speaker_wav="nobody")).check()
-    with pytest.raises(BackendError, match="needs a voice to clone"):
-        XttsTTS(stage(srv.url))
+        make("tts", "xtts", srv.url, speaker_wav="nobody").check()
+    with pytest.raises(ConfigError, match=r"\[tts.xtts\]: speaker_wav = '' .*needs a voice to clone"):
+        make("tts", "xtts", srv.url)
     voice = tmp_path / "me.wav"
     voice.write_bytes(b"RIFF")
-    assert XttsTTS(stage(srv.url, speaker_wav=str(voice))).synthesize("Hi.").rate == 24000  # absolute path
+    assert make("tts", "xtts", srv.url, speaker_wav=str(voice)).synthesize("Hi.").rate == 24000  # absolute path
 
 
 # --- the knobs --------------------------------------------------------------------------------
 
 def test_fake_delay_per_unit_and_warmup(fake):
     srv = fake(PiperFake, Knobs(delay_s=0.2, per_unit_s=0.1, warmup_s=0.5))
-    tts = PiperTTS(stage(srv.url, api="synthesize"))
+    tts = make("tts", "piper", srv.url, api="synthesize")
     t0 = time.monotonic()
     first = tts.synthesize("One short line.")
     t1 = time.monotonic()
@@ -382,7 +383,88 @@ def test_bad_backend_config_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"\[reply\]: backend = 'gpt'.*jokes, openai-chat, ollama"):
         load_host_config(path)
     path.write_text("[stt]\nbackend = 'whisper.cpp'\n")
-    with pytest.raises(ConfigError, match=r"\[stt\]: url = ''.*needs the server's address"):
+    with pytest.raises(ConfigError, match=r"\[stt.\"whisper.cpp\"\]: url = ''.*needs the server's address, e.g. "):
         load_host_config(path)
-    with pytest.raises(ConfigError, match="needs a reply model that looks at pictures"):
-        build_backends(dataclasses.replace(HostConfig(), vision=StageConfig(backend="reply")))
+    with pytest.raises(ConfigError, match=r"\[reply.jokes\]: .*needs a reply model that looks at pictures"):
+        build_backends(dataclasses.replace(HostConfig(), vision=StageConfig.of("vision", "reply")))
+
+
+# --- a backend added as one module ------------------------------------------------------------
+
+TONE_MODULE = '''"""A voice that hums one tone per word."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from host.backends import Speech
+from host.backends.registry import BackendContext, backend
+from skull.core.validate import need
+
+
+@dataclass(frozen=True)
+class ToneSettings:
+    frequency_hz: float = 220.0
+    """the pitch of the hum"""
+    seconds_per_word: float = 0.25
+
+    def check(self, where: str) -> None:
+        need(50 <= self.frequency_hz <= 2000, where, "frequency_hz", self.frequency_hz, "must be 50..2000 Hz")
+
+
+@backend("tone", "tts", settings=ToneSettings)
+class ToneTTS:
+    name = "tone"
+    rate = 16000
+
+    def __init__(self, settings: ToneSettings, ctx: BackendContext):
+        self.settings = settings
+
+    def synthesize(self, text: str) -> Speech:
+        t = np.arange(int(len(text.split()) * self.settings.seconds_per_word * self.rate)) / self.rate
+        return Speech((0.5 * np.sin(2 * np.pi * self.settings.frequency_hz * t)).astype(np.float32), self.rate)
+
+    def check(self) -> str:
+        return f"a {self.settings.frequency_hz:g} Hz hum"
+'''
+
+
+@pytest.fixture
+def backend_folder(tmp_path, monkeypatch):
+    """A folder that is part of the host.backends package for one test."""
+    import host.backends
+    from host.backends import registry
+    folder = tmp_path / "more_backends"
+    folder.mkdir()
+    monkeypatch.setattr(host.backends, "__path__", [*host.backends.__path__, str(folder)])
+    monkeypatch.setattr(registry, "_ENTRIES", {stage: dict(e) for stage, e in registry._ENTRIES.items()})
+    yield folder
+    sys.modules.pop("host.backends.tone", None)
+
+
+def test_a_backend_module_dropped_into_the_package_is_usable_from_host_toml(backend_folder, tmp_path):
+    from host.backends.registry import names
+    from host.check import check_backends
+    from host.config import load_host_config
+    (backend_folder / "tone.py").write_text(TONE_MODULE)
+    assert names("tts") == ("espeak-ng", "openai", "piper", "xtts", "tone")
+    path = tmp_path / "host.toml"
+    path.write_text('[tts]\nbackend = "tone"\n\n[tts.tone]\nfrequency_hz = 440\n')
+    config = load_host_config(path)
+    backends = build_backends(config)
+    speech = backends.tts.synthesize("boo to you")
+    assert speech.rate == 16000 and len(speech.samples) == 3 * 4000  # three words, a quarter second each
+    peak_hz = np.argmax(np.abs(np.fft.rfft(speech.samples))) * speech.rate / len(speech.samples)
+    assert abs(peak_hz - 440) < 2
+    tts = next(ln for ln in check_backends(config, backends) if ln.stage == "tts")
+    assert (tts.backend, tts.status, tts.detail, tts.url) == ("tone", "up", "a 440 Hz hum", "")
+    # its table is checked like any other
+    path.write_text('[tts]\nbackend = "tone"\n\n[tts.tone]\nfrequency = 440\n')
+    with pytest.raises(ConfigError, match=r"\[tts.tone\]: unknown key 'frequency'; known keys: frequency_hz, "
+                                          r"seconds_per_word"):
+        load_host_config(path)
+    path.write_text('[tts]\nbackend = "tone"\nfrequency_hz = 20\n')
+    with pytest.raises(ConfigError, match=r"\[tts\]: frequency_hz is a setting .* here \[tts.tone\]"):
+        load_host_config(path)
+    path.write_text('[tts]\nbackend = "tone"\n\n[tts.tone]\nfrequency_hz = 20\n')
+    with pytest.raises(ConfigError, match=r"\[tts.tone\]: frequency_hz = 20.0 is out of range: must be 50..2000 Hz"):
+        load_host_config(path)

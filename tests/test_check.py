@@ -28,6 +28,7 @@ def test_check_lists_every_backend_and_names_the_dead_one(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         lines = {ln.split()[0]: ln for ln in up.stdout.splitlines()}
         assert re.match(r"stt\s+whisper\.cpp\s+up\s+\d+ ms", lines["stt"])
+        assert lines["stt"].endswith(f"  http://127.0.0.1:{stt.port}")  # the address the backend talks to
         assert re.match(r"reply\s+openai-chat\s+up\s+\d+ ms\s+model fake-vision-model\.gguf", lines["reply"])
         assert re.match(r"tts\s+openai\s+up\s+\d+ ms\s+model kokoro, voice bm_george", lines["tts"])
         assert "the reply model looks at the snapshot itself" in lines["vision"]

@@ -1,7 +1,7 @@
 """Bad configuration gets an error that names the file, the key, the value and the rule."""
 import pytest
 
-from host.config import load_host_config
+from host.config import StageConfig, load_host_config
 from skull.config import load_skull_config
 from skull.core.errors import ConfigError
 
@@ -42,10 +42,80 @@ def test_calibration_profile_file_is_used(tmp_path):
 
 
 def test_host_config_stage_and_range(tmp_path):
-    cfg = load_host_config(_write(tmp_path, "[tts]\nvoice = 'en-gb'\n", "host.toml"))
-    assert cfg.tts.voice == "en-gb" and cfg.tts.backend == "espeak-ng"
+    cfg = load_host_config(_write(tmp_path, "[tts.espeak-ng]\nvoice = 'en-gb'\n", "host.toml"))
+    assert cfg.tts.settings.voice == "en-gb" and cfg.tts.backend == "espeak-ng" and cfg.tts.timeout_s == 20.0
     with pytest.raises(ConfigError, match=r"\[server\]: port = 70000"):
         load_host_config(_write(tmp_path, "[server]\nport = 70000\n", "host.toml"))
+
+
+SIDE_BY_SIDE = """
+[tts]
+backend = "espeak-ng"
+timeout_s = 8
+retries = 0
+
+[tts.espeak-ng]
+voice = "en-gb"
+
+[tts.piper]
+url = "http://127.0.0.1:5000"
+voice = "en_GB-alan-medium"
+"""
+
+
+def test_backend_tables_side_by_side_switch_with_one_key(tmp_path):
+    cfg = load_host_config(_write(tmp_path, SIDE_BY_SIDE, "host.toml"))
+    assert (cfg.tts.backend, cfg.tts.settings.voice, cfg.tts.timeout_s, cfg.tts.retries) == ("espeak-ng", "en-gb", 8, 0)
+    cfg = load_host_config(_write(tmp_path, SIDE_BY_SIDE.replace('"espeak-ng"', '"piper"'), "host.toml"))
+    assert (cfg.tts.backend, cfg.tts.settings.url, cfg.tts.settings.voice) == \
+        ("piper", "http://127.0.0.1:5000", "en_GB-alan-medium")
+    # the table of the backend not in use is checked all the same
+    with pytest.raises(ConfigError, match=r"\[tts.piper\]: speed = 9.0 is out of range"):
+        load_host_config(_write(tmp_path, SIDE_BY_SIDE + "speed = 9\n", "host.toml"))
+
+
+@pytest.mark.parametrize("text, words", [
+    # a key in the wrong backend's table
+    ("[tts]\nbackend = 'piper'\n[tts.piper]\nurl = 'http://127.0.0.1:5000'\nspeaker_wav = 'skull'\n",
+     ["[tts.piper]: unknown key 'speaker_wav'; known keys: url, api_key, connect_timeout_s, voice, speed, api, "
+      "options"]),
+    # a backend key written flat in the stage table
+    ("[tts]\nbackend = 'piper'\nurl = 'http://127.0.0.1:5000'\n",
+     ["[tts]: url is a setting of the backend", "it belongs in [tts.<backend>], here [tts.piper]",
+      "[tts] itself takes only backend, timeout_s, retries"]),
+    ("[tts]\nvoice = 'en-gb'\n", ["[tts]: voice is a setting of the backend", "here [tts.espeak-ng]"]),
+    ("[tts]\nbackend = 'openai'\nspeaker_wav = 'skull'\n", ["[tts]: speaker_wav is a setting", "here [tts.xtts]"]),
+    # a dotted backend name left unquoted
+    ('[stt]\nbackend = "whisper.cpp"\n[stt.whisper.cpp]\nurl = "http://127.0.0.1:8081"\n',
+     ["[stt.whisper.cpp]: there is no backend 'whisper'", 'quote the backend\'s name: [stt."whisper.cpp"]']),
+    ("[tts.pipr]\nurl = 'http://127.0.0.1:5000'\n",
+     ["[tts.pipr]: no tts backend is called 'pipr'; choose one of espeak-ng, openai, piper, xtts"]),
+    ("[tts]\nbackend = 'kokoro'\n", ["[tts]: backend = 'kokoro'", "choose one of espeak-ng, openai, piper, xtts"]),
+    ("[vision]\nbackend = 'llava'\n", ["choose one of opencv, openai-chat, ollama, reply, none"]),
+    ("[tts]\nbackend = 'piper'\n", ["[tts.piper]: url = ''", "needs the server's address, e.g. http://127.0.0.1:5000"]),
+    ("[reply]\nbackend = 'ollama'\n[reply.ollama]\nurl = 'http://127.0.0.1:11434'\n",
+     ["[reply.ollama]: model = ''", "ollama needs a model"]),
+    ("[tts.piper]\nurl = 'http://x'\nspeed = 'fast'\n", ["[tts.piper]: speed = 'fast' has the wrong type"]),
+    ("[reply]\ntimeout_s = 0\n", ["[reply]: timeout_s = 0.0 is out of range"]),
+    ("[tts]\nfrobnicate = 1\n", ["[tts]: unknown key 'frobnicate'; known keys: backend, timeout_s, retries"]),
+])
+def test_bad_host_stage_config_is_named(tmp_path, text, words):
+    path = _write(tmp_path, text, "host.toml")
+    with pytest.raises(ConfigError) as e:
+        load_host_config(path)
+    for w in words:
+        assert w in str(e.value)
+    assert str(e.value).startswith(f"{path} [")
+
+
+def test_stage_config_made_in_python_is_checked_the_same_way():
+    cfg = StageConfig.of("tts", "openai", timeout_s=5, url="http://127.0.0.1:8880", voice="bm_george")
+    assert (cfg.backend, cfg.timeout_s, cfg.retries, cfg.settings.voice, cfg.settings.model) == \
+        ("openai", 5.0, 1, "bm_george", "tts-1")
+    with pytest.raises(ConfigError, match=r"\[tts.openai\]: unknown key 'speaker_wav'; known keys: url, api_key"):
+        StageConfig.of("tts", "openai", url="http://127.0.0.1:8880", speaker_wav="skull")
+    with pytest.raises(ConfigError, match=r'\[stt."whisper.cpp"\]: url = \'\''):
+        StageConfig.of("stt", "whisper.cpp")
 
 
 def test_missing_config_file(tmp_path):

@@ -31,13 +31,11 @@ def servers():
 
 
 def config_for(s: dict, **top) -> HostConfig:
-    def st(url, **kw):
-        return StageConfig(url=url, timeout_s=kw.pop("timeout_s", 5.0), **kw)
     return HostConfig(server=ServerConfig(port=0, ping_interval_s=1.0, ping_timeout_s=2.0),
-                      stt=st(s["stt"].url, backend="whisper.cpp"),
-                      vision=StageConfig(backend="reply"),
-                      reply=st(s["llm"].url, backend="openai-chat"),
-                      tts=st(s["tts"].url, backend="openai", voice="bm_george"), **top)
+                      stt=StageConfig.of("stt", "whisper.cpp", timeout_s=5.0, url=s["stt"].url),
+                      vision=StageConfig.of("vision", "reply"),
+                      reply=StageConfig.of("reply", "openai-chat", timeout_s=5.0, url=s["llm"].url),
+                      tts=StageConfig.of("tts", "openai", timeout_s=5.0, url=s["tts"].url, voice="bm_george"), **top)
 
 
 def run_turns(config: HostConfig, n: int = 1, tmp_path=None):

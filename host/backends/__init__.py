@@ -1,9 +1,11 @@
 """Backends for each stage of a turn: speech to text, caption, reply, text to speech.
 
 Each stage is a small interface; the embedded defaults run with no servers and no downloads,
-the others talk to model servers over HTTP. Backends are blocking and are called from worker
-threads by the turn. Every backend has ``check()``: a cheap round trip that returns what it
-found (model, voice) or raises BackendError naming the server and what is wrong.
+the others talk to model servers over HTTP. Each backend registers itself with its name, its
+stage(s) and its own settings (see ``registry``); host.toml sets it in ``[stage.backend]``.
+Backends are blocking and are called from worker threads by the turn. Every backend has
+``check()``: a cheap round trip that returns what it found (model, voice) or raises
+BackendError naming the server and what is wrong.
 """
 from __future__ import annotations
 

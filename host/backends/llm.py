@@ -14,12 +14,15 @@ import abc
 import base64
 import logging
 import threading
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterator
 
 from skull.core.errors import BackendError
+from skull.core.validate import need
 
-from ..http import Http, iter_ndjson, iter_sse
+from ..http import iter_ndjson, iter_sse
 from . import ReplyContext
+from .registry import BackendContext, HttpSettings, backend
 
 log = logging.getLogger("host.llm")
 
@@ -54,19 +57,48 @@ def user_text(ctx: ReplyContext, with_image: bool) -> str:
     return said
 
 
+@dataclass(frozen=True)
+class ChatSettings(HttpSettings):
+    """``[reply.openai-chat]`` or ``[vision.openai-chat]``: an OpenAI-compatible chat server."""
+    model: str = ""
+    """the model name; empty: the server's only model (llama.cpp ignores it)"""
+    prompt: str = ""
+    """the system prompt: reply, the skull's persona; vision, the caption instruction; empty = built in"""
+    temperature: float = 0.8
+    """0 always picks the likeliest word; higher is more surprising (0..2)"""
+    max_tokens: int = 120
+    """the longest answer, in tokens"""
+    options: dict = field(default_factory=dict)
+    """extra request fields passed to the server as they are (e.g. {top_p = 0.9})"""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        need(0.0 <= self.temperature <= 2.0, where, "temperature", self.temperature, "must be 0..2")
+        need(1 <= self.max_tokens <= 4096, where, "max_tokens", self.max_tokens, "must be 1..4096")
+
+
+@dataclass(frozen=True)
+class OllamaSettings(ChatSettings):
+    """``[reply.ollama]`` or ``[vision.ollama]``: Ollama's own API; ``options`` go into its ``options``
+    (e.g. {num_ctx = 4096})."""
+    example_url: ClassVar[str] = "http://127.0.0.1:11434"
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        need(bool(self.model), where, "model", self.model, "ollama needs a model, e.g. 'llava:7b'")
+
+
 class _Chat(abc.ABC):
     """What both chat APIs share: prompts, history, the image fallback, the stage's options."""
 
     name = "chat"
     api = "openai-chat"
 
-    def __init__(self, cfg, stage: str, sees_images: bool = False):
-        if not cfg.model and self.api == "ollama":
-            raise BackendError(stage, "ollama needs a model: set [%s] model (e.g. 'llava:7b')" % stage)
-        self.cfg, self.stage = cfg, stage
-        self.http = Http(stage, self.name, cfg.url, cfg.api_key, cfg.timeout_s, cfg.connect_timeout_s)
-        self.sees_images = sees_images
-        self.prompt = cfg.prompt or (CAPTION_PROMPT if stage == "vision" else REPLY_PROMPT)
+    def __init__(self, settings: ChatSettings, ctx: BackendContext):
+        self.cfg, self.stage = settings, ctx.stage
+        self.http = settings.http(self.name, ctx)
+        self.sees_images = ctx.sees_images
+        self.prompt = settings.prompt or (CAPTION_PROMPT if ctx.stage == "vision" else REPLY_PROMPT)
         self._refused = threading.Event()  # the model said it cannot take images
 
     # --- subclasses ---------------------------------------------------------------------
@@ -137,6 +169,7 @@ class _Chat(abc.ABC):
         return {**({"model": self.cfg.model} if self.cfg.model else {}), "messages": messages, "stream": stream}
 
 
+@backend("openai-chat", "vision", "reply", settings=ChatSettings)
 class OpenAIChat(_Chat):
     """POST /v1/chat/completions, streamed as SSE; images as ``image_url`` data URIs."""
 
@@ -182,14 +215,15 @@ class OpenAIChat(_Chat):
         return f"model {name}"
 
 
+@backend("ollama", "vision", "reply", settings=OllamaSettings)
 class OllamaChat(_Chat):
     """Ollama's POST /api/chat, streamed as NDJSON; images as plain base64 (a data URI is refused)."""
 
     name = "ollama"
     api = "ollama"
 
-    def __init__(self, cfg, stage: str, sees_images: bool = False):
-        super().__init__(cfg, stage, sees_images)
+    def __init__(self, settings: OllamaSettings, ctx: BackendContext):
+        super().__init__(settings, ctx)
         self._caps: list | None = None
 
     def _message(self, role: str, text: str, image: bytes | None) -> dict:

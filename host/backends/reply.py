@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
+
+from skull.core.errors import BackendError
+from skull.core.validate import need
 
 from . import ReplyContext
+from .registry import BackendContext, backend
 
 _STOPWORDS = set("""
 a an the and or but if then so to of in on at by for with from up down out over under about into
@@ -79,14 +84,29 @@ def _parse_caption(caption: str) -> tuple[int | None, list[str], str | None]:
     return faces, colours, lm.group(1) if lm else None
 
 
+@dataclass(frozen=True)
+class JokeSettings:
+    """``[reply.jokes]``: the offline joke engine."""
+    seed: int = -1
+    """random seed, for the same jokes in the same order every run; -1 = different every run"""
+
+    def check(self, where: str) -> None:
+        need(self.seed >= -1, where, "seed", self.seed, "must be -1 (vary) or a whole number from 0")
+
+
+@backend("jokes", "reply", settings=JokeSettings, default=True)
 class JokeEngine:
     """Offline joke engine (templates and word lists, not a language model)."""
 
     name = "offline jokes"
     sees_images = False
 
-    def __init__(self, seed: int | None = None):
-        self._rng = random.Random(seed)
+    def __init__(self, settings: JokeSettings, ctx: BackendContext):
+        if ctx.sees_images:
+            raise BackendError(ctx.stage, "the joke engine cannot look at pictures, so [vision] backend = 'reply' "
+                                          "needs a reply model that looks at pictures: set [vision] backend to "
+                                          "'opencv' or a caption model")
+        self._rng = random.Random(settings.seed if settings.seed >= 0 else None)
 
     def check(self) -> str:
         return "embedded (templates and word lists, not a language model)"

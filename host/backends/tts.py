@@ -10,47 +10,72 @@ import re
 import shutil
 import subprocess
 import threading
-
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from skull.core.wav import pcm16_to_audio, read_wav, to_mono
 from skull.core.errors import AudioFormatError, BackendError
+from skull.core.validate import need
 
-from ..http import Http, content_bytes
+from ..http import content_bytes
 from . import Speech
+from .registry import BackendContext, HttpSettings, backend
 
 ESPEAK_WPM = 155
 """espeak-ng words per minute at speed 1.0: a slow, deliberate skull"""
 
 
-def _wav_speech(data: bytes, where: str) -> Speech:
+def _wav_speech(data: bytes, where: str, stage: str) -> Speech:
     try:
         audio = read_wav(data, name=f"audio from {where}")  # tolerates unpatched streaming headers
     except AudioFormatError as exc:
-        raise BackendError("tts", str(exc), retryable=True) from None
+        raise BackendError(stage, str(exc), retryable=True) from None
     return Speech(to_mono(audio), audio.rate)
 
 
+def _check_speed(speed: float, where: str) -> None:
+    need(0.25 <= speed <= 4.0, where, "speed", speed, "must be 0.25..4.0 (1.0 normal, 0.5 half, 2.0 double)")
+
+
+@dataclass(frozen=True)
+class EspeakSettings:
+    """``[tts.espeak-ng]``: the embedded voice."""
+    voice: str = "en-us+m3"
+    """an espeak-ng voice and variant ('espeak-ng --voices' lists them)"""
+    speed: float = 1.0
+    """speaking speed: 1.0 = 155 words per minute, 0.5 half, 2.0 double"""
+    pitch: int = 35
+    """0..99; 50 is espeak-ng's own default, lower is more sepulchral"""
+
+    def check(self, where: str) -> None:
+        need(bool(self.voice), where, "voice", self.voice, "an espeak-ng voice such as 'en-us+m3'")
+        _check_speed(self.speed, where)
+        need(0 <= self.pitch <= 99, where, "pitch", self.pitch, "must be 0..99")
+
+
+@backend("espeak-ng", "tts", settings=EspeakSettings, default=True)
 class EspeakTTS:
-    """espeak-ng's robotic voice suits a skull. ``voice`` e.g. 'en-us+m3'; ``speed`` 1.0 = 155 wpm."""
+    """espeak-ng's robotic voice suits a skull, run as a subprocess within the stage's timeout."""
 
     name = "espeak-ng"
 
-    def __init__(self, voice: str = "", speed: float = 1.0, pitch: int = 35, timeout_s: float = 20.0):
+    def __init__(self, settings: EspeakSettings, ctx: BackendContext):
         self.binary = shutil.which("espeak-ng") or shutil.which("espeak")
         if self.binary is None:
-            raise BackendError("tts", "espeak-ng is not installed; install it with 'sudo apt-get install espeak-ng' "
-                                      "(make demo and make test do this for you)")
-        self.voice, self.wpm, self.pitch, self.timeout_s = voice or "en-us+m3", round(ESPEAK_WPM * speed), pitch, timeout_s
+            raise BackendError(ctx.stage, "espeak-ng is not installed; install it with 'sudo apt-get install "
+                                          "espeak-ng' (make demo and make test do this for you)")
+        self.voice, self.pitch, self.timeout_s = settings.voice, settings.pitch, ctx.timeout_s
+        self.wpm, self.stage = round(ESPEAK_WPM * settings.speed), ctx.stage
 
     def synthesize(self, text: str) -> Speech:
         cmd = [self.binary, "--stdout", "-v", self.voice, "-s", str(self.wpm), "-p", str(self.pitch), text]
         try:
             out = subprocess.run(cmd, capture_output=True, timeout=self.timeout_s, check=False)
         except subprocess.TimeoutExpired:
-            raise BackendError("tts", f"espeak-ng took longer than {self.timeout_s} s") from None
+            raise BackendError(self.stage, f"espeak-ng took longer than {self.timeout_s} s") from None
         if out.returncode != 0 or not out.stdout:
-            raise BackendError("tts", f"espeak-ng failed (exit {out.returncode}): "
-                                      f"{out.stderr.decode(errors='replace').strip()[:200]}")
+            raise BackendError(self.stage, f"espeak-ng failed (exit {out.returncode}): "
+                                           f"{out.stderr.decode(errors='replace').strip()[:200]}")
         audio = read_wav(out.stdout, name="espeak-ng output")  # its header has placeholder sizes
         return Speech(to_mono(audio), audio.rate)
 
@@ -58,6 +83,32 @@ class EspeakTTS:
         return f"embedded ({self.binary}, voice {self.voice})"
 
 
+@dataclass(frozen=True)
+class OpenAISpeechSettings(HttpSettings):
+    """``[tts.openai]``: an OpenAI-compatible speech server (Kokoro-FastAPI, speaches...)."""
+    model: str = "tts-1"
+    """the speech model: 'kokoro' (Kokoro-FastAPI), 'speaches-ai/Kokoro-82M-v1.0-ONNX' (speaches)..."""
+    voice: str = "af_heart"
+    """the server's voice name; Kokoro mixes voices with '+', e.g. 'af_bella+af_sky'"""
+    speed: float = 1.0
+    """speaking speed: 1.0 normal, 0.5 half, 2.0 double"""
+    format: str = "wav"
+    """'wav' (the header gives the rate) or 'pcm' (raw 16-bit mono at sample_rate)"""
+    sample_rate: int = 0
+    """with pcm, the rate the server produces, in Hz; 0 = the rate= of its content type, else 24000"""
+    options: dict = field(default_factory=dict)
+    """extra request fields passed to the server as they are"""
+    example_url: ClassVar[str] = "http://127.0.0.1:8880"
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        need(self.format in ("wav", "pcm"), where, "format", self.format, "choose 'wav' or 'pcm'")
+        need(self.sample_rate == 0 or 8000 <= self.sample_rate <= 48000, where, "sample_rate", self.sample_rate,
+             "must be 0 (automatic) or 8000..48000 Hz")
+        _check_speed(self.speed, where)
+
+
+@backend("openai", "tts", settings=OpenAISpeechSettings)
 class OpenAISpeechTTS:
     """POST /v1/audio/speech. ``format = "wav"`` (default: the header gives the rate) or ``"pcm"``
     (raw s16le mono at ``sample_rate``, or the ``rate=`` of the content type, else 24 kHz)."""
@@ -65,21 +116,19 @@ class OpenAISpeechTTS:
     name = "openai"
     path = "/v1/audio/speech"
 
-    def __init__(self, cfg):
-        if cfg.format not in ("", "wav", "pcm"):
-            raise BackendError("tts", f"[tts] format = {cfg.format!r}: choose 'wav' or 'pcm'")
-        self.cfg, self.format = cfg, cfg.format or "wav"
-        self.http = Http("tts", self.name, cfg.url, cfg.api_key, cfg.timeout_s, cfg.connect_timeout_s)
+    def __init__(self, settings: OpenAISpeechSettings, ctx: BackendContext):
+        self.cfg, self.format, self.stage = settings, settings.format, ctx.stage
+        self.http = settings.http(self.name, ctx)
 
     def synthesize(self, text: str) -> Speech:
-        body = {"model": self.cfg.model or "tts-1", "input": text, "voice": self.cfg.voice or "af_heart",
+        body = {"model": self.cfg.model, "input": text, "voice": self.cfg.voice,
                 "response_format": self.format, "speed": self.cfg.speed, **self.cfg.options}
         if self.cfg.sample_rate:
             body["sample_rate"] = self.cfg.sample_rate
         resp = self.http.request("POST", self.path, json=body, stream=True)
         data = content_bytes(self.http, resp, self.path)
         if self.format == "wav":
-            return _wav_speech(data, self.http.where(self.path))
+            return _wav_speech(data, self.http.where(self.path), self.stage)
         m = re.search(r"rate=(\d+)", resp.headers.get("Content-Type", ""))
         rate = self.cfg.sample_rate or (int(m.group(1)) if m else 24000)
         return Speech(to_mono(pcm16_to_audio(data[:len(data) // 2 * 2], rate)), rate)
@@ -88,9 +137,30 @@ class OpenAISpeechTTS:
         resp = self.http.request("GET", "/health", ok=(200, 404))
         if resp.status_code == 404:
             self.http.request("GET", "/v1/models")
-        return f"model {self.cfg.model or 'tts-1'}, voice {self.cfg.voice or 'af_heart'}"
+        return f"model {self.cfg.model}, voice {self.cfg.voice}"
 
 
+@dataclass(frozen=True)
+class PiperSettings(HttpSettings):
+    """``[tts.piper]``: Piper's HTTP server."""
+    voice: str = ""
+    """a voice the server has loaded (piper-tts >= 1.3); empty = its default voice"""
+    speed: float = 1.0
+    """speaking speed: 1.0 normal, 0.5 half, 2.0 double (sent as length_scale = 1/speed)"""
+    api: str = "auto"
+    """'synthesize' (>= 1.5), 'json-root' (1.3-1.4), 'text' (the archived server) or 'auto' (found out once)"""
+    options: dict = field(default_factory=dict)
+    """extra JSON fields passed to the server as they are (e.g. {noise_scale = 0.5})"""
+    example_url: ClassVar[str] = "http://127.0.0.1:5000"
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        need(self.api in ("auto", "synthesize", "json-root", "text"), where, "api", self.api,
+             "choose one of auto, synthesize, json-root, text")
+        _check_speed(self.speed, where)
+
+
+@backend("piper", "tts", settings=PiperSettings)
 class PiperTTS:
     """Piper's HTTP server. ``api``: 'synthesize' (piper-tts >= 1.5, POST /synthesize JSON),
     'json-root' (1.3-1.4, POST / JSON), 'text' (the archived server, POST / raw text), or 'auto'
@@ -102,12 +172,10 @@ class PiperTTS:
     name = "piper"
     FORMS = ("synthesize", "text", "json-root")
 
-    def __init__(self, cfg):
-        if cfg.api not in ("", "auto") + self.FORMS:
-            raise BackendError("tts", f"[tts] api = {cfg.api!r}: choose one of auto, {', '.join(self.FORMS)}")
-        self.cfg = cfg
-        self.http = Http("tts", self.name, cfg.url, cfg.api_key, cfg.timeout_s, cfg.connect_timeout_s)
-        self.api = None if cfg.api in ("", "auto") else cfg.api
+    def __init__(self, settings: PiperSettings, ctx: BackendContext):
+        self.cfg, self.stage = settings, ctx.stage
+        self.http = settings.http(self.name, ctx)
+        self.api = None if settings.api == "auto" else settings.api
         self._lock = threading.Lock()
 
     def _send(self, form: str, text: str, probe: bool = False):
@@ -133,8 +201,8 @@ class PiperTTS:
             if resp.content[:4] == b"RIFF":
                 self.api = form
                 return resp
-        raise BackendError("tts", f"{self.http.where()} answered none of Piper's API forms "
-                                  f"({', '.join(self.FORMS)}); last: {last}")
+        raise BackendError(self.stage, f"{self.http.where()} answered none of Piper's API forms "
+                                       f"({', '.join(self.FORMS)}); last: {last}")
 
     def synthesize(self, text: str) -> Speech:
         if self.api is None:
@@ -142,13 +210,30 @@ class PiperTTS:
                 resp = self._detect(text) if self.api is None else self._send(self.api, text)
         else:
             resp = self._send(self.api, text)
-        return _wav_speech(resp.content, self.http.where())  # Content-Type says text/html: ignore it
+        return _wav_speech(resp.content, self.http.where(), self.stage)  # Content-Type says text/html: ignore it
 
     def check(self) -> str:
         speech = self.synthesize("Ready.")
         return f"api {self.api}, {speech.rate} Hz voice"
 
 
+@dataclass(frozen=True)
+class XttsSettings(HttpSettings):
+    """``[tts.xtts]``: xtts-api-server, a voice cloned from a speaker WAV."""
+    speaker_wav: str = ""
+    """the voice to clone: a speaker name in the server's speaker folder, or a WAV path on the server"""
+    language: str = "en"
+    """the language the text is in ('en', 'de', 'fr'...)"""
+    example_url: ClassVar[str] = "http://127.0.0.1:8020"
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        need(bool(self.speaker_wav), where, "speaker_wav", self.speaker_wav,
+             "xtts needs a voice to clone: a speaker name or a WAV path on the XTTS server")
+        need(bool(self.language), where, "language", self.language, "a language code such as 'en'")
+
+
+@backend("xtts", "tts", settings=XttsSettings)
 class XttsTTS:
     """xtts-api-server: POST /tts_to_audio/ with the speaker WAV to clone (a name in its speaker
     folder, a file name there, or an absolute path on the server) and the language."""
@@ -156,34 +241,33 @@ class XttsTTS:
     name = "xtts"
     path = "/tts_to_audio/"
 
-    def __init__(self, cfg):
-        if not cfg.speaker_wav:
-            raise BackendError("tts", "xtts needs a voice to clone: set [tts] speaker_wav to a speaker name or a "
-                                      "WAV path on the XTTS server")
-        self.cfg = cfg
-        self.http = Http("tts", self.name, cfg.url, cfg.api_key, cfg.timeout_s, cfg.connect_timeout_s)
+    def __init__(self, settings: XttsSettings, ctx: BackendContext):
+        self.cfg, self.stage = settings, ctx.stage
+        self.http = settings.http(self.name, ctx)
 
     def synthesize(self, text: str) -> Speech:
-        body = {"text": text, "speaker_wav": self.cfg.speaker_wav, "language": self.cfg.language or "en"}
+        body = {"text": text, "speaker_wav": self.cfg.speaker_wav, "language": self.cfg.language}
         try:
             resp = self.http.request("POST", self.path, json=body)
         except BackendError as exc:
             # every xtts error is a 500, a wrong speaker or language included: those do not get better
             if "not found" in str(exc) or "Language code" in str(exc):
-                raise BackendError("tts", str(exc).split(": ", 1)[-1] + "; fix [tts] speaker_wav / language") from None
+                raise BackendError(self.stage, str(exc).split(": ", 1)[-1] + "; fix [tts.xtts] speaker_wav / "
+                                               "language") from None
             raise
-        return _wav_speech(resp.content, self.http.where(self.path))  # 24 kHz, often 32-bit float
+        return _wav_speech(resp.content, self.http.where(self.path), self.stage)  # 24 kHz, often 32-bit float
 
     def check(self) -> str:
         langs = self.http.json("GET", "/languages").get("languages") or {}
-        lang = self.cfg.language or "en"
+        lang = self.cfg.language
         if langs and lang not in langs and lang not in langs.values():
-            raise BackendError("tts", f"xtts at {self.http.url} does not speak language {lang!r}; fix [tts] language")
+            raise BackendError(self.stage, f"xtts at {self.http.url} does not speak language {lang!r}; fix "
+                                           f"[tts.xtts] language")
         speakers = self.http.json("GET", "/speakers_list")
         name = self.cfg.speaker_wav.removesuffix(".wav")
         if isinstance(speakers, list) and "/" not in self.cfg.speaker_wav and name not in speakers:
-            raise BackendError("tts", f"xtts at {self.http.url} has no speaker {self.cfg.speaker_wav!r} (it has "
-                                      f"{', '.join(map(str, speakers[:8]))}); fix [tts] speaker_wav")
+            raise BackendError(self.stage, f"xtts at {self.http.url} has no speaker {self.cfg.speaker_wav!r} (it has "
+                                           f"{', '.join(map(str, speakers[:8]))}); fix [tts.xtts] speaker_wav")
         return f"speaker {self.cfg.speaker_wav}, language {lang}"
 
 

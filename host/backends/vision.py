@@ -4,11 +4,15 @@ dominant colours and brightness, as one line such as
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from skull.core.errors import BackendError
+from skull.core.validate import need
+
+from .registry import BackendContext, backend
 
 _HUES = [(10, "red"), (22, "orange"), (34, "yellow"), (78, "green"), (96, "teal"), (130, "blue"),
          (150, "purple"), (170, "pink"), (181, "red")]  # OpenCV hue 0..180 upper bounds
@@ -29,17 +33,28 @@ def colour_name(bgr) -> str:
     return ("dark " if v < 110 and name != "brown" else "") + name
 
 
+@dataclass(frozen=True)
+class OpenCVSettings:
+    """``[vision.opencv]``: the embedded captioner."""
+    min_face_px: int = 40
+    """the smallest face it reports, in pixels of the snapshot scaled to 480 pixels across"""
+
+    def check(self, where: str) -> None:
+        need(10 <= self.min_face_px <= 240, where, "min_face_px", self.min_face_px, "must be 10..240 pixels")
+
+
+@backend("opencv", "vision", settings=OpenCVSettings, default=True)
 class OpenCVCaptioner:
     """Faces, colours and light, with no model download."""
 
     name = "opencv"
 
-    def __init__(self, min_face_px: int = 40):
+    def __init__(self, settings: OpenCVSettings, ctx: BackendContext):
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         self._faces = cv2.CascadeClassifier(path)
         if self._faces.empty():
-            raise BackendError("vision", f"cannot load the face cascade {path}; reinstall opencv-python-headless")
-        self.min_face_px = min_face_px
+            raise BackendError(ctx.stage, f"cannot load the face cascade {path}; reinstall opencv-python-headless")
+        self.min_face_px, self.stage = settings.min_face_px, ctx.stage
         self._lock = threading.Lock()
 
     def check(self) -> str:
@@ -48,7 +63,7 @@ class OpenCVCaptioner:
     def describe(self, image: bytes) -> dict:
         img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
-            raise BackendError("vision", f"the snapshot ({len(image)} bytes) is not a picture OpenCV can decode")
+            raise BackendError(self.stage, f"the snapshot ({len(image)} bytes) is not a picture OpenCV can decode")
         h, w = img.shape[:2]
         scale = 480.0 / max(h, w)
         small = cv2.resize(img, (max(1, int(w * scale)), max(1, int(h * scale)))) if scale < 1 else img

@@ -76,12 +76,14 @@ class Workload:
 
     @staticmethod
     def host_toml(servers: dict, streaming: bool = True, timeout_s: float = 10.0, retries: int = 1) -> str:
-        def stage(name, backend, extra=""):
-            return (f'[{name}]\nbackend = "{backend}"\nurl = "{servers[name].url}"\ntimeout_s = {timeout_s}\n'
-                    f"retries = {retries}\n{extra}\n")
-        return (f"streaming = {'true' if streaming else 'false'}\n\n" + stage("stt", "whisper.cpp") +
-                stage("vision", "openai-chat", "max_tokens = 60\n") + stage("reply", "openai-chat") +
-                stage("tts", "openai", 'model = "kokoro"\nvoice = "bm_george"\nformat = "wav"\n'))
+        def stage(name, backend, table, extra=""):
+            return (f'[{name}]\nbackend = "{backend}"\ntimeout_s = {timeout_s}\nretries = {retries}\n\n'
+                    f'[{name}.{table}]\nurl = "{servers[name].url}"\n{extra}\n')
+        return (f"streaming = {'true' if streaming else 'false'}\n\n" +
+                stage("stt", "whisper.cpp", '"whisper.cpp"') +
+                stage("vision", "openai-chat", "openai-chat", "max_tokens = 60\n") +
+                stage("reply", "openai-chat", "openai-chat") +
+                stage("tts", "openai", "openai", 'model = "kokoro"\nvoice = "bm_george"\nformat = "wav"\n'))
 
     def first_sentence(self) -> tuple[str, int]:
         """The reply's first sentence and how many tokens it takes to finish it."""
