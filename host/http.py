@@ -56,16 +56,22 @@ def is_loading(resp: requests.Response) -> bool:
     return resp.status_code == 503 and bool(re.search(r"loading|starting", resp.text or "", re.I))
 
 
+def _table(stage: str, backend: str) -> str:
+    return f'[{stage}."{backend}"]' if "." in backend else f"[{stage}.{backend}]"
+
+
 class Http:
     """Requests to one server for one stage, with the stage's timeout as a deadline."""
 
     def __init__(self, stage: str, server: str, url: str, api_key: str = "", timeout_s: float = 20.0,
                  connect_timeout_s: float = 3.0):
         if not url:
-            raise BackendError(stage, f"{server} needs a url: set [{stage}] url in host.toml")
+            raise BackendError(stage, f"{server} needs a url: set {_table(stage, server)} url in host.toml")
         if not re.match(r"https?://", url):
-            raise BackendError(stage, f"[{stage}] url = {url!r} must start with http:// or https://")
+            raise BackendError(stage, f"{_table(stage, server)} url = {url!r} must start with http:// or https://")
         self.stage, self.server, self.url = stage, server, url.rstrip("/")
+        self.table = _table(stage, server)
+        """where this server's settings live in host.toml, e.g. [stt."whisper.cpp"]"""
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.wait_loading = True
@@ -99,7 +105,7 @@ class Http:
             except requests.exceptions.ConnectionError as exc:
                 reason = _reason(exc)
                 raise BackendError(self.stage, f"{self.where()} is not reachable ({reason}); start it, or fix "
-                                               f"[{self.stage}] url in host.toml", retryable=True) from None
+                                               f"{self.table} url in host.toml", retryable=True) from None
             except requests.exceptions.Timeout:
                 raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
                                    retryable=True) from None
@@ -122,9 +128,9 @@ class Http:
             return BackendError(self.stage, f"{self.where()} is still loading its model ({msg})", retryable=True)
         if status in (401, 403):
             return BackendError(self.stage, f"{self.where(path)} refused the key (HTTP {status}: {msg}); set "
-                                            f"[{self.stage}] api_key")
+                                            f"{self.table} api_key")
         if status == 404 and "model" in msg.lower():
-            return BackendError(self.stage, f"{self.where(path)}: {msg} (HTTP 404); check [{self.stage}] model")
+            return BackendError(self.stage, f"{self.where(path)}: {msg} (HTTP 404); check {self.table} model")
         if status == 404:
             return BackendError(self.stage, f"{self.where(path)} has no such endpoint (HTTP 404: {msg}); is "
                                             f"[{self.stage}] backend the right kind of server?")

@@ -134,7 +134,7 @@ def test_openai_transcription_needs_model_and_names_a_missing_one(fake):
     srv = fake(OpenAIAudioFake, flavor="speaches", transcript="boo")
     assert make("stt", "openai", srv.url, model="Systran/faster-whisper-small").transcribe(QUESTION, 16000) == "boo"
     assert make("stt", "openai", srv.url, model="whisper-1").transcribe(QUESTION, 16000) == "boo"  # alias
-    with pytest.raises(BackendError, match="not installed locally.*check \\[stt\\] model"):
+    with pytest.raises(BackendError, match="not installed locally.*check \\[stt.openai\\] model"):
         make("stt", "openai", srv.url, model="large-v9").transcribe(QUESTION, 16000)
     with pytest.raises(ConfigError, match=r"\[stt.openai\]: model = '' .*needs a model"):
         make("stt", "openai", srv.url)
