@@ -120,6 +120,9 @@ def build(cls, data, source: str, table: str = "", *, unknown: str = "refuse"):
         if dataclasses.is_dataclass(hint):
             kwargs[f.name] = build(hint, value, source, f"{table}.{f.name}" if table else f.name, unknown=unknown)
             continue
+        if isinstance(value, str) and not _encodable(value):
+            raise ValidationError(f"{where}: {f.name} is not valid text: it holds a lone UTF-16 surrogate "
+                                  f"(\\ud800..\\udfff without its pair)", f.name, "type")
         if not _type_ok(value, hint):
             shown = repr(value)
             raise ValidationError(f"{where}: {f.name} = {shown[:60]}{'...' if len(shown) > 60 else ''} has the wrong "
