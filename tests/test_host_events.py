@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -288,6 +289,42 @@ def test_a_backend_raising_a_plain_exception_gives_the_fallback_line(host_config
     assert not default_thread.startswith("host-backend")
     with pytest.raises(RuntimeError):  # stop closed the host's pool
         pool.submit(print)
+
+
+class FaultyVoice:
+    """A voice that fails outright, or one that takes ``delay_s`` before speaking."""
+
+    def __init__(self, inner, name: str, fails: bool = False, delay_s: float = 0.0):
+        self.inner, self.name, self.fails, self.delay_s = inner, name, fails, delay_s
+
+    def synthesize(self, text):
+        if self.fails:
+            raise RuntimeError("the voice box is cracked")
+        time.sleep(self.delay_s)
+        return self.inner.synthesize(text)
+
+
+def test_the_fallback_voice_gets_the_configured_time(host_config, backends):
+    broken = FaultyVoice(backends.tts, "cracked", fails=True)
+    slow = FaultyVoice(backends.fallback_voice, "slow-espeak", delay_s=1.5)
+    config = dataclasses.replace(host_config, fallback=dataclasses.replace(host_config.fallback, timeout_s=0.5))
+
+    async def go():
+        host = await start_host(config, dataclasses.replace(backends, tts=broken, fallback_voice=slow))
+        try:
+            client = await Client.connect(host.port)
+            t0 = time.monotonic()
+            answer = await client.ask(1)
+            took_s = time.monotonic() - t0
+            await client.ws.close()
+        finally:
+            await host.stop()
+        return answer, took_s
+
+    answer, took_s = asyncio.run(go())
+    assert answer.done is not None and answer.done.segments == 0
+    assert "fallback voice gave no answer within 0.5 s" in answer.errors[-1].message
+    assert took_s < 1.5 + answer.done.timings_ms["stt"] / 1000  # it did not wait for the slow voice
 
 
 def test_a_subscriber_that_raises_never_reaches_the_turn(host_config, backends, caplog):
