@@ -5,13 +5,21 @@ unsupported protocol version with 4426; both reasons say what to do. After the h
 malformed frame gets an ``error`` message and the connection stays open. A skull that
 reconnects under the same name takes over its conversation (the old connection is closed with
 4409), so memory survives network drops.
+
+No single failure stops the host: an unexpected fault while handling a frame is logged and
+answered with ``error`` (``internal_error``), and the connection stays open; a fault in a turn
+still ends that turn with a spoken fallback line and ``done``; a subscriber of ``Host.events``
+that raises never reaches the turn.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import logging
+import re
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,15 +28,46 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from skull.core import protocol as p
+from skull.core.bus import Bus
 from skull.core.envelope import JawShape
 from skull.core.errors import ConfigError, ProtocolError
 
+from . import events as ev
 from .build import build_backends
 from .config import HostConfig, is_loopback
 from .filter import FamilyFilter
 from .turn import Backends, Turn
 
 log = logging.getLogger("host.server")
+
+
+class Faults:
+    """Logs unexpected exceptions: with the traceback the first time a fault is seen (same
+    exception type raised at the same line), as one line after that, so a fault that repeats
+    on every frame cannot flood the log."""
+
+    def __init__(self, logger: logging.Logger = log):
+        self.log = logger
+        self._seen: set[tuple[type, str, int]] = set()
+
+    def report(self, context: str, exc: BaseException) -> None:
+        """Log ``exc`` as an unexpected fault; ``context`` says where (skull, message, turn)."""
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = (tb[-1].filename, tb[-1].lineno) if tb else ("", 0)
+        key = (type(exc), *where)
+        first = key not in self._seen
+        self._seen.add(key)
+        self.log.error("%s: unexpected %s: %s%s", context, type(exc).__name__, exc,
+                       "" if first else f" (at {where[0]}:{where[1]}; traceback logged before)",
+                       exc_info=exc if first else None)
+
+
+def _describe(frame) -> str:
+    """What a frame is, for a log line, without trusting it to be valid JSON."""
+    if isinstance(frame, bytes):
+        return f"a {len(frame)}-byte binary frame"
+    m = re.search(r'"type"\s*:\s*"([a-z_]{1,20})"', frame[:200])
+    return f"a {m.group(1)!r} message" if m else "a text frame"
 
 
 @dataclass
@@ -51,8 +90,6 @@ class SkullSession:
             self.shape = JawShape.from_dict({**host.config.shape.to_dict(), **(jaw_shape or {})}, "jaw shape")
         except ConfigError:  # the mix does not hold together: the skull's own shape alone
             self.shape = JawShape.from_dict(jaw_shape or {}, "jaw shape")
-        self.played: dict[int, float] = {}
-        """first_audio of recent turns, as the skull measured it"""
         self.reader = p.FrameReader(p.CLIENT_MESSAGES)
         self.turn: Turn | None = None
         self.task: asyncio.Task | None = None
@@ -66,21 +103,30 @@ class SkullSession:
                 await self.ws.send(frame)
 
     async def run(self) -> None:
+        skull = self.conversation.skull
         try:
             async for frame in self.ws:
                 try:
                     await self._handle(frame)
                 except ProtocolError as exc:
-                    log.warning("%s: %s: %s", self.conversation.skull, exc.code, exc)
+                    log.warning("%s: %s: %s", skull, exc.code, exc)
                     await self.send(p.Error(exc.code, str(exc)))
+                except ConnectionClosed:
+                    raise
+                except Exception as exc:  # a fault in the host: this frame is lost, the skull is not
+                    what = _describe(frame)
+                    self.host.faults.report(f"{skull}: handling {what}", exc)
+                    await self.send(p.Error(p.E_INTERNAL, f"the host hit an unexpected fault handling {what} "
+                                                          f"({type(exc).__name__}); it is logged on the host. "
+                                                          f"Carry on; if a turn was starting, press again"))
         finally:
             self._cancel_turn()
 
     def _cancel_turn(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        if self.turn is not None and self.turn.caption_task is not None:
-            self.turn.caption_task.cancel()
+        if self.turn is not None:
+            self.turn.cancel()
 
     async def _handle(self, frame) -> None:
         if isinstance(frame, bytes):
@@ -91,15 +137,16 @@ class SkullSession:
             raise ProtocolError(p.E_BAD_STATE, "hello was already received on this connection")
         if isinstance(msg, p.Listen):
             self._cancel_turn()  # a new press abandons whatever turn was running
-            self.turn = Turn(msg.turn, self.host.backends, self.host.config, tuple(self.conversation.history),
-                             play_rate=self.play_rate, filter=self.host.filter, shape=self.shape)
+            host = self.host
+            self.turn = Turn(msg.turn, host.backends, host.config, skull=self.conversation.skull, events=host.events,
+                             timings=host.timings, executor=host.executor, history=tuple(self.conversation.history),
+                             play_rate=self.play_rate, filter=host.filter, shape=self.shape)
             self.task, self._warned_long = None, False
+            host.events.emit(ev.TurnStarted(self.conversation.skull, msg.turn))
             await self.send(p.Ack(msg.turn, "listen"))
             return
         if isinstance(msg, p.Played):
-            self.played[msg.turn] = msg.first_audio_ms
-            if len(self.played) > 8:
-                self.played.pop(min(self.played))
+            self.host.events.emit(ev.Played(self.conversation.skull, msg.turn, msg.first_audio_ms))
             return
         turn = self._current(msg.turn, msg.type)
         if isinstance(msg, p.Stop):
@@ -128,35 +175,39 @@ class SkullSession:
                                                        f" the rest of turn {msg.turn} is ignored", msg.turn))
 
     async def _answer(self, turn: Turn) -> None:
+        skull = self.conversation.skull
         try:
             await turn.run(self.send)
         except ConnectionClosed:
-            log.info("%s: connection closed during turn %d", self.conversation.skull, turn.turn)
+            log.info("%s: connection closed during turn %d", skull, turn.turn)
             return
         except asyncio.CancelledError:
-            log.info("%s: turn %d abandoned", self.conversation.skull, turn.turn)
+            log.info("%s: turn %d abandoned", skull, turn.turn)
             raise
-        except Exception:  # the host must survive anything one turn does
-            log.exception("%s: turn %d failed", self.conversation.skull, turn.turn)
+        except Exception as exc:  # a fault in the host: the skull still hears something, then done
+            self.host.faults.report(f"{skull}: turn {turn.turn}", exc)
+            try:
+                await turn.recover(exc)
+            except ConnectionClosed:
+                log.info("%s: connection closed during turn %d", skull, turn.turn)
+            except Exception as again:
+                self.host.faults.report(f"{skull}: ending turn {turn.turn} after a fault", again)
             return
         self.conversation.history.append((turn.transcript, turn.reply))
         self.conversation.turns += 1
-        # first_audio comes from the skull when it starts playing: usually before done
-        for _ in range(20):
-            if turn.turn in self.played or self.turn is not turn:
-                break
-            await asyncio.sleep(0.05)
-        t = dict(turn.timings_ms)
-        if turn.turn in self.played:
-            t["first_audio"] = self.played[turn.turn]
-        log.info("%s: turn %d %s heard=%r caption=%r reply=%r", self.conversation.skull, turn.turn,
-                 " ".join(f"{k}={v:.0f}" for k, v in t.items()), turn.transcript, turn.caption, turn.reply)
 
 
 class Host:
-    """Owns the backends and the conversations; ``serve()`` runs the websocket server."""
+    """Owns the backends, the conversations, the thread pool for blocking backend calls and the
+    turn event bus; ``start()`` runs the websocket server, ``stop()`` ends it.
 
-    def __init__(self, config: HostConfig, backends: Backends | None = None):
+    ``events``: every turn of every skull publishes to it (see :mod:`host.events`); subscribe
+    once for all skulls. ``timings`` builds ``done.timings_ms``; ``turn_log`` writes the per-turn
+    log line (``turn_log.detach()`` silences it). ``workers``: threads for backend calls, shared
+    by all skulls (a streamed reply holds one while it is written).
+    """
+
+    def __init__(self, config: HostConfig, backends: Backends | None = None, *, workers: int = 32):
         s = config.server
         if not s.token and not is_loopback(s.bind):
             raise ConfigError(f"refusing to listen on {s.bind} without a token: anyone on the network could "
@@ -168,6 +219,12 @@ class Host:
         self.sessions: dict[str, SkullSession] = {}
         self.session_id = uuid.uuid4().hex[:12]
         self.server = None
+        self.workers = workers
+        self.executor: ThreadPoolExecutor | None = None
+        self.events: Bus[ev.TurnEvent] = Bus("host")
+        self.timings = ev.TurnTimings().attach(self.events)
+        self.turn_log = ev.TurnLog().attach(self.events)
+        self.faults = Faults()
 
     @property
     def port(self) -> int:
@@ -175,8 +232,9 @@ class Host:
 
     async def start(self):
         s = self.config.server
-        # backend calls run in worker threads; a slow server must not starve the others
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, thread_name_prefix="backend"))
+        # backend calls run on the host's own pool (the loop's default executor is left to others
+        # sharing the loop); sized so a slow server does not starve the other skulls
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="host-backend")
         self.server = await serve(self._connection, s.bind, s.port, max_size=p.TRANSPORT_MAX_BYTES,
                                   ping_interval=s.ping_interval_s, ping_timeout=s.ping_timeout_s,
                                   compression=None, logger=logging.getLogger("host.websockets"))
@@ -187,9 +245,15 @@ class Host:
         return self
 
     async def stop(self) -> None:
+        """Close every connection and the server, write pending turn lines, close the thread pool
+        (without waiting for a backend call that hangs; abandoned streamed replies stop on their own)."""
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        self.turn_log.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
 
     async def __aenter__(self):
         return await self.start()
@@ -224,25 +288,32 @@ class Host:
 
     async def _connection(self, ws: ServerConnection) -> None:
         try:
-            hello = await self._handshake(ws)
-            if hello is None:
-                return
-            old = self.sessions.get(hello.skull)
-            if old is not None:
-                await old.ws.close(p.CLOSE_REPLACED, "replaced by a new connection from the same skull")
-            conv = self.conversations.get(hello.skull)
-            if conv is None:
-                conv = self.conversations[hello.skull] = Conversation(
-                    hello.skull, collections.deque(maxlen=self.config.history_turns))
-            session = self.sessions[hello.skull] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
-            await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
-                                         self.config.server.max_record_s))
-            log.info("skull %s connected from %s", hello.skull, ws.remote_address)
-            try:
-                await session.run()
-            finally:
-                if self.sessions.get(hello.skull) is session:
-                    del self.sessions[hello.skull]
-                log.info("skull %s disconnected", hello.skull)
+            await self._serve_skull(ws)
         except ConnectionClosed:
             return
+        except Exception as exc:  # never handed to websockets: logged here, the skull reconnects
+            self.faults.report(f"connection from {ws.remote_address}", exc)
+            with contextlib.suppress(Exception):
+                await ws.close(1011, "unexpected fault on the host; it is logged there, reconnect")
+
+    async def _serve_skull(self, ws: ServerConnection) -> None:
+        hello = await self._handshake(ws)
+        if hello is None:
+            return
+        old = self.sessions.get(hello.skull)
+        if old is not None:
+            await old.ws.close(p.CLOSE_REPLACED, "replaced by a new connection from the same skull")
+        conv = self.conversations.get(hello.skull)
+        if conv is None:
+            conv = self.conversations[hello.skull] = Conversation(
+                hello.skull, collections.deque(maxlen=self.config.history_turns))
+        session = self.sessions[hello.skull] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
+        await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
+                                     self.config.server.max_record_s))
+        log.info("skull %s connected from %s", hello.skull, ws.remote_address)
+        try:
+            await session.run()
+        finally:
+            if self.sessions.get(hello.skull) is session:
+                del self.sessions[hello.skull]
+            log.info("skull %s disconnected", hello.skull)

@@ -9,10 +9,15 @@ the first sentence, not the whole answer. A failed or slow stage never leaves th
 it is retried once when that is safe, and otherwise the skull speaks a fallback line (in the
 espeak-ng voice if the configured voice is what failed); the cause is logged with the stage.
 
-Timings (``done.timings_ms``): ``stt`` and ``vision`` are how long those stages took;
-``llm_first_token``, ``llm_first_sentence``, ``tts_first_segment`` and ``total`` are
-milliseconds after ``stop`` (the button release); ``reply`` is how long the reply took to write.
-The skull adds ``first_audio``: release to the first reply sample at its speaker.
+Every blocking backend call (the streamed reply's reader included) runs on the host's bounded
+thread pool, never on the event loop. The turn publishes what happens as events
+(:mod:`host.events`) on the host's bus; the timings, the log line and any dashboard subscribe.
+
+Timings (``done.timings_ms``, built by :class:`host.events.TurnTimings`): ``stt`` and
+``vision`` are how long those stages took; ``llm_first_token``, ``llm_first_sentence``,
+``tts_first_segment`` and ``total`` are milliseconds after ``stop`` (the button release);
+``reply`` is how long the reply took to write. The skull adds ``first_audio``: release to the
+first reply sample at its speaker.
 """
 from __future__ import annotations
 
@@ -20,17 +25,22 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Awaitable, Callable, Iterator
 
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 from skull.core import protocol as p
+from skull.core.bus import Bus
 from skull.core.envelope import JawShape, jaw_track
-from skull.core.wav import pcm16_to_audio, resample, to_mono_rate, to_pcm16
 from skull.core.errors import BackendError
+from skull.core.wav import pcm16_to_audio, resample, to_mono_rate, to_pcm16
 
-from .backends import Captioner, ReplyContext, ReplyWriter, SpeechToText, TextToSpeech
+from . import events as ev
+from .backends import Captioner, ReplyContext, ReplyWriter, Speech, SpeechToText, TextToSpeech
 from .config import HostConfig
 from .filter import FamilyFilter
 from .sentences import SentenceSplitter
@@ -53,10 +63,25 @@ class Backends:
 
 
 @dataclass
+class _StageRun:
+    error: str = ""
+    """set when the stage failed but the turn carries on (a fallback follows)"""
+
+
+@dataclass
 class Turn:
     turn: int
     backends: Backends
     config: HostConfig
+    _: KW_ONLY
+    skull: str
+    """the skull's name: every event of this turn carries it"""
+    events: Bus
+    """the host's turn event bus"""
+    timings: ev.TurnTimings
+    """the subscriber that builds ``done.timings_ms``"""
+    executor: Executor
+    """the host's bounded thread pool for blocking backend calls"""
     history: tuple = ()
     play_rate: int = 0
     """the skull speaker's rate; speech is resampled to it (0: send the voice's own rate)"""
@@ -67,11 +92,19 @@ class Turn:
     stream: p.AudioStart | None = None
     image: bytes | None = None
     caption_task: asyncio.Task | None = None
-    timings_ms: dict = field(default_factory=dict)
     transcript: str = ""
     caption: str = ""
     reply: str = ""
+    segments: int = 0
+    """speech segments sent to the skull"""
+    spoken: list = field(default_factory=list)
+    """the text of each segment sent, in order"""
     t_stop: float = 0.0
+    """monotonic seconds of the button release"""
+    send: Send | None = None
+    """how this turn's messages reach the skull (given to :meth:`run`)"""
+    _sentences: int = field(default=0, init=False, repr=False)
+    _cancels: list = field(default_factory=list, init=False, repr=False)
 
     # --- collecting the question ---------------------------------------------------------
 
@@ -82,11 +115,14 @@ class Turn:
             self.caption_task = asyncio.create_task(self._caption(image), name=f"caption-{self.turn}")
 
     async def _caption(self, image: bytes) -> str:
-        t0 = time.monotonic()
+        """The caption, or the vision fallback (usually empty) when captioning fails."""
         try:
-            return await self._stage("vision", self.backends.vision.caption, image)
-        finally:
-            self.timings_ms["vision"] = _ms(t0)
+            with self._stage("vision"):
+                return await self.call("vision", self.backends.vision.caption, image)
+        except BackendError as exc:
+            log.error("%s: turn %d: %s", self.skull, self.turn, exc)
+            self._emit(ev.TurnError, stage="vision", message=str(exc))
+            return self.config.fallback.vision
 
     def on_audio(self, stream: p.AudioStart, chunk: bytes) -> bool:
         """Keep a microphone chunk; False when the turn is over its length limit (chunk dropped)."""
@@ -100,101 +136,150 @@ class Turn:
         self.audio.extend(chunk)
         return True
 
-    # --- answering ------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Abandon the turn's background work: the caption and any reply still being read."""
+        for event in self._cancels:
+            event.set()
+        if self.caption_task is not None:
+            self.caption_task.cancel()
 
-    async def _stage(self, stage: str, fn, *args):
-        """Run a blocking backend call in a worker thread within the stage's timeout, asking
-        once more when the failure is one that asking again can cure."""
+    # --- calling backends ------------------------------------------------------------------
+
+    async def call(self, stage: str, fn, *args):
+        """Run a blocking backend call on the host's thread pool within ``[stage] timeout_s``,
+        asking once more when the failure is one that asking again can cure. Whatever the
+        backend raises comes out as a BackendError naming the stage."""
         cfg = getattr(self.config, stage)
         deadline = time.monotonic() + cfg.timeout_s
         attempt = 0
         while True:
             try:
-                return await asyncio.wait_for(asyncio.to_thread(fn, *args), max(0.01, deadline - time.monotonic()))
+                return await self._blocking(stage, max(0.01, deadline - time.monotonic()), fn, *args)
             except asyncio.TimeoutError:
                 raise BackendError(stage, f"no answer within {cfg.timeout_s:g} s") from None
             except BackendError as exc:
                 if not exc.retryable or attempt >= cfg.retries or deadline - time.monotonic() < 0.05:
                     raise
                 attempt += 1
-                log.warning("turn %d: %s; asking again", self.turn, exc)
-            except Exception as exc:  # a backend library failing in any way is a stage failure
-                raise BackendError(stage, f"{type(exc).__name__}: {exc}") from exc
+                log.warning("%s: turn %d: %s; asking again", self.skull, self.turn, exc)
+
+    async def _blocking(self, stage: str, timeout_s: float, fn, *args):
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self.executor, fn, *args), timeout_s)
+        except (asyncio.TimeoutError, BackendError):
+            raise
+        except Exception as exc:  # a backend library failing in any way is a stage failure
+            raise BackendError(stage, f"{type(exc).__name__}: {exc}") from exc
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _emit(self, kind: type, **fields) -> None:
+        self.events.emit(kind(self.skull, self.turn, **fields))
+
+    def _since_stop_ms(self) -> float:
+        """Milliseconds since the button release."""
+        return _ms(self.t_stop)
+
+    @contextmanager
+    def _stage(self, stage: str) -> Iterator[_StageRun]:
+        """StageStarted now, StageFinished (with how long, and what failed) at the end."""
+        run = _StageRun()
+        self._emit(ev.StageStarted, stage=stage)
+        t0 = time.monotonic()
+        try:
+            yield run
+        except asyncio.CancelledError:
+            run.error = "abandoned"
+            raise
+        except Exception as exc:
+            run.error = str(exc) or type(exc).__name__
+            raise
+        finally:
+            self._emit(ev.StageFinished, stage=stage, ms=_ms(t0), error=run.error)
+
+    async def _failed(self, exc: BackendError) -> None:
+        log.error("%s: turn %d: %s", self.skull, self.turn, exc)
+        self._emit(ev.TurnError, stage=exc.stage, message=str(exc))
+        await self.send(p.Error(p.E_STAGE_FAILED, str(exc), self.turn), None)
+
+    # --- answering ------------------------------------------------------------------------
+
+    async def run(self, send: Send) -> None:
+        """Everything after ``stop``: ends with ``done`` whatever a stage does. An unexpected
+        fault (a bug, not a failing backend) is raised; the caller logs it and calls
+        :meth:`recover`, which still ends the turn with speech and ``done``."""
+        self.send = send
+        self.t_stop = time.monotonic()
+        bytes_per_s = self.stream.width * self.stream.channels * self.stream.rate if self.stream else 0
+        self._emit(ev.Stopped, audio_s=round(len(self.audio) / bytes_per_s, 3) if bytes_per_s else 0.0)
+        voice = Voice(self)
+        try:
+            try:
+                self.transcript = await self._hear()
+            except BackendError as exc:
+                await self._failed(exc)
+                self._fallback(voice, "stt", self.config.fallback.stt)
+                return await self._finish(voice)
+            self._emit(ev.Transcript, text=self.transcript)
+            if self.caption_task is not None:
+                self.caption = await self.caption_task
+            self._emit(ev.Caption, text=self.caption)
+            await send(p.Heard(self.turn, self.transcript, self.caption), None)
+            ctx = ReplyContext(self.transcript, self.caption, self.history,
+                               self.image if self.config.vision.backend == "reply" else None)
+            with self._stage("reply") as stage:
+                write = self._reply_streaming if self.config.streaming else self._reply_whole
+                failure = await write(voice, ctx)
+                stage.error = str(failure) if failure else ""
+            await self._finish(voice)
+        finally:
+            self.cancel()
+            voice.cancel()
 
     async def _hear(self) -> str:
         if not self.audio or self.stream is None:
             return ""
         audio = pcm16_to_audio(bytes(self.audio), self.stream.rate, self.stream.channels)
         samples = to_mono_rate(audio, STT_RATE)
-        t0 = time.monotonic()
-        try:
-            return await self._stage("stt", self.backends.stt.transcribe, samples, STT_RATE)
-        finally:
-            self.timings_ms["stt"] = _ms(t0)
+        with self._stage("stt"):
+            return await self.call("stt", self.backends.stt.transcribe, samples, STT_RATE)
 
-    def _mark(self, key: str) -> None:
-        """A milestone: milliseconds since the button release (first time only)."""
-        self.timings_ms.setdefault(key, _ms(self.t_stop))
+    def _fallback(self, voice: "Voice", stage: str, line: str) -> None:
+        self._emit(ev.Fallback, stage=stage, line=line)
+        voice.say(line)
 
-    async def _failed(self, send: Send, exc: BackendError) -> None:
-        log.error("turn %d: %s", self.turn, exc)
-        await send(p.Error(p.E_STAGE_FAILED, str(exc), self.turn), None)
+    def _sentence(self, voice: "Voice", sentence: str) -> None:
+        self._emit(ev.Sentence, text=sentence, index=self._sentences, at_ms=self._since_stop_ms())
+        self._sentences += 1
+        voice.say(sentence)
 
-    async def run(self, send: Send) -> None:
-        """Everything after ``stop``: ends with ``done``, whatever fails on the way."""
-        self.t_stop = time.monotonic()
-        voice = Voice(self, send)
-        try:
-            try:
-                self.transcript = await self._hear()
-            except BackendError as exc:
-                await self._failed(send, exc)
-                voice.say(self.config.fallback.stt)
-                return await self._finish(send, voice)
-            if self.caption_task is not None:
-                try:
-                    self.caption = await self.caption_task
-                except BackendError as exc:
-                    log.error("turn %d: %s", self.turn, exc)
-                    self.caption = self.config.fallback.vision
-            await send(p.Heard(self.turn, self.transcript, self.caption), None)
-            ctx = ReplyContext(self.transcript, self.caption, self.history,
-                               self.image if self.config.vision.backend == "reply" else None)
-            t0 = time.monotonic()
-            if self.config.streaming:
-                await self._reply_streaming(send, voice, ctx)
-            else:
-                await self._reply_whole(send, voice, ctx)
-            self.timings_ms["reply"] = _ms(t0)
-            await self._finish(send, voice)
-        finally:
-            voice.cancel()
-
-    async def _reply_whole(self, send: Send, voice: "Voice", ctx: ReplyContext) -> None:
+    async def _reply_whole(self, voice: "Voice", ctx: ReplyContext) -> BackendError | None:
         """The sequential way: the whole reply, then the whole of it spoken in one piece."""
         try:
-            text = (await self._stage("reply", self.backends.reply.reply, ctx)).strip()
+            text = (await self.call("reply", self.backends.reply.reply, ctx)).strip()
             if not text:
                 raise BackendError("reply", "the reply was empty")
         except BackendError as exc:
-            await self._failed(send, exc)
-            text = self.config.fallback.reply
-        self._mark("llm_first_token")
-        self._mark("llm_first_sentence")
-        voice.say(text)
+            await self._failed(exc)
+            self._fallback(voice, "reply", self.config.fallback.reply)
+            return exc
+        self._emit(ev.FirstPiece, at_ms=self._since_stop_ms())
+        self._sentence(voice, text)
+        return None
 
-    async def _reply_streaming(self, send: Send, voice: "Voice", ctx: ReplyContext) -> None:
+    async def _reply_streaming(self, voice: "Voice", ctx: ReplyContext) -> BackendError | None:
+        """Sentences to the voice as the reply is written; the failure, if any (already reported)."""
         cfg = self.config.reply
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             pieces: asyncio.Queue = asyncio.Queue()
             cancel = threading.Event()
-            voice.cancels.append(cancel)
-            threading.Thread(target=_pump, args=(self.backends.reply, ctx, cancel, loop, pieces),
-                             name=f"reply-{self.turn}", daemon=True).start()
+            self._cancels.append(cancel)
             splitter, got = SentenceSplitter(), False
             try:
+                loop.run_in_executor(self.executor, _pump, self.backends.reply, ctx, cancel, loop, pieces)
                 while True:
                     kind, value = await asyncio.wait_for(pieces.get(), cfg.timeout_s)
                     if kind == "error":
@@ -205,12 +290,12 @@ class Turn:
                         break
                     if not got:
                         got = True
-                        self._mark("llm_first_token")
+                        self._emit(ev.FirstPiece, at_ms=self._since_stop_ms())
                     for sentence in splitter.feed(value):
                         self._sentence(voice, sentence)
-                if not voice.said:
+                if not self._sentences:
                     raise BackendError("reply", "the reply was empty")
-                return
+                return None
             except (asyncio.TimeoutError, Exception) as exc:
                 cancel.set()
                 if isinstance(exc, asyncio.TimeoutError):
@@ -220,85 +305,125 @@ class Turn:
                     exc = BackendError("reply", f"{type(exc).__name__}: {exc}")
                 if not got and exc.retryable and attempt < cfg.retries:
                     attempt += 1
-                    log.warning("turn %d: %s; asking again", self.turn, exc)
+                    log.warning("%s: turn %d: %s; asking again", self.skull, self.turn, exc)
                     continue
-                await self._failed(send, exc)
-                if not voice.said:  # nothing of the answer was spoken: say the fallback line
-                    voice.say(self.config.fallback.reply)
-                return  # an answer cut short ends with its last whole sentence
+                await self._failed(exc)
+                if not self._sentences:  # nothing of the answer was spoken: say the fallback line
+                    self._fallback(voice, "reply", self.config.fallback.reply)
+                return exc  # an answer cut short ends with its last whole sentence
 
-    def _sentence(self, voice: "Voice", sentence: str) -> None:
-        self._mark("llm_first_sentence")
-        voice.say(sentence)
+    async def speak(self, sentence: str, *, fallback_voice: bool = False) -> bool:
+        """Synthesise one sentence (after the family filter) and send it as the next ``speech``
+        segment. ``fallback_voice``: in the fallback voice, within ``[fallback] timeout_s``.
+        A voice that fails is reported to the skull (``error``) and nothing is sent. True when
+        a segment went out."""
+        text = self.filter.clean(sentence)
+        failure = None
+        with self._stage("tts") as stage:
+            try:
+                if fallback_voice:
+                    speech = await self._fallback_voice(text)
+                else:
+                    speech = await self.call("tts", self.backends.tts.synthesize, text)
+            except BackendError as exc:
+                failure = exc
+                stage.error = str(exc)
+        if failure is not None:
+            await self._failed(failure)
+            return False
+        if len(speech.samples) == 0:
+            return False
+        msg, pcm = speech_segment(self.turn, self.segments, text, speech.samples, speech.rate,
+                                  self.shape or self.config.shape, self.play_rate)
+        await self.send(msg, pcm)
+        self.segments += 1
+        self.spoken.append(text)
+        self._emit(ev.SegmentSent, seq=msg.seq, text=text, audio_s=round(len(speech.samples) / speech.rate, 3),
+                   at_ms=self._since_stop_ms())
+        return True
 
-    async def _finish(self, send: Send, voice: "Voice") -> None:
+    async def _fallback_voice(self, text: str) -> Speech:
+        voice, timeout_s = self.backends.fallback_voice, self.config.fallback.timeout_s
+        if voice is None:
+            raise BackendError("tts", "there is no fallback voice")
+        try:
+            return await self._blocking("tts", timeout_s, voice.synthesize, text)
+        except asyncio.TimeoutError:
+            raise BackendError("tts", f"the fallback voice gave no answer within {timeout_s:g} s") from None
+
+    async def _finish(self, voice: "Voice") -> None:
         await voice.drain()
-        if not voice.segments and self.backends.fallback_voice is not None:
+        if not self.segments and self.backends.fallback_voice is not None:
             # the voice failed for the whole answer: the skull still speaks, in the fallback voice
-            await voice.speak(self.config.fallback.tts, self.backends.fallback_voice)
-        self.reply = " ".join(voice.spoken)
-        self.timings_ms["total"] = _ms(self.t_stop)
-        await send(p.Done(self.turn, voice.segments, self.reply, dict(self.timings_ms)), None)
+            self._emit(ev.Fallback, stage="tts", line=self.config.fallback.tts)
+            await self.speak(self.config.fallback.tts, fallback_voice=True)
+        await self._done()
+
+    async def _done(self) -> None:
+        self.reply = " ".join(self.spoken)
+        timings = self.timings.finish(self.skull, self.turn)
+        await self.send(p.Done(self.turn, self.segments, self.reply, timings), None)
+        self._emit(ev.Done, reply=self.reply, segments=self.segments, timings_ms=timings)
+
+    async def recover(self, fault: Exception) -> None:
+        """End the turn after an unexpected fault in :meth:`run` (the caller has logged it): an
+        ``error`` (internal_error), the fallback line if nothing was spoken yet, then ``done``,
+        so the skull is never left waiting in silence."""
+        self.cancel()
+        message = (f"the host hit an unexpected fault in turn {self.turn} ({type(fault).__name__}: "
+                   f"{str(fault)[:200]}); it is logged on the host, ask again")
+        self._emit(ev.TurnError, stage="turn", message=message)
+        await self.send(p.Error(p.E_INTERNAL, message, self.turn), None)
+        if not self.segments:
+            line = self.config.fallback.reply
+            self._emit(ev.Fallback, stage="turn", line=line)
+            try:
+                if not await self.speak(line) and self.backends.fallback_voice is not None:
+                    await self.speak(line, fallback_voice=True)
+            except ConnectionClosed:
+                raise
+            except Exception as exc:  # the fault may lie in speaking itself: done still goes out
+                log.error("%s: turn %d: the fallback line could not be spoken: %s: %s",
+                          self.skull, self.turn, type(exc).__name__, exc)
+        await self._done()
 
 
 class Voice:
     """Sentences in, ``speech`` segments out, one after another: sentence k+1 is synthesised
     while sentence k travels to the skull and plays."""
 
-    def __init__(self, turn: Turn, send: Send):
-        self.turn, self.send = turn, send
+    def __init__(self, turn: Turn):
+        self.turn = turn
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.said = 0
-        """sentences handed to the voice"""
-        self.segments = 0
-        """segments sent to the skull"""
-        self.spoken: list[str] = []
-        self.cancels: list[threading.Event] = []
         self.task = asyncio.create_task(self._work(), name=f"voice-{turn.turn}")
 
     def say(self, sentence: str) -> None:
-        self.said += 1
         self.queue.put_nowait(sentence)
 
     async def drain(self) -> None:
+        """Wait until every sentence said so far was spoken (or failed); raises what the voice
+        task raised, if anything unexpected."""
         self.queue.put_nowait(None)
         await self.task
 
     def cancel(self) -> None:
-        for event in self.cancels:
-            event.set()
         if not self.task.done():
             self.task.cancel()
+        elif not self.task.cancelled():
+            self.task.exception()  # a fault here surfaced (or will) through the turn itself
 
     async def _work(self) -> None:
         while (sentence := await self.queue.get()) is not None:
-            await self.speak(sentence, None)
-
-    async def speak(self, sentence: str, voice: TextToSpeech | None) -> None:
-        t = self.turn
-        text = t.filter.clean(sentence)
-        try:
-            if voice is None:
-                speech = await t._stage("tts", t.backends.tts.synthesize, text)
-            else:
-                speech = await asyncio.wait_for(asyncio.to_thread(voice.synthesize, text), 10.0)
-        except (BackendError, asyncio.TimeoutError) as exc:
-            await t._failed(self.send, exc if isinstance(exc, BackendError) else BackendError("tts", "no answer"))
-            return
-        if len(speech.samples) == 0:
-            return
-        t._mark("tts_first_segment")
-        await self.send(*speech_segment(t.turn, self.segments, text, speech.samples, speech.rate,
-                                        t.shape or t.config.shape, t.play_rate))
-        self.segments += 1
-        self.spoken.append(text)
+            await self.turn.speak(sentence)
 
 
 def _pump(writer: ReplyWriter, ctx: ReplyContext, cancel: threading.Event, loop, pieces: asyncio.Queue) -> None:
-    """Worker thread: the streamed reply into the turn's queue."""
+    """On the host's thread pool: the streamed reply into the turn's queue."""
     def put(item):
         if not cancel.is_set():
             loop.call_soon_threadsafe(pieces.put_nowait, item)
+    if cancel.is_set():  # the turn gave up while this waited for a free thread
+        return
     try:
         for piece in writer.stream(ctx, cancel):
             if cancel.is_set():
@@ -309,7 +434,7 @@ def _pump(writer: ReplyWriter, ctx: ReplyContext, cancel: threading.Event, loop,
         try:
             put(("error", exc))
         except RuntimeError:  # the loop is gone (host shutting down)
-            pass
+            return
 
 
 def _ms(since: float) -> float:

@@ -1,0 +1,305 @@
+"""The turn's events, and the subscribers the host always runs: timings and the per-turn log line.
+
+Every turn of every skull publishes to one bus, ``Host.events`` (a :class:`skull.core.bus.Bus`).
+Events are small frozen dataclasses; each names its ``skull`` and ``turn``. They are emitted on
+the event loop, in the order things happen, so a subscriber must return quickly and must not
+block (hand slow work to a task or a thread). A subscriber that raises is logged by the bus and
+never reaches the turn. See docs/events.md.
+
+A turn's events, in order: :class:`TurnStarted` (``listen``), :class:`StageStarted` /
+:class:`StageFinished` for ``vision`` (from the snapshot on, while the visitor talks),
+:class:`Stopped` (the button release), ``stt``, :class:`Transcript`, :class:`Caption`, ``reply``
+with :class:`FirstPiece` and a :class:`Sentence` for each sentence written, ``tts`` per sentence
+with a :class:`SegmentSent` for each segment that went out, then :class:`Done`, and
+:class:`Played` when the skull reports its first reply sample. :class:`TurnError` and
+:class:`Fallback` come when a stage fails.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from skull.core.bus import Bus
+
+# --- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """Base of every turn event."""
+    skull: str
+    """the skull's name (from its hello)"""
+    turn: int
+    """the turn id the skull chose"""
+
+
+@dataclass(frozen=True)
+class TurnStarted(TurnEvent):
+    """The host accepted ``listen``: the button went down and a new turn began."""
+
+
+@dataclass(frozen=True)
+class Stopped(TurnEvent):
+    """The button went up (``stop``); the ``at_ms`` of later events count from here."""
+    audio_s: float
+    """seconds of question audio kept"""
+
+
+@dataclass(frozen=True)
+class StageStarted(TurnEvent):
+    """A stage began: ``stt``, ``vision``, ``reply``, or ``tts`` (once per sentence)."""
+    stage: str
+
+
+@dataclass(frozen=True)
+class StageFinished(TurnEvent):
+    """A stage ended, well or not."""
+    stage: str
+    ms: float
+    """how long the stage took, milliseconds"""
+    error: str = ""
+    """empty when the stage succeeded; otherwise what went wrong"""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+@dataclass(frozen=True)
+class Transcript(TurnEvent):
+    """What speech to text heard ('' when nothing was understood)."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Caption(TurnEvent):
+    """What the reply writer is told about the snapshot ('' when nothing)."""
+    text: str
+
+
+@dataclass(frozen=True)
+class FirstPiece(TurnEvent):
+    """The first piece of the reply arrived from the reply writer."""
+    at_ms: float
+    """milliseconds after the button release"""
+
+
+@dataclass(frozen=True)
+class Sentence(TurnEvent):
+    """A whole sentence of the reply, handed to the voice."""
+    text: str
+    index: int
+    """0, 1, 2... within the reply"""
+    at_ms: float
+    """milliseconds after the button release"""
+
+
+@dataclass(frozen=True)
+class SegmentSent(TurnEvent):
+    """A ``speech`` segment went out to the skull."""
+    seq: int
+    text: str
+    """the words spoken, after the family filter"""
+    audio_s: float
+    """length of the segment's audio, seconds"""
+    at_ms: float
+    """milliseconds after the button release"""
+
+
+@dataclass(frozen=True)
+class Fallback(TurnEvent):
+    """A stage failed and the skull speaks a fallback line instead."""
+    stage: str
+    """the stage that failed (``turn`` for an unexpected fault in the host)"""
+    line: str
+
+
+@dataclass(frozen=True)
+class TurnError(TurnEvent):
+    """A failure the turn reported (the skull gets an ``error`` message for it, except for
+    ``vision``, whose failure only leaves the caption empty)."""
+    stage: str
+    """``stt``, ``vision``, ``reply``, ``tts``, or ``turn`` for an unexpected fault"""
+    message: str
+
+
+@dataclass(frozen=True)
+class Done(TurnEvent):
+    """``done`` went out: every segment of the turn has been sent."""
+    reply: str
+    """the words spoken, sentence after sentence"""
+    segments: int
+    timings_ms: dict = field(default_factory=dict)
+    """exactly the ``timings_ms`` of the ``done`` message (see :class:`TurnTimings`)"""
+
+
+@dataclass(frozen=True)
+class Played(TurnEvent):
+    """The skull's ``played``: its first reply sample reached the audio device."""
+    first_audio_ms: float
+    """button release -> first reply sample at the skull's speaker, milliseconds, as the skull measured it"""
+
+
+# --- subscribers -----------------------------------------------------------------------------
+
+
+class Subscriber(abc.ABC):
+    """A bus subscriber that can attach itself to a bus and detach again."""
+
+    def __init__(self):
+        self._unsubscribe = None
+
+    def attach(self, bus: Bus) -> "Subscriber":
+        self.detach()
+        self._unsubscribe = bus.subscribe(self)
+        return self
+
+    def detach(self) -> None:
+        """Stop receiving events (idempotent)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    @abc.abstractmethod
+    def __call__(self, event: TurnEvent) -> None:
+        """Take one event; called on the event loop, must return quickly."""
+
+
+class TurnTimings(Subscriber):
+    """Builds each turn's ``done.timings_ms`` from its events, all in milliseconds:
+
+    * ``stt``, ``vision``: how long those stages took;
+    * ``reply``: how long the reply took to write;
+    * ``llm_first_token``, ``llm_first_sentence``, ``tts_first_segment``: after the button release
+      (from :class:`FirstPiece`, the first :class:`Sentence`, the first :class:`SegmentSent`);
+    * ``total``: from the button release to :meth:`finish` (the moment ``done`` is sent).
+
+    Keeps only the latest turn of each skull; a skull's next :class:`TurnStarted` forgets the one
+    before, so events of an abandoned turn that arrive late change nothing.
+    """
+
+    STAGES = ("stt", "vision", "reply")
+
+    def __init__(self):
+        super().__init__()
+        self._turns: dict[str, tuple[int, dict, list]] = {}
+        """skull -> (turn id, timings, [monotonic seconds of the button release or None])"""
+
+    def __call__(self, event: TurnEvent) -> None:
+        if isinstance(event, TurnStarted):
+            self._turns[event.skull] = (event.turn, {}, [None])
+            return
+        current = self._turns.get(event.skull)
+        if current is None or current[0] != event.turn:
+            return
+        _, t, stopped = current
+        if isinstance(event, Stopped):
+            stopped[0] = time.monotonic()
+        elif isinstance(event, StageFinished) and event.stage in self.STAGES:
+            t[event.stage] = event.ms
+        elif isinstance(event, FirstPiece):
+            t.setdefault("llm_first_token", event.at_ms)
+        elif isinstance(event, Sentence):
+            t.setdefault("llm_first_sentence", event.at_ms)
+        elif isinstance(event, SegmentSent):
+            t.setdefault("tts_first_segment", event.at_ms)
+
+    def of(self, skull: str, turn: int) -> dict:
+        """The timings collected so far for this turn (empty if it is not the skull's latest)."""
+        current = self._turns.get(skull)
+        return dict(current[1]) if current is not None and current[0] == turn else {}
+
+    def finish(self, skull: str, turn: int) -> dict:
+        """The turn's timings with ``total`` (release until now), as ``done`` carries them."""
+        current = self._turns.get(skull)
+        if current is None or current[0] != turn:
+            return {}
+        _, t, stopped = current
+        if stopped[0] is not None:
+            t["total"] = round((time.monotonic() - stopped[0]) * 1000, 1)
+        return dict(t)
+
+
+@dataclass
+class _Line:
+    turn: int
+    heard: str = ""
+    caption: str = ""
+    done: Done | None = None
+    first_audio_ms: float | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class TurnLog(Subscriber):
+    """One log line per turn: ``<skull>: turn N stt=.. vision=.. ... first_audio=.. heard=..
+    caption=.. reply=..``.
+
+    The skull's ``played`` (first_audio) usually arrives before ``done``, sometimes after. The
+    line is written when ``done`` and ``played`` have both arrived, or ``played_wait_s`` seconds
+    after ``done`` without it, or when the skull's next turn starts, whichever comes first.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None, played_wait_s: float = 2.0):
+        super().__init__()
+        self.log = logger or logging.getLogger("host.turns")
+        self.played_wait_s = played_wait_s
+        self._lines: dict[str, _Line] = {}
+        """skull -> its latest turn, until its line is written"""
+
+    def __call__(self, event: TurnEvent) -> None:
+        if isinstance(event, TurnStarted):
+            self._write(event.skull)  # the previous turn of this skull, whatever it still lacks
+            self._lines[event.skull] = _Line(event.turn)
+            return
+        line = self._lines.get(event.skull)
+        if line is None or line.turn != event.turn:
+            return
+        if isinstance(event, Transcript):
+            line.heard = event.text
+        elif isinstance(event, Caption):
+            line.caption = event.text
+        elif isinstance(event, Played):
+            line.first_audio_ms = event.first_audio_ms
+            if line.done is not None:
+                self._write(event.skull)
+        elif isinstance(event, Done):
+            line.done = event
+            if line.first_audio_ms is not None:
+                self._write(event.skull)
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # published outside an event loop: nothing to wait with
+                self._write(event.skull)
+                return
+            line.timer = loop.call_later(self.played_wait_s, self._write, event.skull, line)
+
+    def _write(self, skull: str, line: _Line | None = None) -> None:
+        """Log the skull's pending line (only ``line``, when given) if its turn is done."""
+        current = self._lines.get(skull)
+        if current is None or (line is not None and current is not line):
+            return
+        del self._lines[skull]
+        if current.timer is not None:
+            current.timer.cancel()
+        if current.done is None:  # abandoned before done: nothing to report
+            return
+        t = dict(current.done.timings_ms)
+        if current.first_audio_ms is not None:
+            t["first_audio"] = current.first_audio_ms
+        self.log.info("%s: turn %d %s heard=%r caption=%r reply=%r", skull, current.turn,
+                      " ".join(f"{k}={v:.0f}" for k, v in t.items()), current.heard, current.caption,
+                      current.done.reply)
+
+    def detach(self) -> None:
+        """Stop logging turns; a turn already done but still waiting for ``played`` is written now."""
+        super().detach()
+        self.close()
+
+    def close(self) -> None:
+        """Write every pending line now (the host is stopping)."""
+        for skull in list(self._lines):
+            self._write(skull)
