@@ -95,6 +95,13 @@ class BoardJaw(JawBase):
     def _shutdown(self) -> None:
         self.board.close()
 
+    def close(self, settle_s: float = 0.25) -> None:
+        if self.board.closed:  # the board already shut and detached the jaw when it closed
+            with self._lock:
+                self.closed = True
+            return
+        super().close(settle_s)
+
 
 # --- SKULLJAW firmware ---------------------------------------------------------------------
 

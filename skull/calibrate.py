@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .config import Calibration, load_calibration
+from .config import Calibration, calibration_dir, load_calibration, profile_path
 from .core.errors import ConfigError, SkullError
 from .jaw import pulse_us
 
@@ -29,16 +29,11 @@ log = logging.getLogger("skull.calibrate")
 
 SAFE_LO, SAFE_HI = 500.0, 2500.0
 SMALL, LARGE = 10.0, 50.0
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def profile_path(name: str, folder: str | Path = "calibration") -> Path:
-    """``calibration/<name>.toml`` for a name, or the path itself when given one."""
-    if name.endswith(".toml") or "/" in name or os.sep in name:
-        return Path(name)
-    if not NAME_RE.match(name):
-        raise ConfigError(f"calibration name {name!r} is not usable as a file name; use letters, digits, - _ .")
-    return Path(folder) / f"{name}.toml"
+def profiles_folder(args) -> Path:
+    """--dir, else calibration/ beside --config (the current folder without one)."""
+    return Path(args.dir) if getattr(args, "dir", None) else calibration_dir(getattr(args, "config", None))
 
 
 def suggested_lead_ms(travel_ms: float, shape=None) -> float:
@@ -80,7 +75,7 @@ def non_interactive(args, console: Console) -> int:
     cal.check("skull calibrate")  # pulses and travel first, before the lead search
     lead = float(args.lead_ms) if args.lead_ms is not None else suggested_lead_ms(travel)
     cal = dataclasses.replace(cal, lead_ms=lead)
-    path = write_profile(profile_path(args.name, args.dir), cal, "non-interactive")
+    path = write_profile(profile_path(args.name, profiles_folder(args)), cal, "non-interactive")
     console.print(f"saved {path}: closed {cal.closed_us:.0f} µs, open {cal.open_us:.0f} µs, lead {cal.lead_ms:.0f} ms, "
                   f"travel {cal.travel_ms:.0f} ms")
     console.print(f"use it: skull run --calibration {args.name}  (or skull.toml [jaw] calibration = \"{path}\")",
@@ -287,7 +282,7 @@ def interactive(args, console: Console, config, open_jaw, lines=None, pause=time
     """``open_jaw(calibration)``: the configured jaw driver opened over the given range, as a
     :class:`~skull.runtime.OpenedJaw` (its ``jaw`` is used through the jaw port only).
     ``lines``: an iterator of typed lines (tests); default: the terminal."""
-    path = profile_path(args.name, args.dir)
+    path = profile_path(args.name, profiles_folder(args))
     start = load_calibration(path) if path.exists() else config.calibration
     wide = Calibration(closed_us=SAFE_LO, open_us=SAFE_HI, lead_ms=start.lead_ms, travel_ms=start.travel_ms)
     opened = open_jaw(wide)

@@ -75,28 +75,9 @@ def cmd_host(args) -> int:
     return 0
 
 
-def _with_calibration(cfg, name: str | None, config_path: str | None):
-    """The profile chosen with --calibration NAME (calibration/NAME.toml) or PATH; without one,
-    and when skull.toml chose none, calibration/default.toml when it exists (what
-    `skull calibrate` writes without --name)."""
-    from .calibrate import profile_path
-    from .config import load_calibration, read_toml
-    if name:
-        path = profile_path(name)
-        if not path.is_file():
-            raise SkullError(f"calibration profile {path} does not exist; make it with skull calibrate --name {name}")
-        return dataclasses.replace(cfg, calibration=load_calibration(path))
-    data, _ = read_toml(config_path)
-    chosen = bool(cfg.jaw.calibration) or "calibration" in data
-    default = Path("calibration") / "default.toml"
-    if not chosen and default.is_file():
-        return dataclasses.replace(cfg, calibration=load_calibration(default))
-    return cfg
-
-
 def _skull_config(args):
     from .config import load_skull_config
-    cfg = _with_calibration(load_skull_config(args.config), getattr(args, "calibration", None), args.config)
+    cfg = load_skull_config(args.config, calibration=getattr(args, "calibration", None))
     link = cfg.link
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", link.token)
     link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name)
@@ -159,7 +140,7 @@ def cmd_demo(args) -> int:
     for what, path in (("question", question), ("image", image)):
         if not path.is_file():
             raise SkullError(f"{what} file {path} does not exist")
-    cfg = _with_calibration(load_skull_config(args.config), args.calibration, args.config)
+    cfg = load_skull_config(args.config, calibration=args.calibration)
     try:
         agent = asyncio.run(run_demo(question, image, record=Path(args.record) if args.record else None,
                                      audio=not args.no_audio, turns=args.turns, console=console, skull_config=cfg))
@@ -177,7 +158,7 @@ def cmd_calibrate(args) -> int:
 def cmd_replay(args) -> int:
     from .config import load_skull_config
     from .replay import cmd_replay as run
-    cfg = _with_calibration(load_skull_config(args.config), args.calibration, args.config)
+    cfg = load_skull_config(args.config, calibration=args.calibration)
     return run(args, cfg)
 
 
@@ -221,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help="jaw driver to jog (default: "
                                                                                 "skull.toml [board] driver)")
     c.add_argument("--config", help="skull.toml (board, pins, port)")
-    c.add_argument("--dir", default="calibration", help="folder of the profiles (default calibration/)")
+    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside --config, or in the current "
+                                 "folder)")
     c.set_defaults(func=cmd_calibrate)
 
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")

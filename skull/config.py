@@ -7,11 +7,14 @@ the rule. Every key has a documented default, so an empty file (or none) is a va
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.envelope import JawShape
+from .core.errors import ConfigError
 from .core.validate import build, need, read_toml
 
 
@@ -168,17 +171,54 @@ class SkullConfig:
     shape: JawShape = field(default_factory=JawShape)
 
 
-def load_skull_config(path: str | Path | None = None) -> SkullConfig:
+PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def calibration_dir(config_path: str | Path | None = None) -> Path:
+    """Where servo profiles live: ``calibration/`` beside the config file, or in the current
+    folder when there is no config file."""
+    return (Path(config_path).parent if config_path is not None else Path(".")) / "calibration"
+
+
+def profile_path(name: str, folder: str | Path) -> Path:
+    """``<folder>/<name>.toml`` for a profile name, or the path itself when given one."""
+    if name.endswith(".toml") or "/" in name or os.sep in name:
+        return Path(name)
+    if not PROFILE_NAME_RE.match(name):
+        raise ConfigError(f"calibration name {name!r} is not usable as a file name; use letters, digits, - _ .")
+    return Path(folder) / f"{name}.toml"
+
+
+def load_skull_config(path: str | Path | None = None, *, calibration: str | None = None) -> SkullConfig:
+    """skull.toml (or the defaults), with its servo profile resolved here and nowhere else.
+
+    The profile, first found wins: ``calibration`` (--calibration: a NAME in the profiles folder,
+    or a PATH), then ``[jaw] calibration`` (a path relative to the config file), then the
+    file's own ``[calibration]`` table, then ``calibration/default.toml`` in the profiles folder
+    when it exists (what ``skull calibrate`` writes without --name), then the built-in defaults.
+    The profiles folder is ``calibration/`` beside the config file (see :func:`calibration_dir`).
+    ``jaw.calibration`` of the result names the profile file used ("" for none)."""
     data, where = read_toml(path)
     cfg = build(SkullConfig, data, where)
-    if cfg.jaw.calibration:
-        cal_path = Path(cfg.jaw.calibration)
-        if not cal_path.is_absolute() and path is not None:
-            cal_path = Path(path).parent / cal_path
-        cfg = dataclasses.replace(cfg, calibration=load_calibration(cal_path))
-    return cfg
+    folder = calibration_dir(path)
+    chosen: Path | None = None
+    if calibration:
+        chosen = profile_path(calibration, folder)
+        if not chosen.is_file():
+            raise ConfigError(f"calibration profile {chosen} does not exist; make it with skull calibrate --name "
+                              f"{calibration}" + (f" --config {path}" if path is not None else ""))
+    elif cfg.jaw.calibration:
+        chosen = Path(cfg.jaw.calibration)
+        if not chosen.is_absolute() and path is not None:
+            chosen = Path(path).parent / chosen
+    elif "calibration" not in data and (folder / "default.toml").is_file():
+        chosen = folder / "default.toml"
+    if chosen is None:
+        return cfg
+    return dataclasses.replace(cfg, calibration=load_calibration(chosen),
+                               jaw=dataclasses.replace(cfg.jaw, calibration=str(chosen)))
 
 
 def load_calibration(path: str | Path) -> Calibration:
     data, where = read_toml(path)
-    return build(Calibration, data.get("servo", data), where + " [servo]" if "servo" in data else where)
+    return build(Calibration, data.get("servo", data), where, "servo" if "servo" in data else "")

@@ -129,3 +129,29 @@ def test_shipped_example_configs_load():
     cfg = load_skull_config(root / "skull.example.toml")
     assert cfg.calibration.closed_us == 1300.0  # read through [jaw] calibration = calibration/default.toml
     assert load_host_config(root / "host" / "examples" / "embedded.toml").reply.backend == "jokes"
+
+
+def test_calibration_is_resolved_beside_the_config_file_not_the_current_folder(tmp_path, monkeypatch):
+    """Names, [jaw] calibration and the default profile are all found next to skull.toml,
+    wherever the command is run from; --calibration NAME beats [jaw] calibration."""
+    from skull.config import calibration_dir
+    show = tmp_path / "show"
+    (show / "calibration").mkdir(parents=True)
+    (show / "calibration" / "default.toml").write_text("[servo]\nclosed_us = 1250\nopen_us = 1750\n")
+    (show / "calibration" / "wide.toml").write_text("[servo]\nclosed_us = 1100\nopen_us = 1900\n")
+    config = _write(show, "[link]\nname = 'bones'\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert calibration_dir(config) == show / "calibration"
+    cfg = load_skull_config(config)
+    assert (cfg.calibration.closed_us, cfg.jaw.calibration) == (1250, str(show / "calibration" / "default.toml"))
+    assert load_skull_config(config, calibration="wide").calibration.open_us == 1900
+    with_table = _write(show, "[jaw]\ncalibration = 'calibration/wide.toml'\n", "table.toml")
+    assert load_skull_config(with_table).calibration.closed_us == 1100
+    assert load_skull_config(with_table, calibration="default").calibration.closed_us == 1250
+    with pytest.raises(ConfigError, match="calibration profile .*nope.toml does not exist; make it with skull "
+                                          "calibrate --name nope --config"):
+        load_skull_config(config, calibration="nope")
+    own = _write(show, "[calibration]\nclosed_us = 1400\nopen_us = 1600\n", "own.toml")
+    assert load_skull_config(own).calibration.closed_us == 1400  # its own table beats default.toml

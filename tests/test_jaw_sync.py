@@ -142,8 +142,8 @@ def test_calibrate_non_interactive_profile_is_used_by_demo(tmp_path, monkeypatch
     assert (cal.closed_us, cal.open_us, cal.lead_ms) == (1200, 1700, 60)
     assert "skull run --calibration test" in capsys.readouterr().out
 
-    from skull.cli import _with_calibration
-    cfg = _with_calibration(SkullConfig(), "test", None)
+    from skull.config import load_skull_config
+    cfg = load_skull_config(None, calibration="test")
     assert cfg.calibration == cal
     agent = asyncio.run(run_demo(bundled("question.wav"), bundled("snapshot.jpg"), audio=False, skull_config=cfg))
     assert agent.follower.lead_s == pytest.approx(0.060)
