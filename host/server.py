@@ -19,7 +19,6 @@ import contextlib
 import hmac
 import logging
 import re
-import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from skull.core import protocol as p
 from skull.core.bus import Bus
 from skull.core.envelope import JawShape
 from skull.core.errors import ConfigError, ProtocolError
+from skull.core.faults import FaultLog
 
 from . import events as ev
 from .build import build_backends
@@ -39,27 +39,6 @@ from .filter import FamilyFilter
 from .turn import Backends, Turn
 
 log = logging.getLogger("host.server")
-
-
-class Faults:
-    """Logs unexpected exceptions: with the traceback the first time a fault is seen (same
-    exception type raised at the same line), as one line after that, so a fault that repeats
-    on every frame cannot flood the log."""
-
-    def __init__(self, logger: logging.Logger = log):
-        self.log = logger
-        self._seen: set[tuple[type, str, int]] = set()
-
-    def report(self, context: str, exc: BaseException) -> None:
-        """Log ``exc`` as an unexpected fault; ``context`` says where (skull, message, turn)."""
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = (tb[-1].filename, tb[-1].lineno) if tb else ("", 0)
-        key = (type(exc), *where)
-        first = key not in self._seen
-        self._seen.add(key)
-        self.log.error("%s: unexpected %s: %s%s", context, type(exc).__name__, exc,
-                       "" if first else f" (at {where[0]}:{where[1]}; traceback logged before)",
-                       exc_info=exc if first else None)
 
 
 def _describe(frame) -> str:
@@ -115,7 +94,7 @@ class SkullSession:
                     raise
                 except Exception as exc:  # a fault in the host: this frame is lost, the skull is not
                     what = _describe(frame)
-                    self.host.faults.report(f"{skull}: handling {what}", exc)
+                    self.host.faults(f"{skull}: handling {what}", exc)
                     await self.send(p.Error(p.E_INTERNAL, f"the host hit an unexpected fault handling {what} "
                                                           f"({type(exc).__name__}); it is logged on the host. "
                                                           f"Carry on; if a turn was starting, press again"))
@@ -185,13 +164,13 @@ class SkullSession:
             log.info("%s: turn %d abandoned", skull, turn.turn)
             raise
         except Exception as exc:  # a fault in the host: the skull still hears something, then done
-            self.host.faults.report(f"{skull}: turn {turn.turn}", exc)
+            self.host.faults(f"{skull}: turn {turn.turn}", exc)
             try:
                 await turn.recover(exc)
             except ConnectionClosed:
                 log.info("%s: connection closed during turn %d", skull, turn.turn)
             except Exception as again:
-                self.host.faults.report(f"{skull}: ending turn {turn.turn} after a fault", again)
+                self.host.faults(f"{skull}: ending turn {turn.turn} after a fault", again)
             return
         self.conversation.history.append((turn.transcript, turn.reply))
         self.conversation.turns += 1
@@ -224,7 +203,7 @@ class Host:
         self.events: Bus[ev.TurnEvent] = Bus("host")
         self.timings = ev.TurnTimings().attach(self.events)
         self.turn_log = ev.TurnLog().attach(self.events)
-        self.faults = Faults()
+        self.faults = FaultLog(log, "; the host goes on")
 
     @property
     def port(self) -> int:
@@ -292,7 +271,7 @@ class Host:
         except ConnectionClosed:
             return
         except Exception as exc:  # never handed to websockets: logged here, the skull reconnects
-            self.faults.report(f"connection from {ws.remote_address}", exc)
+            self.faults(f"connection from {ws.remote_address}", exc)
             with contextlib.suppress(Exception):
                 await ws.close(1011, "unexpected fault on the host; it is logged there, reconnect")
 

@@ -37,7 +37,8 @@ from .link import Link, LinkFatal
 from .ports import Camera, Jaw, Mic, Panel, Speaker
 from .record import SentCommand, TurnRecord, write_turn
 from .segment import ReplySegment, SegmentTag
-from .supervisor import FaultLog, Supervisor
+from .core.faults import FaultLog
+from .supervisor import Supervisor
 
 log = logging.getLogger("skull.agent")
 
@@ -70,7 +71,7 @@ class Agent:
         self.config, self.body = config, body
         self.machine = m.TalkMachine()
         self.events: Bus[ev.SkullEvent] = Bus("skull")
-        self.faults = FaultLog(log)
+        self.faults = FaultLog(log, "; the skull goes on")
         self.link = Link(config.link, self._on_message, self._on_link, play_rate=int(body.player.rate),
                          jaw_shape=config.shape.to_dict(), on_fault=self._fault)
         self.follower = JawFollower(body.player, body.jaw, frame_hz=config.jaw.frame_hz,

@@ -19,7 +19,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .core import protocol as p
 from .config import LinkConfig
 from .core.errors import ProtocolError, SkullError
-from .supervisor import FaultLog, backoff_delays
+from .core.faults import FaultLog
+from .supervisor import backoff_delays
 
 log = logging.getLogger("skull.link")
 
@@ -46,7 +47,7 @@ class Link:
         self.jaw_shape = jaw_shape or {}
         """this skull's [shape] keys, told to the host, which makes the jaw tracks with them"""
         self.on_message, self.on_state = on_message, on_state
-        self.faults = FaultLog(log)
+        self.faults = FaultLog(log, "; the skull goes on")
         self.on_fault = on_fault or self.faults
         self.connected = False
         self.welcome: p.Welcome | None = None

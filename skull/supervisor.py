@@ -6,8 +6,8 @@ coroutine starts afresh; only the exception types named ``fatal`` (a host that r
 token or the protocol version) end it, with their message. Like wyoming-satellite's ``run()``
 loop with websockets' retryable/fatal split.
 
-:class:`FaultLog` logs a failure with its traceback the first time it is seen at a place and
-as one line after that, so a device that fails fifty times a second does not flood the log.
+Failures are logged through :class:`skull.core.faults.FaultLog`: a traceback the first time,
+one line after that.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import asyncio
 import logging
 import random
 from typing import Awaitable, Callable
+
+from .core.faults import FaultLog
 
 log = logging.getLogger("skull.supervisor")
 
@@ -28,25 +30,6 @@ def backoff_delays(min_s: float, max_s: float, rng: random.Random | None = None)
         delay = min(max_s, delay * 2)
 
 
-class FaultLog:
-    """Counts failures by place; the first of each kind at a place is logged with its traceback."""
-
-    def __init__(self, logger: logging.Logger):
-        self.log = logger
-        self.count = 0
-        self.last = ""
-        self._seen: set[tuple[str, type]] = set()
-
-    def __call__(self, where: str, exc: BaseException) -> str:
-        self.count += 1
-        self.last = f"{where}: {type(exc).__name__}: {exc}"
-        first = (where, type(exc)) not in self._seen
-        self._seen.add((where, type(exc)))
-        self.log.error("%s failed (%s: %s); the skull goes on", where, type(exc).__name__, exc,
-                       exc_info=exc if first else None)
-        return self.last
-
-
 class Supervisor:
     """``await Supervisor(...).run(body, on_failure)``: see the module docstring.
 
@@ -57,7 +40,7 @@ class Supervisor:
                  max_s: float = 5.0, healthy_s: float = 30.0, faults: FaultLog | None = None):
         self.name, self.fatal = name, fatal
         self.min_s, self.max_s, self.healthy_s = min_s, max_s, healthy_s
-        self.faults = faults or FaultLog(log)
+        self.faults = faults or FaultLog(log, "; the skull goes on")
         self.restarts = 0
 
     async def run(self, body: Callable[[], Awaitable[None]], on_failure: Callable[[BaseException], None]) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, Generic, TypeVar
 
+from .faults import FaultLog
+
 log = logging.getLogger("skull.bus")
 
 E = TypeVar("E")
@@ -27,7 +29,7 @@ class Bus(Generic[E]):
     def __init__(self, name: str):
         self.name = name
         self._subs: list[tuple[Subscriber, tuple[type, ...]]] = []
-        self._failed: set[tuple[int, type]] = set()
+        self.faults = FaultLog(log, "; the publisher goes on")
 
     def subscribe(self, fn: Subscriber, *kinds: type) -> Callable[[], None]:
         entry = (fn, kinds)
@@ -45,11 +47,8 @@ class Bus(Generic[E]):
             try:
                 fn(event)
             except Exception as exc:  # a broken view must not break what it watches
-                key = (id(fn), type(exc))
-                first = key not in self._failed
-                self._failed.add(key)
-                log.error("%s bus: subscriber %s failed on %s: %s", self.name, getattr(fn, "__qualname__", fn),
-                          type(event).__name__, exc, exc_info=first)
+                self.faults(f"{self.name} bus: subscriber {getattr(fn, '__qualname__', fn)} on {type(event).__name__}",
+                            exc)
 
     def __len__(self) -> int:
         return len(self._subs)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from ..audio.player import Place
 from ..core.envelope import JawShape, LiveEnvelope
-from ..supervisor import FaultLog
+from ..core.faults import FaultLog
 
 log = logging.getLogger("skull.jaw")
 
@@ -54,7 +54,7 @@ class JawFollower:
         self.rest_detach_s = rest_detach_s
         self.mode, self.shape, self.clock = mode, shape, clock
         self.commands: list[JawCommand] = []
-        self.faults = FaultLog(log)
+        self.faults = FaultLog(log, "; the skull goes on")
         self.record = False
         self._stop = threading.Event()
         self._thread = None
