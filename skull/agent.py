@@ -21,7 +21,6 @@ import asyncio
 import logging
 import math
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from .record import SentCommand, TurnRecord, write_turn
 from .segment import ReplySegment, SegmentTag
 from .core.faults import FaultLog
 from .supervisor import Supervisor
+from .triggers import ButtonTrigger, Trigger
 
 log = logging.getLogger("skull.agent")
 
@@ -67,8 +67,10 @@ def _dbfs(x: np.ndarray) -> float:
 
 class Agent:
     def __init__(self, config: SkullConfig, body: Body, *, record_dir: str | Path | None = None,
-                 reply_timeout_s: float = 90.0):
+                 reply_timeout_s: float = 90.0, triggers: list[Trigger] | None = None):
+        """``triggers``: what starts and ends a turn (default: the panel's push button)."""
         self.config, self.body = config, body
+        self.triggers = triggers if triggers is not None else [ButtonTrigger(body.panel.button)]
         self.machine = m.TalkMachine()
         self.events: Bus[ev.SkullEvent] = Bus("skull")
         self.faults = FaultLog(log, "; the skull goes on")
@@ -113,9 +115,9 @@ class Agent:
         is survived. Always leaves the hardware safe."""
         self._loop = asyncio.get_running_loop()
         self._events = asyncio.Queue()
-        panel, player, mic = self.body.panel, self.body.player, self.body.mic
-        panel.button.when_pressed = lambda: self.post(m.ButtonDown())
-        panel.button.when_released = lambda: self.post(m.ButtonUp())
+        player, mic = self.body.player, self.body.mic
+        for trigger in self.triggers:
+            trigger.start(lambda: self.post(m.ButtonDown()), lambda: self.post(m.ButtonUp()))
         player.timeline.on_start = self._segment_started
         player.timeline.on_drained = lambda: self.post(m.Drained())
         mic.on_error = lambda exc: self._loop.call_soon_threadsafe(self._fault, "the microphone", exc)
@@ -416,12 +418,12 @@ class Agent:
         for t in self._timers:
             t.cancel()
         b = self.body
-        steps = [("mic", b.mic.stop), ("playback", b.player.timeline.clear), ("jaw loop", self.follower.stop),
-                 ("jaw", b.jaw.close), ("led", lambda: b.panel.set_led(m.LedPattern.OFF)), ("speaker", b.player.close),
-                 ("panel", b.panel.close), ("mic", b.mic.close), ("camera", lambda: b.camera and b.camera.close())]
-        with ExitStack() as stack:  # closed last first; a failing step is logged, the rest still run
-            for what, step in reversed(steps + [(f"closer {i}", c) for i, c in enumerate(b.closers)]):
-                stack.callback(_logged, what, step)
+        steps = [(f"trigger {t.name}", t.close) for t in self.triggers]
+        steps += [("mic", b.mic.stop), ("playback", b.player.timeline.clear), ("jaw loop", self.follower.stop),
+                  ("jaw", b.jaw.close), ("led", lambda: b.panel.set_led(m.LedPattern.OFF)), ("speaker", b.player.close),
+                  ("panel", b.panel.close), ("mic", b.mic.close), ("camera", lambda: b.camera and b.camera.close())]
+        for what, step in steps + [(f"closer {i}", c) for i, c in enumerate(b.closers)]:
+            _logged(what, step)  # a failing step is logged; the rest still run
 
 
 def _logged(what: str, step) -> None:

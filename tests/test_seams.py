@@ -188,3 +188,48 @@ def test_calibrate_moves_the_jaw_through_its_port_only(tmp_path):
     jaw = made[0]
     assert jaw.log[-2].pulse_us == pytest.approx(1250.0) and jaw.log[-1].pulse_us is None  # shut where found
     assert jaw._servo.closed  # the pin was released by the port's own close
+
+
+# --- triggers ------------------------------------------------------------------------------------
+
+class SpeakWhenAsked:
+    """A trigger that is not the button (what a voice-activity or wake-word trigger will be):
+    the visitor's talk starts when the test says so and ends when the mic file is spoken."""
+    name = "test trigger"
+
+    def start(self, press, release):
+        self.press, self.release = press, release
+
+    def close(self):
+        self.press = self.release = None
+
+
+def test_a_turn_can_be_started_by_a_trigger_other_than_the_button(host_config, backends):
+    import asyncio
+
+    from conftest import sim_body, skull_config, start_host, wait_for
+    from skull.agent import Agent
+    from skull.machine import State
+    from skull.triggers import Trigger
+
+    async def go():
+        host = await start_host(host_config, backends)
+        cfg = skull_config(host.port)
+        body = sim_body(cfg)
+        trigger = SpeakWhenAsked()
+        assert isinstance(trigger, Trigger)
+        agent = Agent(cfg, body, triggers=[trigger])
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE)
+            assert body.panel.button.when_pressed is None  # the button is not wired: this trigger is
+            body.mic.on_finished = lambda: trigger.release()
+            trigger.press()
+            await asyncio.wait_for(agent.turn_ended.wait(), 60)
+            return agent.finished[-1]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await host.stop()
+    rec = asyncio.run(go())
+    assert rec.outcome == "answered" and "costume" in rec.transcript
