@@ -161,6 +161,17 @@ class Agent:
         if self.machine.state is not m.State.OFFLINE:
             self._run_actions(self.machine.handle(m.Disconnected()))
 
+    def _make_safe(self) -> None:
+        """The hardware safe without the machine (when the machine itself is what failed): jaw
+        shut, audio and mic stopped, LED off. Each step is tried whatever the others do."""
+        b = self.body
+        for what, step in (("jaw", self.follower.close_now), ("playback", b.player.timeline.clear),
+                           ("mic", b.mic.stop), ("led", lambda: self._set_led(m.LedPattern.OFF))):
+            try:
+                step()
+            except Exception as exc:
+                self.faults(f"making the {what} safe", exc)
+
     async def _dispatch(self, event: m.Event) -> None:
         before = (self.machine.state, self.machine.turn)
         self._run_actions(self.machine.handle(event))
@@ -197,6 +208,9 @@ class Agent:
             self._run_actions(self.machine.handle(m.Fault(what or "a device")))
             if (self.machine.state, self.machine.turn) != before:
                 self.events.emit(ev.StateChanged(self.machine.state, self.machine.turn))
+        except Exception as again:  # the machine itself failed: safe without it
+            self.faults("handling a fault", again)
+            self._make_safe()
         finally:
             self._recovering = False
 

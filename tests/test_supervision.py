@@ -264,3 +264,32 @@ def test_hostile_frames_are_protocol_errors(frame, code):
     with pytest.raises(p.ProtocolError) as e:
         p.decode_text(frame, p.HOST_MESSAGES)
     assert e.value.code == code
+
+
+def test_a_state_machine_that_keeps_failing_still_leaves_the_jaw_shut(host_config, backends):
+    """Even when the machine cannot handle the fault either, the jaw shuts and the LED goes off."""
+    async def scenario(agent, body, task):
+        real = agent.link.on_message
+        broke = []
+
+        async def handler(msg, payload):
+            if isinstance(msg, p.Done) and not broke:
+                await wait_for(lambda: body.jaw.opening > 0.2, timeout=10, step=0.002)
+                agent.machine.handle = lambda event: (_ for _ in ()).throw(Boom("machine broken for good"))
+                broke.append(time.monotonic())
+                raise Boom("handler broke")
+            await real(msg, payload)
+        agent.link.on_message = handler
+        pin = body.panel.button.pin
+        spoken = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
+        pin.drive_low()
+        await asyncio.wait_for(spoken.wait(), 20)
+        pin.drive_high()
+        await wait_for(lambda: bool(broke), timeout=20)
+        await asyncio.sleep(0.5)
+        return body.jaw, broke[0], agent.led, not task.done()
+    jaw, t_fail, led, alive = run_with_agent(host_config, backends, scenario, speed=1.5)
+    assert alive and jaw_shut_after(jaw, t_fail)
+    assert led.value == "off"
