@@ -293,3 +293,52 @@ def test_a_state_machine_that_keeps_failing_still_leaves_the_jaw_shut(host_confi
     jaw, t_fail, led, alive = run_with_agent(host_config, backends, scenario, speed=1.5)
     assert alive and jaw_shut_after(jaw, t_fail)
     assert led.value == "off"
+
+
+def test_skull_run_keeps_running_against_a_hostile_host(host_config, backends, tmp_path):
+    """The `skull run` program itself, as a show runs it: a bad welcome, then unreadable frames;
+    it stays up, answers a press (Enter toggles the simulated button), and prints no traceback."""
+    import os
+    import sys
+
+    from skull.core.data import bundled
+
+    async def go():
+        host = await start_host(host_config, backends)
+        seen: list = []
+        proxy = await hostile_proxy(f"ws://127.0.0.1:{host.port}", seen)
+        port = proxy.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "skull", "-v", "run", "--sim", "--no-audio", "--url", f"ws://127.0.0.1:{port}",
+            "--mic-file", str(bundled("question.wav")), "--image", str(bundled("snapshot.jpg")),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        err_lines: list[str] = []
+
+        async def read_err():
+            async for line in proc.stderr:
+                err_lines.append(line.decode(errors="replace"))
+        reader = asyncio.create_task(read_err())
+        try:
+            await wait_for(lambda: seen.count("sent hostile frame") == 3, timeout=20)
+            await asyncio.sleep(0.5)
+            proc.stdin.write(b"\n")  # press
+            await proc.stdin.drain()
+            await asyncio.sleep(3.0)  # the question is 2.4 s long
+            proc.stdin.write(b"\n")  # release
+            await proc.stdin.drain()
+            await wait_for(lambda: any("turn 1 " in line for line in err_lines), timeout=30)
+            running = proc.returncode is None
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()
+            reader.cancel()
+            proxy.close()
+            await proxy.wait_closed()
+            await host.stop()
+        return running, "".join(err_lines)
+    running, err = asyncio.run(go())
+    assert running
+    assert "turn 1 answered" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
