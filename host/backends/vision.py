@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from skull.core.errors import BackendError
@@ -21,6 +20,7 @@ _NUMBERS = ["no", "one", "two", "three", "four", "five"]
 
 def colour_name(bgr) -> str:
     """A plain-English name for a BGR colour, by hue, saturation and value."""
+    import cv2
     px = np.uint8([[[int(round(float(c))) for c in bgr]]])
     h, s, v = (int(x) for x in cv2.cvtColor(px, cv2.COLOR_BGR2HSV)[0, 0])
     if v < 40:
@@ -50,6 +50,7 @@ class OpenCVCaptioner:
     name = "opencv"
 
     def __init__(self, settings: OpenCVSettings, ctx: BackendContext):
+        import cv2  # here, not at the top: a host that does not caption with OpenCV never loads it (~24 MB)
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         self._faces = cv2.CascadeClassifier(path)
         if self._faces.empty():
@@ -61,6 +62,7 @@ class OpenCVCaptioner:
         return "embedded (Haar faces, colours, light)"
 
     def describe(self, image: bytes) -> dict:
+        import cv2
         img = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise BackendError(self.stage, f"the snapshot ({len(image)} bytes) is not a picture OpenCV can decode")
