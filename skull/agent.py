@@ -116,12 +116,12 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         self._events = asyncio.Queue()
         player, mic = self.body.player, self.body.mic
-        for trigger in self.triggers:
-            trigger.start(lambda: self.post(m.ButtonDown()), lambda: self.post(m.ButtonUp()))
         player.timeline.on_start = self._segment_started
         player.timeline.on_drained = lambda: self.post(m.Drained())
         mic.on_error = lambda exc: self._loop.call_soon_threadsafe(self._fault, "the microphone", exc)
         try:
+            for trigger in self.triggers:
+                trigger.start(lambda: self.post(m.ButtonDown()), lambda: self.post(m.ButtonUp()))
             self._set_led(m.LedPattern.OFFLINE)
             player.start()
             self.follower.start()
@@ -144,7 +144,7 @@ class Agent:
                     get.cancel()
                     link_task.result()  # raises LinkFatal (or whatever ended it)
                     return
-                await self._dispatch(get.result())
+                self._step(get.result())
         finally:
             if not link_task.done():
                 link_task.cancel()
@@ -159,7 +159,7 @@ class Agent:
         """The session failed: safe at once; the machine is offline until the link is back."""
         self._fault("the skull's session", exc, logged=True)
         if self.machine.state is not m.State.OFFLINE:
-            self._run_actions(self.machine.handle(m.Disconnected()))
+            self._step(m.Disconnected())
 
     def _make_safe(self) -> None:
         """The hardware safe without the machine (when the machine itself is what failed): jaw
@@ -172,22 +172,24 @@ class Agent:
             except Exception as exc:
                 self.faults(f"making the {what} safe", exc)
 
-    async def _dispatch(self, event: m.Event) -> None:
+    def _step(self, event: m.Event) -> None:
+        """One event through the machine, its actions carried out, the change published."""
         before = (self.machine.state, self.machine.turn)
         self._run_actions(self.machine.handle(event))
         if (self.machine.state, self.machine.turn) != before:
             self.events.emit(ev.StateChanged(self.machine.state, self.machine.turn))
 
     def _run_actions(self, actions: list[m.Action]) -> None:
-        failed: BaseException | None = None
+        failed: tuple[str, BaseException] | None = None
         for action in actions:
             try:
                 self.HANDLERS[type(action)](self, action)
             except Exception as exc:  # one failing device must not stop the skull
-                self.last_error = self.faults(f"{type(action).__name__} ({self._device_of(action)})", exc)
-                failed = failed or exc
+                device = self._device_of(action)
+                self.last_error = self.faults(f"{type(action).__name__} ({device})", exc)
+                failed = failed or (f"the {device}", exc)
         if failed is not None and not self._recovering:
-            self._fault("", failed, logged=True)
+            self._fault(*failed, logged=True)
 
     @staticmethod
     def _device_of(action: m.Action) -> str:
@@ -199,15 +201,12 @@ class Agent:
         (not behind queued events), so the jaw closes within a servo frame."""
         if not logged:
             self.last_error = self.faults(what, exc)
-        self.events.emit(ev.Faulted(what or "a device", f"{type(exc).__name__}: {exc}"))
+        self.events.emit(ev.Faulted(what, f"{type(exc).__name__}: {exc}"))
         if self._recovering:
             return
         self._recovering = True
         try:
-            before = (self.machine.state, self.machine.turn)
-            self._run_actions(self.machine.handle(m.Fault(what or "a device")))
-            if (self.machine.state, self.machine.turn) != before:
-                self.events.emit(ev.StateChanged(self.machine.state, self.machine.turn))
+            self._step(m.Fault(what))
         except Exception as again:  # the machine itself failed: safe without it
             self.faults("handling a fault", again)
             self._make_safe()
@@ -217,12 +216,12 @@ class Agent:
     # --- link callbacks -------------------------------------------------------------------
 
     async def _on_link(self, up: bool) -> None:
-        await self._dispatch(m.Connected() if up else m.Disconnected())
+        self._step(m.Connected() if up else m.Disconnected())
 
     async def _on_message(self, msg: p.Message, payload: bytes | None) -> None:
         rec = self.records.get(getattr(msg, "turn", None))
         if isinstance(msg, p.Ack):
-            await self._dispatch(m.AckListen(msg.turn) if msg.of == "listen" else m.AckStop(msg.turn))
+            self._step(m.AckListen(msg.turn) if msg.of == "listen" else m.AckStop(msg.turn))
         elif isinstance(msg, p.Heard):
             if rec:
                 rec.transcript, rec.caption = msg.transcript, msg.caption
@@ -231,12 +230,12 @@ class Agent:
             segment = ReplySegment.from_speech(msg, payload)  # decoded once: played and recorded
             if rec and msg.turn == self.machine.turn:
                 rec.segments.append(segment)
-            await self._dispatch(m.SegmentArrived(msg.turn, segment))
+            self._step(m.SegmentArrived(msg.turn, segment))
         elif isinstance(msg, p.Done):
             if rec:
                 rec.reply = msg.reply
                 rec.timings_ms.update(msg.timings_ms)
-            await self._dispatch(m.HostDone(msg.turn))
+            self._step(m.HostDone(msg.turn))
         elif isinstance(msg, p.Error):
             log.warning("host: %s: %s", msg.code, msg.message)
             self.last_error = msg.message
