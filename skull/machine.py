@@ -53,12 +53,12 @@ class Disconnected:
 
 @dataclass(frozen=True)
 class ButtonDown:
-    pass
+    """The visitor starts talking (the button went down, or another trigger fired)."""
 
 
 @dataclass(frozen=True)
 class ButtonUp:
-    pass
+    """The visitor stopped talking (the button went up)."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class StopPlayback:
 
 @dataclass(frozen=True)
 class JawClose:
-    pass
+    """Shut the jaw now."""
 
 
 @dataclass(frozen=True)

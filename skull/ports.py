@@ -18,6 +18,7 @@ only through these ports.
 """
 from __future__ import annotations
 
+import abc
 import logging
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Protocol, runtime_checkable
@@ -26,11 +27,12 @@ from typing import Callable, Protocol, runtime_checkable
 log = logging.getLogger("skull.ports")
 
 
-class Device:
-    """Mixin: ``with device: ...`` closes it on the way out, whatever happened."""
+class Device(abc.ABC):
+    """Base of every device: ``with device: ...`` closes it on the way out, whatever happened."""
 
-    def close(self) -> None:  # pragma: no cover - every device defines its own
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Leave the hardware safe and release it. Idempotent."""
 
     def __enter__(self):
         return self

@@ -8,6 +8,7 @@ pulsing (``_release``) and how to let go of its hardware (``_shutdown``).
 """
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from typing import NamedTuple
@@ -44,13 +45,13 @@ class JawBase(Device):
 
     # --- what a driver implements ----------------------------------------------------------
 
+    @abc.abstractmethod
     def _drive(self, us: float, opening: float) -> None:
         """Send one pulse width (already inside the calibrated range)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _release(self) -> None:
         """Stop sending pulses."""
-        raise NotImplementedError
 
     def _shutdown(self) -> None:
         """Let go of the hardware (pin, port); called once, after the jaw is shut and detached."""
