@@ -52,16 +52,21 @@ def sim_body(cfg: SkullConfig, question=None, image=None, speed: float = 3.0):
     return body
 
 
-async def ask(agent, timeout: float = 60.0):
-    """Press the skull's button, let the mic file play, release, wait for the turn to end."""
+async def press_and_speak(agent, timeout: float = 60.0) -> None:
+    """Press the skull's button, let the mic file play, release."""
     pin = agent.body.panel.button.pin
     spoken = asyncio.Event()
     loop = asyncio.get_running_loop()
     agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
-    agent.turn_ended.clear()
     pin.drive_low()
     await asyncio.wait_for(spoken.wait(), timeout)
     pin.drive_high()
+
+
+async def ask(agent, timeout: float = 60.0):
+    """Press the skull's button, let the mic file play, release, wait for the turn to end."""
+    agent.turn_ended.clear()
+    await press_and_speak(agent, timeout)
     await asyncio.wait_for(agent.turn_ended.wait(), timeout)
     return agent.finished[-1]
 

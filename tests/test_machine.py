@@ -215,7 +215,7 @@ def test_an_action_type_without_a_handler_fails_at_import():
 
     @dataclass(frozen=True)
     class Wave:
-        pass
+        """An action added to the machine without a handler in the agent."""
     saved = m.ACTIONS
     m.ACTIONS = saved + (Wave,)
     try:

@@ -6,7 +6,7 @@ import sys
 import time
 
 
-from conftest import ask, sim_body, skull_config, start_host, wait_for
+from conftest import ask, press_and_speak, sim_body, skull_config, start_host, wait_for
 from skull.agent import Agent
 from skull.supervisor import backoff_delays
 from skull.machine import LedPattern, State
@@ -30,13 +30,7 @@ def test_host_restart_mid_conversation(host_config, backends):
         task = asyncio.create_task(agent.run())
         try:
             await wait_for(lambda: agent.state is State.IDLE)
-            pin = body.panel.button.pin
-            spoken = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
-            pin.drive_low()
-            await asyncio.wait_for(spoken.wait(), 20)
-            pin.drive_high()
+            await press_and_speak(agent, 20)
             await wait_for(lambda: agent.state is State.SPEAKING, timeout=30)
             await wait_for(lambda: body.jaw.opening > 0.2, timeout=10)
             await host.stop()  # the host goes away mid-answer

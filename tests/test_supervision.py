@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-from conftest import ask, sim_body, skull_config, start_host, wait_for
+from conftest import ask, press_and_speak, sim_body, skull_config, start_host, wait_for
 from skull.agent import Agent
 from skull.core import protocol as p
 from skull.machine import State
@@ -280,13 +280,7 @@ def test_a_state_machine_that_keeps_failing_still_leaves_the_jaw_shut(host_confi
                 raise Boom("handler broke")
             await real(msg, payload)
         agent.link.on_message = handler
-        pin = body.panel.button.pin
-        spoken = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
-        pin.drive_low()
-        await asyncio.wait_for(spoken.wait(), 20)
-        pin.drive_high()
+        await press_and_speak(agent, 20)
         await wait_for(lambda: bool(broke), timeout=20)
         await asyncio.sleep(0.5)
         return body.jaw, broke[0], agent.led, not task.done()
