@@ -1,0 +1,167 @@
+"""What the speaker really played: a recording of the sound server's monitor of the output.
+
+PulseAudio (and PipeWire's pulse layer) gives every output a ``<sink>.monitor`` source that
+carries exactly what the sink rendered, when it rendered it. :class:`SinkMonitor` records it
+with ``parec`` and places every sample on this machine's ``time.monotonic()`` clock, so a
+reply's first audible sample, a freeze in the middle of it, and the jaw commands sent by the
+skull can be compared on one time axis (``skull replay``, ``skull doctor``,
+``bench/device_sync.py``).
+
+Placing samples in time: ``parec`` hands over the monitor in small fragments (5 ms asked). A
+fragment ending at sample ``e`` arrives at ``a`` no earlier than that sample was rendered, so
+``t0 = min(a - e / rate)`` over all fragments is the time of sample 0, accurate to the
+shortest delivery delay seen (about a millisecond when the machine is quiet).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.errors import DeviceError
+
+log = logging.getLogger("skull.monitor")
+
+
+def _pactl(*args: str, timeout: float = 3.0) -> str | None:
+    if shutil.which("pactl") is None:
+        return None
+    try:
+        out = subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def sound_server() -> str | None:
+    """The name and version of the running PulseAudio-compatible sound server, or None."""
+    info = _pactl("info")
+    if not info:
+        return None
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    name = fields.get("Server Name", "").strip()
+    version = fields.get("Server Version", "").strip()
+    return f"{name} {version}".strip() or "a pulse server"
+
+
+def default_monitor() -> str | None:
+    """The monitor source of the default output (``<sink>.monitor``), or None without a server."""
+    sink = _pactl("get-default-sink")
+    return f"{sink}.monitor" if sink else None
+
+
+@dataclass
+class Heard:
+    """A monitor recording: mono float samples and the monotonic time of sample 0."""
+    samples: np.ndarray
+    rate: int
+    t0: float
+    source: str = ""
+
+    @property
+    def end(self) -> float:
+        return self.t0 + len(self.samples) / self.rate
+
+    def index(self, t: float) -> int:
+        return int(round((t - self.t0) * self.rate))
+
+    def between(self, a: float, b: float) -> np.ndarray:
+        """The samples heard from monotonic time ``a`` to ``b`` (zeros where nothing was recorded)."""
+        n = max(0, int(round((b - a) * self.rate)))
+        out = np.zeros(n, np.float32)
+        i = self.index(a)
+        lo, hi = max(0, i), min(len(self.samples), i + n)
+        if lo < hi:
+            out[lo - i:hi - i] = self.samples[lo:hi]
+        return out
+
+    def first_sound(self, after: float, threshold_dbfs: float = -45.0, until: float | None = None) -> float | None:
+        """Monotonic time of the first sample louder than ``threshold_dbfs`` after ``after``."""
+        i0 = max(0, self.index(after))
+        i1 = len(self.samples) if until is None else max(i0, min(len(self.samples), self.index(until)))
+        thr = 10 ** (threshold_dbfs / 20.0)
+        idx = np.flatnonzero(np.abs(self.samples[i0:i1]) > thr)
+        return self.t0 + (i0 + int(idx[0])) / self.rate if len(idx) else None
+
+
+class SinkMonitor:
+    """Records a monitor source with ``parec`` while started. ``stop()`` returns :class:`Heard`."""
+
+    def __init__(self, source: str | None = None, rate: int = 48000, fragment_ms: float = 5.0):
+        if shutil.which("parec") is None:
+            raise DeviceError("parec is not installed (Debian package pulseaudio-utils); it records what the "
+                              "speaker played")
+        self.source = source or default_monitor()
+        if not self.source:
+            raise DeviceError("no sound server answers (pactl get-default-sink failed): the played sound can only "
+                              "be recorded from a PulseAudio or PipeWire server's monitor")
+        self.rate = rate
+        self.fragment = max(1, int(rate * fragment_ms / 1000))
+        self._proc = None
+        self._chunks: list[tuple[float, bytes]] = []
+        self._thread = None
+
+    def start(self) -> "SinkMonitor":
+        self._chunks = []
+        try:
+            self._proc = subprocess.Popen(
+                ["parec", "-d", self.source, "--raw", "--format=s16le", f"--rate={self.rate}", "--channels=1",
+                 f"--latency-msec={max(1, round(self.fragment * 1000 / self.rate))}"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as exc:
+            raise DeviceError(f"cannot record the monitor {self.source!r}: {exc}") from None
+        self._thread = threading.Thread(target=self._read, name="monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        size = self.fragment * 2
+        stream = self._proc.stdout
+        while True:
+            b = stream.read(size)
+            if not b:
+                break
+            self._chunks.append((time.monotonic(), b))
+
+    def wait_started(self, timeout_s: float = 5.0) -> bool:
+        """True once the first fragment arrived (parec takes a moment to connect)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._chunks and time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                return False
+            time.sleep(0.01)
+        return bool(self._chunks)
+
+    def stop(self) -> Heard:
+        proc, self._proc = self._proc, None
+        err = b""
+        if proc is not None:
+            proc.terminate()
+            try:
+                _, err = proc.communicate(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+        chunks = self._chunks
+        if not chunks:
+            raise DeviceError(f"the monitor {self.source!r} gave no sound"
+                              + (f": {err.decode(errors='replace').strip()}" if err else ""))
+        raw = b"".join(c for _, c in chunks)
+        samples = np.frombuffer(raw[:len(raw) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+        ends = np.cumsum([len(c) // 2 for _, c in chunks])
+        t0 = float(min(a - e / self.rate for (a, _), e in zip(chunks, ends)))
+        return Heard(samples, self.rate, t0, self.source)
+
+    def __enter__(self) -> "SinkMonitor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self.stop()
