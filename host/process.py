@@ -4,23 +4,30 @@ share an interpreter with a skull's audio thread.
 
 ``skull demo``, ``bench/device_sync.py`` and the sound-server tests start their host this way::
 
-    with HostProcess(config) as hp:       # a fresh interpreter ("spawn"), its port sent back
+    with HostProcess(config) as hp:       # python -m host.process: its port comes back on stdout
         url = hp.url                       # ws://127.0.0.1:PORT
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing as mp
+import os
+import pickle
+import select
 import signal
+import subprocess
+import sys
+import time
 
 from .config import HostConfig
 
 log = logging.getLogger("host.process")
 
 
-def _serve(config: HostConfig, conn, log_level: int) -> None:
-    """The child: start the host, send its port (or the error), serve until told to stop."""
+def _serve() -> None:
+    """The child (``python -m host.process``): read the pickled config from stdin, start the
+    host, print its port (or the error) on stdout, serve until stdin closes or SIGTERM."""
+    config, log_level = pickle.load(sys.stdin.buffer)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C stops us through stop()
 
@@ -29,12 +36,12 @@ def _serve(config: HostConfig, conn, log_level: int) -> None:
         try:
             host = await Host(config).start()
         except Exception as exc:  # reported to the parent, which raises it with this text
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            print(f"error {type(exc).__name__}: {exc}", flush=True)
             return
-        conn.send(("port", host.port))
+        print(f"port {host.port}", flush=True)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        loop.add_reader(conn.fileno(), stop.set)  # any message (or the parent's death) stops us
+        loop.add_reader(sys.stdin.fileno(), stop.set)  # the parent closed our stdin (or died)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         try:
             await stop.wait()
@@ -50,8 +57,7 @@ class HostProcess:
     def __init__(self, config: HostConfig, *, start_timeout_s: float = 60.0):
         self.config, self.start_timeout_s = config, start_timeout_s
         self.port: int | None = None
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -59,22 +65,28 @@ class HostProcess:
         return f"ws://{'127.0.0.1' if bind in ('0.0.0.0', '') else bind}:{self.port}"
 
     def start(self) -> "HostProcess":
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(self.config, child, logging.getLogger().getEffectiveLevel()),
-                                 name="skull-host", daemon=True)
-        self._proc.start()
-        child.close()
-        if not self._conn.poll(self.start_timeout_s):
-            self.stop()
-            raise RuntimeError(f"the host process did not start within {self.start_timeout_s:.0f} s")
-        try:
-            kind, value = self._conn.recv()
-        except EOFError:
-            code = self._proc.exitcode
-            self.stop()
-            raise RuntimeError(f"the host process ended while starting (exit status {code})") from None
-        if kind == "error":
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self._proc = subprocess.Popen([sys.executable, "-m", "host.process"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=env)
+        self._proc.stdin.write(pickle.dumps((self.config, logging.getLogger().getEffectiveLevel())))
+        self._proc.stdin.flush()
+        line = b""
+        deadline = time.monotonic() + self.start_timeout_s
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._proc.stdout], [], [], left)[0]:
+                self.stop()
+                raise RuntimeError(f"the host process did not start within {self.start_timeout_s:.0f} s")
+            ch = os.read(self._proc.stdout.fileno(), 256)  # unbuffered: select() sees what is left
+            if not ch:
+                code = self._proc.wait()
+                self.stop()
+                raise RuntimeError(f"the host process ended while starting (exit status {code}); its error "
+                                   f"is above")
+            line += ch
+        kind, _, value = line.decode().strip().partition(" ")
+        if kind != "port":
             self.stop()
             raise RuntimeError(f"the host could not start: {value}")
         self.port = int(value)
@@ -82,32 +94,35 @@ class HostProcess:
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Ask the host to stop, then terminate it if it does not within ``timeout_s``."""
+        """Ask the host to stop (its stdin closes), then terminate it if it does not."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
         try:
-            if self._conn is not None:
-                self._conn.send("stop")
-        except (OSError, ValueError):
+            proc.stdin.close()
+        except OSError:
             pass
-        proc.join(timeout_s)
-        if proc.is_alive():
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
             proc.terminate()
-            proc.join(2.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1.0)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            try:
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return self._proc is not None and self._proc.poll() is None
 
     def __enter__(self) -> "HostProcess":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -367,10 +367,17 @@ class Agent:
     async def _views(self) -> None:
         """Jaw and level events for views, sampled at VIEW_HZ, published when they change."""
         jaw, player = self.body.jaw, self.body.player
-        last_jaw, last_levels = None, None
+        last_jaw, last_levels, underruns = None, None, 0
         while True:
             await asyncio.sleep(1.0 / VIEW_HZ)
             try:
+                # the audio thread only counts; the warning is written here, off that thread
+                if getattr(player, "underruns", 0) > underruns:
+                    underruns = player.underruns
+                    log.warning("speaker underrun (%d so far): the sound stopped for a moment because this process "
+                                "did not refill the speaker's buffer in time; if it recurs, raise [audio] "
+                                "output_latency_ms (now %.0f ms) or give the skull a less busy machine", underruns,
+                                getattr(player, "latency_s", 0.0) * 1000)
                 opening = round(jaw.opening if jaw.attached else 0.0, 2)
                 pw = jaw.pulse_width_us
                 if (opening, pw) != last_jaw:

@@ -90,9 +90,14 @@ class AudioConfig:
     """a stuck button stops recording after this long"""
     chunk_ms: int = 100
     """microphone chunk length sent to the host"""
+    output_latency_ms: float = 100.0
+    """the speaker's buffer: a hiccup of the skull's process shorter than this cannot make the
+    sound stop; every reply is heard this much later (docs/jaw-sync.md)"""
 
     def check(self, where: str) -> None:
         need(1 <= self.max_record_s <= 120, where, "max_record_s", self.max_record_s, "must be 1..120 s")
+        need(10 <= self.output_latency_ms <= 1000, where, "output_latency_ms", self.output_latency_ms,
+             "must be 10..1000 ms: below 10 no sound device keeps up, above 1000 every reply waits a second")
         need(10 <= self.chunk_ms <= 500, where, "chunk_ms", self.chunk_ms, "must be 10..500 ms")
 
 

@@ -1,5 +1,6 @@
-"""`skull demo`: a host and a simulated skull in one process, talking over a real websocket on
-loopback. A scripted visitor presses the (gpiozero MockFactory) button, speaks the question
+"""`skull demo`: a host and a simulated skull talking over a real websocket on loopback. The
+host runs in its own process, as deployed: its models never share an interpreter (and its
+lock) with the skull's audio thread. A scripted visitor presses the (gpiozero MockFactory) button, speaks the question
 into the skull's microphone, releases the button, and waits for the answer.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from host.config import HostConfig, ServerConfig
-from host.server import Host
+from host.process import HostProcess
 
 from .agent import Agent
 from .audio.recorder import FileMic
@@ -64,9 +65,10 @@ async def run_demo(question: Path, image: Path, *, record: Path | None = None, a
     """Runs ``turns`` turns and returns the agent (its ``finished`` turn records)."""
     console = console or Console()
     hcfg = host_config or HostConfig(server=ServerConfig(port=0))
-    host = await Host(hcfg).start()
+    host = HostProcess(hcfg)
+    await asyncio.to_thread(host.start)
     scfg = skull_config or SkullConfig()
-    scfg = dataclasses.replace(scfg, link=dataclasses.replace(scfg.link, url=f"ws://127.0.0.1:{host.port}",
+    scfg = dataclasses.replace(scfg, link=dataclasses.replace(scfg.link, url=host.url,
                                                                token=hcfg.server.token))
     body = build_body(scfg, sim=True, mic_file=question, image=image, audio=audio)
     started = time.monotonic()
@@ -86,7 +88,7 @@ async def run_demo(question: Path, image: Path, *, record: Path | None = None, a
             agent_task.cancel()
             await asyncio.gather(agent_task, return_exceptions=True)
         agent.close()
-        await host.stop()
+        await asyncio.to_thread(host.stop)
     return agent
 
 

@@ -32,7 +32,8 @@ def build_body(config: SkullConfig, *, sim: bool, mic_file=None, image=None, aud
         else:
             raise DeviceError("no microphone: with --no-audio give --mic-file FILE.wav to hear a question")
         opened.callback(mic.close)
-        player = open_player(config.audio.output_device, enabled=audio) if audio else ClockPlayer()
+        player = (open_player(config.audio.output_device, latency_ms=config.audio.output_latency_ms)
+                  if audio else ClockPlayer())
         opened.callback(player.close)
         camera = None
         source = image if image is not None else config.camera.source

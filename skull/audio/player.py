@@ -30,7 +30,7 @@ class Place(NamedTuple):
     seconds: float
 
 
-@dataclass
+@dataclass(eq=False)
 class Segment:
     samples: np.ndarray
     """mono float at the timeline's rate"""
@@ -45,14 +45,29 @@ class Segment:
     """time.monotonic() when its first sample was handed to the device"""
     heard_at: float = 0.0
     """time.monotonic() when its first sample leaves the speaker (device latency included)"""
+    length: int = 0
+    """samples that play: all of them, or fewer once an interrupt cut it"""
+    pos: int = 0
+    """samples handed to the device so far (written by the audio thread only)"""
+
+    def __post_init__(self):
+        self.length = len(self.samples)
 
     @property
     def end(self) -> int:
-        return self.start + len(self.samples)
+        return self.start + self.length
 
 
 @dataclass
 class Timeline:
+    """Reply segments on one continuous stream of frames.
+
+    The audio thread (:meth:`read_into`) never waits for another thread: there is no lock. The
+    event loop only appends to ``queue`` and swaps it for an empty one (:meth:`clear`), both
+    single atomic steps under the interpreter; the audio thread alone advances ``frames``, a
+    segment's ``pos`` and replaces (never mutates) the ``playing`` list; readers (the jaw loop,
+    views) work on a snapshot of both.
+    """
     rate: int
     frames: int = 0
     """frames handed to the device so far"""
@@ -61,114 +76,112 @@ class Timeline:
     on_start: Callable[[Segment], None] | None = None
     on_drained: Callable[[], None] | None = None
 
-    def __post_init__(self):
-        self._lock = threading.Lock()
-        self._pos = 0  # position inside the head segment of the queue
-
     def add(self, samples: np.ndarray, rate: int, jaw, jaw_fps: int, tag=None) -> Segment:
         seg = Segment(resample(np.asarray(samples, np.float32), rate, self.rate), np.asarray(jaw, np.float32),
                       jaw_fps, tag)
-        with self._lock:
-            self.queue.append(seg)
+        self.queue.append(seg)
         return seg
 
     def clear(self) -> None:
-        """Drop everything queued and cut what is playing (an interrupt)."""
-        with self._lock:
-            self.queue.clear()
-            self._pos = 0
-            for seg in self.playing:
-                if seg.end > self.frames:
-                    seg.samples = seg.samples[:max(0, self.frames - seg.start)]
-            self.playing = [s for s in self.playing if len(s.samples)]
+        """Drop everything queued and cut what is playing (an interrupt). What the device already
+        holds still plays out (one device buffer)."""
+        self.queue = collections.deque()
+        frames = self.frames
+        for seg in self.playing:
+            if seg.end > frames:
+                seg.length = max(0, frames - seg.start)
 
     def read(self, n: int, heard_at: float | None = None, seconds_per_frame: float = 0.0) -> np.ndarray:
-        """The next ``n`` frames for the device (called from the audio thread). ``heard_at``: when
-        the first of them will be heard (time.monotonic()), and ``seconds_per_frame`` after it."""
+        """The next ``n`` frames as a new array (simulated devices)."""
         out = np.zeros(n, np.float32)
-        started, drained = [], False
-        with self._lock:
-            filled = 0
-            while filled < n and self.queue:
-                seg = self.queue[0]
-                if self._pos == 0:
-                    seg.start, seg.started_at = self.frames + filled, time.monotonic()
-                    seg.heard_at = (heard_at + filled * seconds_per_frame) if heard_at is not None else seg.started_at
-                    self.playing.append(seg)
-                    started.append(seg)
-                take = min(n - filled, len(seg.samples) - self._pos)
-                out[filled:filled + take] = seg.samples[self._pos:self._pos + take]
+        self.read_into(out, heard_at, seconds_per_frame)
+        return out
+
+    def read_into(self, out: np.ndarray, heard_at: float | None = None, seconds_per_frame: float = 0.0) -> None:
+        """Fill ``out`` with the next frames for the device (called from the audio thread; no
+        allocation but the small list of segments that start in it). ``heard_at``: when the
+        first of them will be heard (time.monotonic()), and ``seconds_per_frame`` after it."""
+        n = len(out)
+        queue, filled, started, drained = self.queue, 0, None, False
+        while filled < n and queue:
+            seg = queue[0]
+            if seg.start < 0:
+                seg.start, seg.started_at = self.frames + filled, time.monotonic()
+                seg.heard_at = (heard_at + filled * seconds_per_frame) if heard_at is not None else seg.started_at
+                self.playing = [s for s in self.playing if s.end > self.frames - 10 * self.rate] + [seg]
+                started = (started or []) + [seg]
+            take = min(n - filled, seg.length - seg.pos)
+            if take > 0:
+                out[filled:filled + take] = seg.samples[seg.pos:seg.pos + take]
                 filled += take
-                self._pos += take
-                if self._pos >= len(seg.samples):
-                    self.queue.popleft()
-                    self._pos = 0
-                    drained = not self.queue
-            self.frames += n
-            # forget segments long past (keep 10 s for the jaw's look-back)
-            self.playing = [s for s in self.playing if s.end > self.frames - 10 * self.rate]
-        for seg in started:
+                seg.pos += take
+            if seg.pos >= seg.length:
+                try:
+                    queue.popleft()
+                except IndexError:  # cleared meanwhile
+                    pass
+                drained = not queue
+        out[filled:] = 0.0
+        self.frames += n
+        for seg in started or ():
             if self.on_start:
                 self.on_start(seg)
         if drained and self.on_drained:
             self.on_drained()
-        return out
 
     def _spans(self):
         """(segment, first frame) of what is playing and of what is queued behind it. A queued
         segment starts exactly where the one before it ends (or at the next frame handed to the
-        device when nothing plays), so the jaw can look ahead into it. Call with the lock held."""
-        spans = [(seg, seg.start) for seg in self.playing]
-        nxt = self.frames
-        for i, seg in enumerate(self.queue):
-            if i == 0 and self._pos > 0:  # the head is already playing
-                nxt = seg.start + len(seg.samples)
+        device when nothing plays), so the jaw can look ahead into it."""
+        playing, queue, frames = self.playing, list(self.queue), self.frames
+        spans = [(seg, seg.start) for seg in playing]
+        nxt = frames
+        for seg in queue:
+            if seg.start >= 0:  # the head is already playing
+                nxt = seg.start + seg.length
                 continue
             spans.append((seg, nxt))
-            nxt += len(seg.samples)
+            nxt += seg.length
         return spans
 
     def opening_at(self, frame: float) -> float | None:
         """Jaw opening for the sound at timeline ``frame`` (0 in silence); None when that sound
         came without a jaw track (the live level must be used)."""
-        with self._lock:
-            for seg, start in self._spans():
-                if start <= frame < start + len(seg.samples):
-                    if not len(seg.jaw):
-                        return None
-                    # between two track frames: the straight line between them
-                    pos = (frame - start) / self.rate * seg.jaw_fps
-                    k = int(pos)
-                    if not 0 <= k < len(seg.jaw):
-                        return 0.0
-                    a = float(seg.jaw[k])
-                    b = float(seg.jaw[k + 1]) if k + 1 < len(seg.jaw) else 0.0
-                    return a + (b - a) * (pos - k) if a and b else (a if pos - k < 0.5 else b)
+        for seg, start in self._spans():
+            if start <= frame < start + seg.length:
+                if not len(seg.jaw):
+                    return None
+                # between two track frames: the straight line between them
+                pos = (frame - start) / self.rate * seg.jaw_fps
+                k = int(pos)
+                if not 0 <= k < len(seg.jaw):
+                    return 0.0
+                a = float(seg.jaw[k])
+                b = float(seg.jaw[k + 1]) if k + 1 < len(seg.jaw) else 0.0
+                return a + (b - a) * (pos - k) if a and b else (a if pos - k < 0.5 else b)
         return 0.0
 
     def locate(self, frame: float) -> Place | None:
         """Which segment sounds at timeline ``frame``, and how far into it; None in silence."""
-        with self._lock:
-            for seg, start in self._spans():
-                if start <= frame < start + len(seg.samples):
-                    return Place(seg.tag, (frame - start) / self.rate)
+        for seg, start in self._spans():
+            if start <= frame < start + seg.length:
+                return Place(seg.tag, (frame - start) / self.rate)
         return None
 
     def samples(self, a: int, b: int) -> np.ndarray:
         """The sound of timeline frames a..b that was handed to the device (silence elsewhere)."""
         a, b = int(a), int(min(b, self.frames))
         out = np.zeros(max(0, b - a), np.float32)
-        with self._lock:
-            for seg in self.playing:
-                lo, hi = max(a, seg.start), min(b, seg.end)
-                if lo < hi:
-                    out[lo - a:hi - a] = seg.samples[lo - seg.start:hi - seg.start]
+        for seg in self.playing:
+            lo, hi = max(a, seg.start), min(b, seg.start + min(seg.length, seg.pos))
+            if lo < hi:
+                out[lo - a:hi - a] = seg.samples[lo - seg.start:hi - seg.start]
         return out
 
     @property
     def busy(self) -> bool:
-        with self._lock:
-            return bool(self.queue) or any(s.end > self.frames for s in self.playing)
+        frames = self.frames
+        return bool(self.queue) or any(s.end > frames for s in self.playing)
 
 
 class ClockPlayer(Device):
@@ -220,12 +233,61 @@ class ClockPlayer(Device):
             self._thread = None
 
 
-class SoundDevicePlayer(Device):
-    """A real speaker through PortAudio. The stream runs continuously (silence between replies)
-    so the DAC clock is always known: PortAudio tells, for every buffer, when its first sample
-    reaches the DAC (``outputBufferDacTime``, on the stream's clock)."""
+class DacClock:
+    """Which timeline frame is heard when, from what the device said of each buffer.
 
-    def __init__(self, device=None, rate: int | None = None, block_ms: float = 10.0):
+    For every buffer the device tells when its first sample reaches the DAC. Between buffers
+    the position runs on in real time, but never further than ``stall_s`` past the last one:
+    buffers are asked for whenever the device has taken a period's worth, so when they stop
+    coming the device has stopped (an underrun being recovered, a sound server starting a
+    stream late) or this process is starved, and in neither case does the sound go on for
+    long. The jaw therefore never runs ahead of a stalled device by more than ``stall_s``, and
+    the next buffer puts it back on the device's time.
+    """
+
+    def __init__(self, rate: int, latency_s: float, clock=time.monotonic):
+        self.rate, self.latency_s, self.clock = rate, latency_s, clock
+        # (first timeline frame of the buffer, clock time it is heard, clock time it was asked
+        # for): replaced whole by the audio thread, read whole by others
+        self._anchor = (0, 0.0, 0.0)
+        self._gaps = np.zeros(64)  # seconds between buffers, a ring
+        self._n = 0
+
+    def buffer(self, first_frame: int, heard_at: float, now: float) -> None:
+        """The device asked for a buffer at ``now``; its first frame is heard at ``heard_at``."""
+        self._gaps[self._n % 64] = now - self._anchor[2]
+        self._n += 1
+        self._anchor = (first_frame, heard_at, now)
+
+    @property
+    def stall_s(self) -> float:
+        """How long after a buffer the position still runs on: a quarter more than the usual longest gap
+        between buffers (a quarter of the latency on ALSA), at least 15 ms."""
+        n = min(self._n, 64)
+        usual = float(np.percentile(self._gaps[:n], 90)) if n >= 8 else self.latency_s / 4
+        return max(0.015, 1.25 * min(usual, self.latency_s))
+
+    def audible_frame(self, t: float) -> float:
+        frame, heard, at = self._anchor
+        now = self.clock()
+        ran_on = min(now, at + self.stall_s)  # not through a stall
+        return frame + (ran_on - heard + (t - now)) * self.rate
+
+
+class SoundDevicePlayer(Device):
+    """A real speaker through PortAudio.
+
+    The stream is opened once and runs for the life of the agent, playing silence between
+    replies, so no reply waits for a device to start. Its buffer (``latency_ms``, 100 by
+    default) is what an ordinary hiccup of this process must not outlast; the callback does
+    nothing but copy samples (no lock, no logging, no allocation but a few small objects).
+
+    The audible clock is a :class:`DacClock` fed with PortAudio's ``outputBufferDacTime`` of
+    every buffer.
+    """
+
+    def __init__(self, device=None, rate: int | None = None, latency_ms: float = 100.0,
+                 start_timeout_s: float = 3.0):
         import sounddevice as sd
         self.sd, self.device = sd, device
         try:
@@ -236,43 +298,61 @@ class SoundDevicePlayer(Device):
                               f"output_device, or run with --no-audio") from None
         self.name = f"{info['name']} (sound device)"
         self.rate = int(rate or info["default_samplerate"])
-        self.block = int(self.rate * block_ms / 1000)
+        self.latency_ms, self.start_timeout_s = latency_ms, start_timeout_s
+        self.latency_s = latency_ms / 1000.0
+        """the output latency the stream reports once open"""
         self.timeline = Timeline(self.rate)
+        self.underruns = 0
+        """output underflows the device reported since start"""
+        self.started_in_s: float | None = None
+        """how long the device took from start() to play (None: it never did)"""
         self._stream = None
-        self._anchor = (0, 0.0)  # (timeline frame, DAC time of that frame)
-        self._lock = threading.Lock()
+        self.clock = DacClock(self.rate, self.latency_s)
 
     def _callback(self, outdata, frames, t, status):
+        now = time.monotonic()
         if status.output_underflow:
-            log.warning("speaker underrun")
+            self.underruns += 1
         first = self.timeline.frames
-        dac = t.outputBufferDacTime or (t.currentTime + (self._stream.latency if self._stream else 0.0))
-        # the DAC time on the monotonic clock, for first_audio
-        heard = time.monotonic() + max(0.0, dac - t.currentTime) if t.currentTime else None
-        outdata[:, 0] = self.timeline.read(frames, heard, 1.0 / self.rate)
-        with self._lock:
-            self._anchor = (first, dac)
+        dac = t.outputBufferDacTime
+        # the DAC time on the monotonic clock (the stream's clock may be another one)
+        heard = now + (dac - t.currentTime) if dac and t.currentTime else now + self.latency_s
+        self.timeline.read_into(outdata[:, 0], heard, 1.0 / self.rate)
+        self.clock.buffer(first, heard, now)
 
     def now(self) -> float:
-        return self._stream.time if self._stream is not None else 0.0
+        return time.monotonic()
 
     def audible_frame(self, t: float) -> float:
-        with self._lock:
-            frame, dac = self._anchor
-        # a device that stalls (PulseAudio does for a second or two after a stream starts) does not
-        # play what it was never given: never run ahead of the frames handed to it
-        limit = self.timeline.frames + max(0.0, t - self.now()) * self.rate
-        return min(frame + (t - dac) * self.rate, limit)
+        return self.clock.audible_frame(t)
 
     def start(self) -> None:
+        """Open the stream and wait (up to ``start_timeout_s``) until the device really plays:
+        a sound server may take a second to start a new stream, and a reply queued before then
+        would be timed from a clock that is not running yet."""
+        started = time.monotonic()
         try:
             self._stream = self.sd.OutputStream(device=self.device, samplerate=self.rate, channels=1,
-                                                dtype="float32", blocksize=self.block, latency="low",
+                                                dtype="float32", blocksize=0, latency=self.latency_s,
                                                 callback=self._callback)
             self._stream.start()
         except Exception as exc:
             self._stream = None
             raise DeviceError(f"speaker {self.name!r} cannot play at {self.rate} Hz: {exc}") from exc
+        self.latency_s = self.clock.latency_s = float(self._stream.latency)
+        # playing = the device took more than its first fill of the buffer (the stream's
+        # latency, a little more on ALSA): another 50 ms beyond it
+        playing_at = int((1.25 * self.latency_s + 0.05) * self.rate)
+        while time.monotonic() < started + self.start_timeout_s:
+            if self.timeline.frames >= playing_at:
+                self.started_in_s = time.monotonic() - started
+                log.info("speaker %s playing after %.0f ms, output latency %.0f ms", self.name,
+                         self.started_in_s * 1000, self.latency_s * 1000)
+                self.underruns = 0
+                return
+            time.sleep(0.005)
+        log.warning("speaker %s did not start playing within %.1f s; replies are timed as if it had", self.name,
+                    self.start_timeout_s)
 
     def close(self) -> None:
         if self._stream is not None:
@@ -283,11 +363,11 @@ class SoundDevicePlayer(Device):
                 self._stream = None
 
 
-def open_player(device=None, enabled: bool = True):
+def open_player(device=None, enabled: bool = True, latency_ms: float = 100.0):
     """The real speaker when there is one and ``enabled``; otherwise the simulated one."""
     if enabled:
         try:
-            return SoundDevicePlayer(device)
+            return SoundDevicePlayer(device, latency_ms=latency_ms)
         except (DeviceError, OSError) as exc:  # OSError: PortAudio library missing
             log.warning("%s; replies are timed but not heard", exc)
     return ClockPlayer()
