@@ -18,6 +18,7 @@ the recording of turns are subscribers too.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -34,7 +35,7 @@ from .config import SkullConfig
 from .jaw.sync import JawFollower
 from .link import Link, LinkFatal
 from .ports import Camera, Jaw, Mic, Panel, Speaker
-from .record import SentCommand, TurnRecord, write_turn
+from .record import SentCommand, TurnRecord, write_heard, write_turn
 from .segment import ReplySegment, SegmentTag
 from .core.faults import FaultLog
 from .supervisor import Supervisor
@@ -95,6 +96,9 @@ class Agent:
         self._closed = False
         self._recovering = False
         self.turn_ended = asyncio.Event()
+        self.monitor = None
+        """records what the speaker really played, for heard.wav, when recording on a sound server"""
+        self._heard_due: collections.deque = collections.deque()  # (when, turn folder, release time)
         self.events.subscribe(self._log_turn, ev.TurnEnded)
         if self.record_dir is not None:
             self.events.subscribe(self._record_turn, ev.TurnEnded)
@@ -124,6 +128,8 @@ class Agent:
                 trigger.start(lambda: self.post(m.ButtonDown()), lambda: self.post(m.ButtonUp()))
             self._set_led(m.LedPattern.OFFLINE)
             player.start()
+            if self.record_dir is not None:
+                self._open_monitor()
             self.follower.start()
             views = asyncio.create_task(self._views(), name="skull-views")
             try:
@@ -400,10 +406,40 @@ class Agent:
 
     def _record_turn(self, e: ev.TurnEnded) -> None:
         try:
-            self.recorded.append(write_turn(self.record_dir, e.record))
+            folder = write_turn(self.record_dir, e.record)
         except OSError as exc:
             self.last_error = f"could not record turn {e.record.turn}: {exc}"
             log.error("%s", self.last_error)
+            return
+        self.recorded.append(folder)
+        if self.monitor is not None and e.record.released_at is not None and self._loop is not None:
+            # the last samples come out of the speaker one buffer after they were handed over
+            due = time.monotonic() + getattr(self.body.player, "latency_s", 0.0) + 0.3
+            self._heard_due.append((due, folder, e.record.released_at))
+            self._timers.append(self._loop.call_at(self._loop.time() + due - time.monotonic(), self._write_heard))
+
+    def _open_monitor(self) -> None:
+        """Record the sound server's monitor of the speaker, when there is one (heard.wav)."""
+        if not hasattr(self.body.player, "clock"):  # the simulated speaker: nothing is heard
+            return
+        from .audio.monitor import SinkMonitor
+        from .core.errors import DeviceError
+        try:
+            self.monitor = SinkMonitor(keep_s=max(60.0, self.config.audio.max_record_s + 100.0)).start()
+            log.info("recording what the speaker plays from %s (heard.wav in each turn)", self.monitor.source)
+        except DeviceError as exc:
+            log.info("heard.wav is not recorded: %s", exc)
+
+    def _write_heard(self, wait: bool = False) -> None:
+        """Write heard.wav for the recorded turns whose sound has all come out (all of them,
+        waiting for it, when ``wait``: the skull is closing)."""
+        while self._heard_due and (wait or self._heard_due[0][0] <= time.monotonic()):
+            due, folder, released_at = self._heard_due.popleft()
+            time.sleep(max(0.0, due - time.monotonic()))
+            try:
+                write_heard(folder, self.monitor.snapshot(), released_at)
+            except Exception as exc:  # a recording must never cost the skull anything
+                self.faults("recording what was heard", exc)
 
     def _commands_for(self, rec: TurnRecord) -> list[SentCommand]:
         """The jaw commands sent during this turn, placed on reply.wav's clock. reply.wav holds
@@ -441,7 +477,9 @@ class Agent:
         steps = [(f"trigger {t.name}", t.close) for t in self.triggers]
         steps += [("mic", b.mic.stop), ("playback", b.player.timeline.clear), ("jaw loop", self.follower.stop),
                   ("jaw", b.jaw.close), ("led", lambda: b.panel.set_led(m.LedPattern.OFF)), ("speaker", b.player.close),
-                  ("panel", b.panel.close), ("mic", b.mic.close), ("camera", lambda: b.camera and b.camera.close())]
+                  ("panel", b.panel.close), ("mic", b.mic.close), ("camera", lambda: b.camera and b.camera.close()),
+                  ("heard.wav", lambda: self.monitor and self._write_heard(wait=True)),
+                  ("monitor", lambda: self.monitor and self.monitor.running and self.monitor.stop())]
         for what, step in steps + [(f"closer {i}", c) for i, c in enumerate(b.closers)]:
             _logged(what, step)  # a failing step is logged; the rest still run
 

@@ -204,7 +204,7 @@ def test_the_turn_log_line_is_a_subscriber(host_config, backends, caplog):
     first = asyncio.run(go())
     assert len(first) == 1
     line = first[0]
-    assert line.startswith("s: turn 1 stt=") and "vision=" in line and "total=" in line
+    assert line.startswith("s: turn 1 ") and "stt=" in line and "vision=" in line and "total=" in line
     assert "first_audio=250" in line and "heard='" in line and "costume" in line and "caption='" in line
     assert lines() == first  # detached: turn 2 logged nothing, not even when the host stopped
 

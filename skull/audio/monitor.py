@@ -14,6 +14,7 @@ shortest delivery delay seen (about a millisecond when the machine is quiet).
 """
 from __future__ import annotations
 
+import collections
 import logging
 import shutil
 import subprocess
@@ -92,7 +93,10 @@ class Heard:
 class SinkMonitor:
     """Records a monitor source with ``parec`` while started. ``stop()`` returns :class:`Heard`."""
 
-    def __init__(self, source: str | None = None, rate: int = 48000, fragment_ms: float = 5.0):
+    def __init__(self, source: str | None = None, rate: int = 48000, fragment_ms: float = 5.0,
+                 keep_s: float | None = None):
+        """``keep_s``: keep only the last this many seconds (a recording that runs for hours);
+        None keeps everything until ``stop()``."""
         if shutil.which("parec") is None:
             raise DeviceError("parec is not installed (Debian package pulseaudio-utils); it records what the "
                               "speaker played")
@@ -100,14 +104,17 @@ class SinkMonitor:
         if not self.source:
             raise DeviceError("no sound server answers (pactl get-default-sink failed): the played sound can only "
                               "be recorded from a PulseAudio or PipeWire server's monitor")
-        self.rate = rate
+        self.rate, self.keep_s = rate, keep_s
         self.fragment = max(1, int(rate * fragment_ms / 1000))
         self._proc = None
-        self._chunks: list[tuple[float, bytes]] = []
+        self._chunks: collections.deque[tuple[float, int, bytes]] = collections.deque()  # (arrival, end, data)
+        self._t0 = float("inf")  # the earliest (arrival - end / rate) seen: the time of sample 0
+        self._samples = 0
         self._thread = None
 
     def start(self) -> "SinkMonitor":
-        self._chunks = []
+        self._chunks.clear()
+        self._t0, self._samples = float("inf"), 0
         try:
             self._proc = subprocess.Popen(
                 ["parec", "-d", self.source, "--raw", "--format=s16le", f"--rate={self.rate}", "--channels=1",
@@ -126,7 +133,13 @@ class SinkMonitor:
             b = stream.read(size)
             if not b:
                 break
-            self._chunks.append((time.monotonic(), b))
+            now = time.monotonic()
+            self._samples += len(b) // 2
+            self._t0 = min(self._t0, now - self._samples / self.rate)
+            self._chunks.append((now, self._samples, b))
+            if self.keep_s is not None:
+                while self._chunks and now - self._chunks[0][0] > self.keep_s:
+                    self._chunks.popleft()
 
     def wait_started(self, timeout_s: float = 5.0) -> bool:
         """True once the first fragment arrived (parec takes a moment to connect)."""
@@ -136,6 +149,16 @@ class SinkMonitor:
                 return False
             time.sleep(0.01)
         return bool(self._chunks)
+
+    def snapshot(self) -> Heard:
+        """What was recorded so far (the last ``keep_s`` seconds), while recording goes on."""
+        chunks = list(self._chunks)
+        if not chunks:
+            raise DeviceError(f"the monitor {self.source!r} gave no sound yet")
+        first = chunks[0][1] - len(chunks[0][2]) // 2
+        raw = b"".join(c for _, _, c in chunks)
+        samples = np.frombuffer(raw[:len(raw) // 2 * 2], np.int16).astype(np.float32) / 32768.0
+        return Heard(samples, self.rate, self._t0 + first / self.rate, self.source)
 
     def stop(self) -> Heard:
         proc, self._proc = self._proc, None
@@ -149,15 +172,10 @@ class SinkMonitor:
                 proc.communicate()
         if self._thread is not None:
             self._thread.join(timeout=3)
-        chunks = self._chunks
-        if not chunks:
+        if not self._chunks:
             raise DeviceError(f"the monitor {self.source!r} gave no sound"
                               + (f": {err.decode(errors='replace').strip()}" if err else ""))
-        raw = b"".join(c for _, c in chunks)
-        samples = np.frombuffer(raw[:len(raw) // 2 * 2], np.int16).astype(np.float32) / 32768.0
-        ends = np.cumsum([len(c) // 2 for _, c in chunks])
-        t0 = float(min(a - e / self.rate for (a, _), e in zip(chunks, ends)))
-        return Heard(samples, self.rate, t0, self.source)
+        return self.snapshot()
 
     def __enter__(self) -> "SinkMonitor":
         return self.start()
@@ -165,3 +183,7 @@ class SinkMonitor:
     def __exit__(self, *exc) -> None:
         if self._proc is not None:
             self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
