@@ -73,7 +73,7 @@ SILENT_DBFS = -70.0
 """the monitor heard nothing where it stays below this (a sink's volume can turn the tone down
 by 30 dB and more)"""
 GAP_DB = 30.0
-"""inside the tone, a 5 ms window this far below the tone's heard level is a gap"""
+"""inside the tone, a stretch this far below the tone's heard level is a gap"""
 HEARD_OFF_MS = 30.0
 """heard this much earlier or later than the player expected, the jaw is off by as much"""
 
@@ -130,9 +130,8 @@ class _Tone:
 
 def _play_tone(player, latency_s: float) -> _Tone:
     t = np.arange(int(TONE_S * player.rate)) / player.rate
-    amp = TONE_PEAK
     ramp = np.minimum(1.0, np.minimum(t, TONE_S - t) / 0.01)  # no clicks
-    x = (amp * ramp * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+    x = (TONE_PEAK * ramp * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
     before = getattr(player, "underruns", None)
     queued = time.monotonic()
     seg = player.timeline.add(x, player.rate, np.zeros(0, np.float32), 100, tag="doctor")
@@ -168,8 +167,9 @@ def _judge_tone(tone: _Tone, heard, monitor_note: str, config: SkullConfig) -> F
     first = heard.first_sound(tone.queued_at, SILENT_DBFS, until=tone.queued_at + TONE_S + 2.0)
     if first is None:
         return Finding("speaker tone", "WARN", f"the {what} played, but nothing came out of {heard.source}: the "
-                                               f"speaker is not the sound server's output, or it is muted; "
-                                               f"check 'pactl list sinks short' and [audio] output_device")
+                                               f"speaker does not play through the sound server (an ALSA hw: "
+                                               f"device?), or the sink is muted; check 'pactl list sinks' and "
+                                               f"[audio] output_device")
     tone_heard = heard.between(first, min(first + TONE_S, heard.end))
     level_db = 20 * np.log10(max(1e-9, float(np.max(np.abs(tone_heard)))) / TONE_PEAK)
     gap_ms = _longest_gap_ms(tone_heard, heard.rate, level_db + 20 * np.log10(TONE_PEAK) - GAP_DB)

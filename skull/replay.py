@@ -39,7 +39,7 @@ from .core.wav import read_wav, to_mono
 from .config import Calibration, SkullConfig
 from .audio.heardfile import read_heard
 from .audio.monitor import Heard
-from .core.errors import SkullError
+from .core.errors import DeviceError, SkullError
 from .jaw import pulse_us
 from .jaw.metrics import HOP_S, CommandStats, command_stats, effective_lag, loudness
 from .jaw.sim import physical_positions
@@ -260,7 +260,6 @@ def _start_monitor(player, heard: bool | None):
     """(a started SinkMonitor of the sink this process plays on, "") or (None, why not)."""
     import os
     from .audio.monitor import SinkMonitor, default_monitor, monitor_of_process
-    from .core.errors import DeviceError
     try:
         return SinkMonitor(monitor_of_process(os.getpid()) or default_monitor()).start(), ""
     except DeviceError as exc:
@@ -324,7 +323,13 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
         scheduled0 = seg.heard_at or seg.started_at
         rows = [e for e in list(getattr(jaw, "log", None) or []) if e[0] >= started]
         if monitor is not None:
-            recording, monitor = monitor.stop(), None
+            try:
+                recording = monitor.stop()
+            except DeviceError as exc:  # parec died: no recording to score against
+                if heard:
+                    raise SkullError(f"--heard: {exc}") from None
+                basis = f"as scheduled ({player.name}; {exc})"
+            monitor = None
     finally:
         follower.stop()
         if monitor is not None:
@@ -338,11 +343,11 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
     if recording is not None:
         found = find_reply(recording, x, rate, scheduled0, started)
         if found is None:
-            why = (f"the monitor {recording.source!r} heard nothing of the reply: the speaker is not the sound "
-                   f"server's default output (pactl get-default-sink), or it is muted")
+            why = (f"the monitor {recording.source!r} heard nothing of the reply: the speaker does not play "
+                   f"through the sound server (an ALSA hw: device?), or the sink is muted")
             if heard:
-                raise SkullError(f"--heard: {why}; set [audio] output_device to the server's device or leave out "
-                                 f"--heard")
+                raise SkullError(f"--heard: {why}; set [audio] output_device to 'pulse' or 'default', unmute it, or "
+                                 f"leave out --heard")
             basis = f"as scheduled ({player.name}; {why})"
         else:
             basis = f"as heard (monitor of {found.source})"
@@ -375,7 +380,6 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
 
 def _stop_quietly(monitor) -> None:
     """Stop a monitor whose recording is not wanted (an error is already on its way)."""
-    from .core.errors import DeviceError
     try:
         monitor.stop()
     except DeviceError as exc:
