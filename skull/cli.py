@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--retrack", action="store_true", help="remake the jaw track with skull.toml's [shape] "
                                                            "(to tune it) instead of the recorded one")
     rp.add_argument("--no-audio", action="store_true", help="do not open the speaker (timed, not heard)")
+    rp.add_argument("--heard", action=argparse.BooleanOptionalAction, default=None,
+                    help="score the jaw against what the speaker really played (the sound server's monitor); "
+                         "default: whenever the speaker is a real device behind PulseAudio or PipeWire. "
+                         "--no-heard: against the sound as scheduled")
     rp.add_argument("--config", help="skull.toml ([board], [jaw], [shape])")
     rp.add_argument("--calibration", help="servo profile NAME or path (lead and travel come from it)")
     rp.set_defaults(func=cmd_replay)

@@ -4,7 +4,7 @@ how well the jaw keeps time with the sound.
 A session is what ``--record`` writes: ``turn-NNN/`` folders (reply.wav, jaw.csv,
 commands.csv, turn.json; see skull/record.py). Each reply is played on the speaker (or the
 simulated one) while the jaw loop follows its jaw track exactly as in a show, and every command
-the jaw receives is kept. The report (skull/jaw/metrics.py):
+the jaw receives is kept, at the time the jaw got it. The report (skull/jaw/metrics.py):
 
 * effective lag: the shift that best lines up the jaw's physical opening (commands through the
   servo model: 20 ms frames, the calibrated travel time) with the heard loudness; positive = the
@@ -14,13 +14,19 @@ the jaw receives is kept. The report (skull/jaw/metrics.py):
 * the same lag and correlation for the jaw as it ran live, from commands.csv, when the turn
   recorded when its first sound was heard.
 
+The loudness is taken either **as heard**: on a real speaker behind a sound server (PulseAudio,
+PipeWire's pulse layer) the server's monitor of the output is recorded while the reply plays
+(skull/audio/monitor.py), so the jaw is scored against what really came out and when; or **as
+scheduled**: reply.wav placed where the player said its first sample would be heard (the
+simulated speaker, or a device without a sound server). The report says which, and how much
+later than scheduled the first sample was really heard.
+
 ``--plot out.png`` draws the waveform, the loudness envelope, the commanded and the physical jaw
 on one time axis.
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -31,12 +37,45 @@ import numpy as np
 from .core.envelope import jaw_track
 from .core.wav import read_wav, to_mono
 from .config import Calibration, SkullConfig
-from .core.errors import SkullError
+from .audio.heardfile import read_heard
+from .audio.monitor import Heard
+from .core.errors import DeviceError, SkullError
 from .jaw import pulse_us
 from .jaw.metrics import HOP_S, CommandStats, command_stats, effective_lag, loudness
 from .jaw.sim import physical_positions
 
 log = logging.getLogger("skull.replay")
+
+
+SCHEDULED_SIM = "as scheduled (simulated speaker)"
+ONSET_DBFS = -45.0
+"""a reply's first sample is the first one louder than this (scaled by the monitor's volume)"""
+
+
+@dataclass
+class LiveSync:
+    """The jaw as it ran when the turn was recorded (commands.csv)."""
+    lag_ms: float
+    r: float
+    basis: str
+    """how the commands were placed against the sound (as heard, or as scheduled)"""
+
+
+@dataclass
+class HeardReply:
+    """The reply found in a monitor recording, on the reply's scheduled clock."""
+    samples: np.ndarray
+    """the monitor from the scheduled first sample on (mono float)"""
+    rate: int
+    """Hertz"""
+    onset_s: float
+    """when the first sample was heard minus when it was scheduled (positive: heard later); the
+    reply's first sound above ONSET_DBFS marks where it is"""
+    after_queued_s: float
+    """when the first sample was heard, after the reply was queued on the player"""
+    stretch_s: float
+    """how much longer the reply took to be heard than it lasts (underruns and freezes insert time)"""
+    source: str
 
 
 @dataclass
@@ -49,10 +88,26 @@ class TurnReplay:
     lead_ms: float
     travel_ms: float
     jaw: str
-    live: tuple[float, float] | None = None
-    """(lag ms, r) of the jaw as it ran when recorded"""
+    live: LiveSync | None = None
+    """the jaw as it ran when recorded"""
     commanded_lag_ms: float = 0.0
     """lag of the commands behind the jaw track of the sound being heard (negative: sent ahead)"""
+    basis: str = SCHEDULED_SIM
+    """what the loudness was taken from: "as heard (monitor of ...)" or "as scheduled (...)"."""
+    onset_ms: float | None = None
+    """the first sample heard minus scheduled, ms (as heard only)"""
+    after_queued_ms: float | None = None
+    """the first sample heard after the reply was queued, ms (as heard only)"""
+    scheduled: tuple[float, float] | None = None
+    """(lag ms, r) of the same jaw against reply.wav where the player scheduled it (as heard only)"""
+    stretch_ms: float | None = None
+    """how much longer the reply took to be heard than it lasts, ms (as heard only)"""
+    underruns: int | None = None
+    """the speaker's count of output underflows while the reply played (None: not counted)"""
+
+    @property
+    def heard(self) -> bool:
+        return self.onset_ms is not None
 
 
 def turn_folders(session: Path, turn: int | None = None) -> list[Path]:
@@ -107,27 +162,117 @@ def commanded_path(log_rows, times) -> np.ndarray:
     return np.where(idx >= 0, vals[np.clip(idx, 0, None)], 0.0)
 
 
-def recorded_sync(folder: Path, x: np.ndarray, rate: int, cal: Calibration) -> tuple[float, float] | None:
-    """(lag ms, r) of the commands the jaw got live (commands.csv). reply.wav holds the
-    segments back to back while the show had pauses between them, so each command is placed
-    on reply.wav's clock by the position it was meant for, one lead earlier (when it was sent)."""
-    lead = cal.lead_ms / 1000.0
+def read_commands(folder: Path) -> list[tuple[float, float, float]] | None:
+    """commands.csv as (sent s after the release, reply.wav position s, opening); None when the
+    turn has no usable commands.csv (recorded before it existed, or fewer than 3 commands)."""
     try:
-        json.loads((folder / "turn.json").read_text())
         with open(folder / "commands.csv", newline="") as f:
-            rows = [(float(r["reply_ms"]) / 1000.0 - lead, float(r["opening"])) for r in csv.DictReader(f)]
-    except (OSError, KeyError, ValueError, TypeError):
+            rows = [(float(r["sent_ms"]) / 1000.0, float(r["reply_ms"]) / 1000.0, float(r["opening"]))
+                    for r in csv.DictReader(f)]
+    except FileNotFoundError:
         return None
-    if len(rows) < 3:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        log.warning("%s is not readable (%s); the jaw as it ran live is left out", folder / "commands.csv", exc)
         return None
+    return rows if len(rows) >= 3 else None
+
+
+def live_sync(folder: Path, x: np.ndarray, rate: int, cal: Calibration) -> LiveSync | None:
+    """Lag and r of the commands the jaw got live (commands.csv).
+
+    With heard.wav + heard.json (skull/audio/heardfile.py) each command sits at its real
+    ``sent_ms`` against the loudness of what the speaker played. Without them, reply.wav holds
+    the segments back to back while the show had pauses between them, so each command is
+    placed on reply.wav's clock by the position it was meant for, one lead earlier (when it
+    was scheduled to be sent)."""
+    rows = read_commands(folder)
+    if rows is None:
+        return None
+    note = ""
+    try:
+        heard = read_heard(folder)
+    except SkullError as exc:
+        heard, note = None, f"; {exc}"
+    if heard is not None:
+        loud = loudness(heard.samples, heard.rate)
+        times = heard.t0_s + np.arange(len(loud)) * HOP_S
+        cmds = [(sent, o, pulse_us(cal, o)) for sent, _, o in rows]
+        lag, r = effective_lag(physical(cmds, times, cal, cmds[0][0]), loud)
+        return LiveSync(lag * 1000.0, r, f"as heard: sent_ms against heard.wav, monitor of {heard.source or '?'}")
+    lead = cal.lead_ms / 1000.0
+    cmds = [(meant - lead, o, pulse_us(cal, o)) for _, meant, o in rows]
     times = np.arange(0.0, len(x) / rate + 0.4, HOP_S)
-    pos = physical([(t, o, pulse_us(cal, o)) for t, o in rows], times, cal, rows[0][0])
-    lag, r = effective_lag(pos, loudness(x, rate))
-    return lag * 1000.0, r
+    lag, r = effective_lag(physical(cmds, times, cal, cmds[0][0]), loudness(x, rate))
+    return LiveSync(lag * 1000.0, r, f"as scheduled: placed by reply_ms, no heard.wav{note}")
+
+
+def find_reply(heard: Heard, x: np.ndarray, rate: int, scheduled_at: float, queued_at: float) -> HeardReply | None:
+    """The reply ``x`` in a monitor recording: its first sample was scheduled to be heard at
+    ``scheduled_at`` and queued at ``queued_at`` (both time.monotonic()). None when the monitor
+    heard nothing of it (the speaker is not the server's output, or it is muted)."""
+    duration = len(x) / rate
+    after = heard.between(queued_at, scheduled_at + duration + 1.0)
+    peak_x, peak_heard = float(np.max(np.abs(x))), float(np.max(np.abs(after), initial=0.0))
+    if peak_x <= 0 or peak_heard < 10 ** (-70 / 20):
+        return None
+    thr = 10 ** (ONSET_DBFS / 20)
+    loud_x = np.flatnonzero(np.abs(x) > thr)
+    first_x = int(loud_x[0]) if len(loud_x) else 0
+    # the monitor carries the sink's volume: the same threshold, scaled by the heard level
+    gain_db = 20 * np.log10(peak_heard / peak_x)
+    thr_heard = ONSET_DBFS + gain_db
+    first = heard.first_sound(queued_at, threshold_dbfs=thr_heard, until=scheduled_at + duration + 1.0)
+    if first is None:
+        return None
+    onset = first - (scheduled_at + first_x / rate)
+    # the last sound: a speaker that ran out of sound played the reply over a longer time
+    rest = np.flatnonzero(np.abs(heard.between(first, heard.end)) > 10 ** (thr_heard / 20))
+    last = first + int(rest[-1]) / heard.rate if len(rest) else first
+    last_x = int(loud_x[-1]) if len(loud_x) else first_x
+    stretch = (last - first) - (last_x - first_x) / rate
+    end = scheduled_at + onset + duration + max(0.0, stretch) + 0.4
+    return HeardReply(heard.between(scheduled_at, end), heard.rate, onset, scheduled_at + onset - queued_at,
+                      stretch, heard.source)
+
+
+def _scheduled_basis(player, heard: bool | None) -> str:
+    """Why the loudness is taken as scheduled, or "" when the monitor is to be recorded.
+    ``heard``: True demands the monitor (an error says why it cannot be), False refuses it, None
+    takes it when the speaker is a real device and a sound server answers."""
+    from .audio.monitor import sound_server
+    from .audio.player import ClockPlayer
+    if heard is False:
+        return f"as scheduled ({player.name}; --no-heard)"
+    if isinstance(player, ClockPlayer):
+        if heard:
+            raise SkullError("--heard needs a real speaker behind a sound server, but the speaker is simulated "
+                             "(no sound device was found): plug one in or leave out --heard")
+        return SCHEDULED_SIM
+    if sound_server() is None:
+        if heard:
+            raise SkullError("--heard: no sound server answers (pactl info failed), so what the speaker played "
+                             "cannot be recorded; start PulseAudio or PipeWire, or leave out --heard")
+        return f"as scheduled ({player.name}; no sound server monitor)"
+    return ""
+
+
+def _start_monitor(player, heard: bool | None):
+    """(a started SinkMonitor of the sink this process plays on, "") or (None, why not)."""
+    import os
+    from .audio.monitor import SinkMonitor, default_monitor, monitor_of_process
+    try:
+        return SinkMonitor(monitor_of_process(os.getpid()) or default_monitor()).start(), ""
+    except DeviceError as exc:
+        if heard:
+            raise SkullError(f"--heard: {exc}") from None
+        return None, f"as scheduled ({player.name}; {exc})"
 
 
 def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bool, plot: Path | None,
-                open_jaw, open_speaker) -> TurnReplay:
+                open_jaw, open_speaker, heard: bool | None = None) -> TurnReplay:
+    """Play one recorded reply with the jaw following it and measure the sync. ``heard``: score
+    the jaw against the sound server's monitor (True: must; False: never; None: when there is
+    one and the speaker is real)."""
     cal = config.calibration
     sound = read_wav(folder / "reply.wav")
     x, rate = to_mono(sound), sound.rate
@@ -148,57 +293,144 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
         raise
     follower = JawFollower(player, jaw, frame_hz=config.jaw.frame_hz, lead_ms=cal.lead_ms, mode=config.jaw.mode,
                            shape=config.shape)
+    monitor = recording = None
     try:
+        basis = _scheduled_basis(player, heard)
         player.start()
+        if not basis:  # the stream exists now: the server can tell which sink plays it
+            monitor, basis = _start_monitor(player, heard)
         if not isinstance(player, ClockPlayer):
             time.sleep(1.0)  # a sound device's first buffers come in bursts; its clock settles first
+        if monitor is not None and not monitor.wait_started(timeout_s=5.0):
+            why = f"the monitor {monitor.source!r} did not start recording"
+            _stop_quietly(monitor)
+            monitor = None
+            if heard:
+                raise SkullError(f"--heard: {why}; check 'pactl list sources short'")
+            basis = f"as scheduled ({player.name}; {why})"
         follower.start()
+        counted = getattr(player, "underruns", None)
         started = time.monotonic()
         seg = player.timeline.add(x, rate, track, fps, tag="replay")
         deadline = started + len(x) / rate + 5.0
         while (seg.start < 0 or player.timeline.busy) and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.3)  # the last commands and the servo's travel
+        # the last commands, the servo's travel, and the device's buffer still to be heard
+        time.sleep(0.3 + output_latency_s(player))
         follower.stop()
-        heard0 = seg.heard_at or seg.started_at
+        now_counted = getattr(player, "underruns", None)
+        underruns = now_counted - counted if isinstance(counted, int) and isinstance(now_counted, int) else None
+        scheduled0 = seg.heard_at or seg.started_at
         rows = [e for e in list(getattr(jaw, "log", None) or []) if e[0] >= started]
+        if monitor is not None:
+            try:
+                recording = monitor.stop()
+            except DeviceError as exc:  # parec died: no recording to score against
+                if heard:
+                    raise SkullError(f"--heard: {exc}") from None
+                basis = f"as scheduled ({player.name}; {exc})"
+            monitor = None
     finally:
         follower.stop()
+        if monitor is not None:
+            _stop_quietly(monitor)
         player.close()
         opened.close()
     if not rows:
         raise SkullError(f"the {jaw_kind} jaw received no command while {folder.name} played")
     duration = len(x) / rate
-    shifted = [(t - heard0, o, us) for t, o, us in rows]
-    times = np.arange(0.0, duration + 0.4, HOP_S)
+    found = None
+    if recording is not None:
+        found = find_reply(recording, x, rate, scheduled0, started)
+        if found is None:
+            why = (f"the monitor {recording.source!r} heard nothing of the reply: the speaker does not play "
+                   f"through the sound server (an ALSA hw: device?), or the sink is muted")
+            if heard:
+                raise SkullError(f"--heard: {why}; set [audio] output_device to 'pulse' or 'default', unmute it, or "
+                                 f"leave out --heard")
+            basis = f"as scheduled ({player.name}; {why})"
+        else:
+            basis = f"as heard (monitor of {found.source})"
+    # every time below is seconds after the reply's first sample was scheduled to be heard
+    shifted = [(t - scheduled0, o, us) for t, o, us in rows]
+    sound_x, sound_rate, onset = (x, rate, 0.0) if found is None else (found.samples, found.rate, found.onset_s)
+    times = np.arange(0.0, max(duration + 0.4, len(sound_x) / sound_rate), HOP_S)
     pos = physical(shifted, times, cal, shifted[0][0])
-    loud = loudness(x, rate)
+    loud = loudness(sound_x, sound_rate)
     lag, r = effective_lag(pos, loud)
-    # how far ahead of the sound's own jaw track the commands went out (the lead, as measured)
+    # how far ahead of the sound's own jaw track the commands went out (the lead, as measured),
+    # the track placed where its sound was heard
     commanded = commanded_path(shifted, times)
-    track_heard = np.interp(times, np.arange(len(track)) / fps, track, right=0.0) if len(track) else times * 0
+    track_heard = (np.interp(times - onset, np.arange(len(track)) / fps, track, left=0.0, right=0.0)
+                   if len(track) else times * 0)
     cmd_lag, _ = effective_lag(commanded, track_heard, max_shift_s=0.2)
     result = TurnReplay(folder, duration, lag * 1000.0, r, command_stats(shifted, cal, duration), cal.lead_ms,
-                        cal.travel_ms, jaw_kind, recorded_sync(folder, x, rate, cal), cmd_lag * 1000.0)
+                        cal.travel_ms, jaw_kind, live=live_sync(folder, x, rate, cal),
+                        commanded_lag_ms=cmd_lag * 1000.0, basis=basis, underruns=underruns)
+    if found is not None:
+        # what the player's own clock would have said: the difference is its error
+        lag_s, r_s = effective_lag(pos, loudness(x, rate))
+        result.scheduled = (lag_s * 1000.0, r_s)
+        result.onset_ms, result.after_queued_ms = found.onset_s * 1000.0, found.after_queued_s * 1000.0
+        result.stretch_ms = found.stretch_s * 1000.0
     if plot is not None:
-        draw_plot(plot, x, rate, loud, shifted, pos, result)
+        draw_plot(plot, sound_x, sound_rate, loud, shifted, pos, result)
     return result
+
+
+def _stop_quietly(monitor) -> None:
+    """Stop a monitor whose recording is not wanted (an error is already on its way)."""
+    try:
+        monitor.stop()
+    except DeviceError as exc:
+        log.debug("monitor stopped: %s", exc)
+
+
+def output_latency_s(player) -> float:
+    """The speaker's reported output latency, seconds (0 when it does not say)."""
+    latency = getattr(player, "latency_s", None)
+    if latency is None:
+        latency = getattr(getattr(player, "_stream", None), "latency", None)
+    try:
+        return max(0.0, float(latency or 0.0))
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def report_lines(res: TurnReplay) -> list[str]:
     s = res.stats
     lines = [f"{res.folder.name}: {res.duration_s:.2f} s of reply through the {res.jaw} jaw "
              f"(lead {res.lead_ms:.0f} ms, servo travel {res.travel_ms:.0f} ms)",
-             f"  effective lag      {res.lag_ms:+.0f} ms  (positive = jaw late; |lag| under 45 ms is not noticed)",
-             f"  commands sent      {-res.commanded_lag_ms:.0f} ms ahead of the sound they open for (the servo's "
-             f"frame wait and travel use it up)",
-             f"  correlation        {res.r:.3f}  (physical jaw with heard loudness, at that lag)",
-             f"  commands/s         {s.per_second:.1f}  ({s.count} commands)",
-             f"  largest step       {s.largest_step:.2f} of the travel",
-             f"  outside limits     {s.outside_s:.3f} s" + ("" if s.outside_s == 0 else "  <-- NEVER expected")]
+             f"  measured           {res.basis}"]
+    if res.heard:
+        lines.append(f"  first sound heard  {res.onset_ms:+.0f} ms from when it was scheduled "
+                     f"({res.after_queued_ms:.0f} ms after it was queued; positive = heard later)")
+        lines.append(f"  heard length       {res.stretch_ms:+.0f} ms from the reply's own (a speaker that runs out of "
+                     f"sound stretches it)")
+    if res.underruns is not None:
+        lines.append(f"  underruns          {res.underruns}" + ("" if not res.underruns else "  (the speaker ran out of "
+                                                                  "sound: raise [audio] output_latency_ms)"))
+    lines += [f"  effective lag      {res.lag_ms:+.0f} ms  (positive = jaw late; |lag| under 45 ms is not noticed)",
+              f"  commands sent      {-res.commanded_lag_ms:.0f} ms ahead of the sound they open for (the servo's "
+              f"frame wait and travel use it up)",
+              f"  correlation        {res.r:.3f}  (physical jaw with heard loudness, at that lag)",
+              f"  commands/s         {s.per_second:.1f}  ({s.count} commands)",
+              f"  largest step       {s.largest_step:.2f} of the travel",
+              f"  outside limits     {s.outside_s:.3f} s" + ("" if s.outside_s == 0 else "  <-- NEVER expected")]
+    if res.scheduled is not None:
+        lines.append(f"  as scheduled       lag {res.scheduled[0]:+.0f} ms, r {res.scheduled[1]:.3f}  (the same jaw against "
+                     f"reply.wav where the player said it would be heard)")
     if res.live is not None:
-        lines.append(f"  as it ran live     lag {res.live[0]:+.0f} ms, r {res.live[1]:.3f}  (the commands in commands.csv)")
+        lines.append(f"  as it ran live     lag {res.live.lag_ms:+.0f} ms, r {res.live.r:.3f}  "
+                     f"(commands.csv {res.live.basis})")
     return lines
+
+
+def caption(res: TurnReplay) -> str:
+    """The measured figures in a few words: how far ahead the commands went, the horn's lag."""
+    word = "as heard" if res.heard else "as scheduled"
+    return (f"commands {-res.commanded_lag_ms:.0f} ms ahead; horn {abs(res.lag_ms):.0f} ms "
+            f"{'late' if res.lag_ms >= 0 else 'early'}, r {res.r:.2f}; {word}")
 
 
 # --- the plot (OpenCV, no plotting library needed) ----------------------------------------------
@@ -206,7 +438,9 @@ def report_lines(res: TurnReplay) -> list[str]:
 def draw_plot(path: Path, x: np.ndarray, rate: int, loud: np.ndarray, log_rows, pos: np.ndarray,
               res: TurnReplay) -> None:
     """Waveform, then envelope + commanded + physical jaw over the whole reply, then the same
-    over a 1.2 s close-up of the first clear syllables, where the lead can be seen."""
+    over a 1.2 s close-up of the first clear syllables, where the lead can be seen. ``x`` is
+    the sound the loudness came from (reply.wav, or the monitor as heard), from the reply's
+    scheduled first sample on."""
     import cv2
     W, H, L, R = 1600, 1120, 90, 30
     img = np.full((H, W, 3), 255, np.uint8)
@@ -271,10 +505,10 @@ def draw_plot(path: Path, x: np.ndarray, rate: int, loud: np.ndarray, log_rows, 
             cv2.polylines(img, [np.array(steps, np.int32)], False, blue, 1, cv2.LINE_AA)
 
     title = (f"{res.folder.name}: effective lag {res.lag_ms:+.0f} ms (positive = jaw late), r {res.r:.2f}; "
-             f"jaw commanded {res.lead_ms:.0f} ms ahead of the sound, servo travel {res.travel_ms:.0f} ms")
+             f"lead {res.lead_ms:.0f} ms, servo travel {res.travel_ms:.0f} ms; {res.basis}")
     cv2.putText(img, title, (L, 32), font, 0.62, dark, 1, cv2.LINE_AA)
     x_leg = L
-    for label, colour in (("heard loudness (envelope)", grey), ("jaw commanded", blue),
+    for label, colour in (("loudness " + ("heard (monitor)" if res.heard else "(reply.wav)"), grey), ("jaw commanded", blue),
                           ("jaw physical (servo model)", red)):
         cv2.line(img, (x_leg, 56), (x_leg + 30, 56), colour, 3)
         cv2.putText(img, label, (x_leg + 38, 61), font, 0.55, colour, 1, cv2.LINE_AA)
@@ -283,9 +517,9 @@ def draw_plot(path: Path, x: np.ndarray, rate: int, loud: np.ndarray, log_rows, 
     panel(260, 580, 0.0, duration, "whole reply")
     cv2.rectangle(img, (int(L + z0 / duration * (W - L - R)), 262), (int(L + z1 / duration * (W - L - R)), 578),
                   (150, 150, 150), 1)
-    panel(640, 1080, z0, z1, f"close-up {z0:.1f}-{z1:.1f} s: the blue steps come before the sound they open for; "
-                             f"the red horn arrives with it")
-    cv2.putText(img, "time (s, as heard)", (W // 2 - 80, H - 8), font, 0.55, (60, 60, 60), 1)
+    panel(640, 1080, z0, z1, f"close-up {z0:.1f}-{z1:.1f} s: {caption(res)}")
+    axis = ("time (s, as heard; 0 = first sample scheduled)" if res.heard else "time (s, as scheduled)")
+    cv2.putText(img, axis, (W // 2 - 10 * len(axis) // 2 - 20, H - 8), font, 0.55, (60, 60, 60), 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), img):
@@ -298,6 +532,8 @@ def cmd_replay(args, config: SkullConfig) -> int:
     import dataclasses
     if args.plot and not str(args.plot).lower().endswith(".png"):
         raise SkullError(f"--plot {args.plot}: give a .png file name")
+    if args.no_audio and getattr(args, "heard", None):
+        raise SkullError("--heard records what the speaker played, and --no-audio opens no speaker: give one of them")
     config = dataclasses.replace(config, board=dataclasses.replace(config.board, driver=args.jaw))
     folders = turn_folders(Path(args.session), args.turn)
 
@@ -313,12 +549,13 @@ def cmd_replay(args, config: SkullConfig) -> int:
             plot = Path(args.plot) if len(folders) == 1 else Path(args.plot).with_name(
                 f"{Path(args.plot).stem}-{folder.name}.png")
         res = replay_turn(folder, config, jaw_kind=args.jaw, retrack=args.retrack, plot=plot,
-                          open_jaw=lambda: open_jaw(config), open_speaker=speaker)
+                          open_jaw=lambda: open_jaw(config), open_speaker=speaker,
+                          heard=getattr(args, "heard", None))
         if args.report:
             print("\n".join(report_lines(res)), flush=True)
         else:
-            print(f"{folder.name}: lag {res.lag_ms:+.0f} ms, r {res.r:.3f}, outside limits {res.stats.outside_s:.3f} s",
-                  flush=True)
+            print(f"{folder.name}: lag {res.lag_ms:+.0f} ms, r {res.r:.3f}, outside limits {res.stats.outside_s:.3f} s "
+                  f"({res.basis})", flush=True)
         if plot is not None:
             print(f"  plot: {plot}", flush=True)
         failed += res.stats.outside_s > 0

@@ -56,6 +56,25 @@ def default_monitor() -> str | None:
     return f"{sink}.monitor" if sink else None
 
 
+def monitor_of_process(pid: int) -> str | None:
+    """The monitor of the sink that plays process ``pid``'s output stream (the speaker may be
+    routed to a sink that is not the default, e.g. by PULSE_SINK); None when the server cannot
+    tell (no such stream, or a pactl older than 15 without JSON output)."""
+    import json
+    listed = _pactl("-f", "json", "list", "sink-inputs")
+    sinks = _pactl("-f", "json", "list", "sinks", "short")
+    try:
+        names = {s["index"]: s["name"] for s in json.loads(sinks or "[]")}
+        for stream in json.loads(listed or "[]"):
+            if str(stream.get("properties", {}).get("application.process.id")) == str(pid):
+                sink = names.get(stream.get("sink"))
+                if sink:
+                    return f"{sink}.monitor"
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return None
+
+
 @dataclass
 class Heard:
     """A monitor recording: mono float samples and the monotonic time of sample 0."""
@@ -130,7 +149,10 @@ class SinkMonitor:
         size = self.fragment * 2
         stream = self._proc.stdout
         while True:
-            b = stream.read(size)
+            try:
+                b = stream.read(size)
+            except (OSError, ValueError):  # the pipe was closed under us: the recording is over
+                break
             if not b:
                 break
             now = time.monotonic()
@@ -165,12 +187,20 @@ class SinkMonitor:
         err = b""
         if proc is not None:
             proc.terminate()
+            # the reader thread owns stdout and reads it to the end once parec exits; reading it
+            # here too (communicate) would close the pipe under the thread
             try:
-                _, err = proc.communicate(timeout=3)
+                proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.communicate()
-        if self._thread is not None:
+                proc.wait()
+            if self._thread is not None:
+                self._thread.join(timeout=3)
+            err = proc.stderr.read() if proc.stderr is not None else b""
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        elif self._thread is not None:
             self._thread.join(timeout=3)
         if not self._chunks:
             raise DeviceError(f"the monitor {self.source!r} gave no sound"
