@@ -35,7 +35,7 @@ from .config import SkullConfig
 from .jaw.sync import JawFollower
 from .link import Link, LinkFatal
 from .ports import Camera, Jaw, Mic, Panel, Speaker
-from .record import SentCommand, TurnRecord, write_heard, write_turn
+from .record import SentCommand, TurnRecord, write_turn
 from .segment import ReplySegment, SegmentTag
 from .core.faults import FaultLog
 from .supervisor import Supervisor
@@ -437,7 +437,12 @@ class Agent:
             due, folder, released_at = self._heard_due.popleft()
             time.sleep(max(0.0, due - time.monotonic()))
             try:
-                write_heard(folder, self.monitor.snapshot(), released_at)
+                from .audio.heardfile import write_heard
+                from .audio.monitor import Heard
+                heard = self.monitor.snapshot()
+                start = max(released_at, heard.t0)  # from the release on
+                write_heard(folder, Heard(heard.between(start, heard.end), heard.rate, start, heard.source),
+                            released_at)
             except Exception as exc:  # a recording must never cost the skull anything
                 self.faults("recording what was heard", exc)
 

@@ -90,7 +90,7 @@ def _speaker(config: SkullConfig, name: str, listed: str, source: str | None) ->
     monitor_note = ""
     try:
         try:
-            player = SoundDevicePlayer(config.audio.output_device)
+            player = SoundDevicePlayer(config.audio.output_device, latency_ms=config.audio.output_latency_ms)
             player.start()
         except (DeviceError, OSError) as exc:
             return [Finding("speaker", "FAIL", f"{name} cannot play: {exc}; choose another [audio] output_device "

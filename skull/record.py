@@ -7,8 +7,8 @@ sent after the button release and the
 position in reply.wav it was meant for) and ``turn.json`` (transcript, caption, reply,
 timings in milliseconds). Where the speaker is a sound server's output, ``heard.wav`` holds
 what its monitor recorded from the button release on (what really came out of the speaker) and
-``heard.json`` says where it starts: ``{"t0_ms_after_release", "rate", "source"}``; `skull
-replay` measures the jaw as it ran against it. Files are written to a temporary folder and renamed into place, so
+``heard.json`` says where it starts (skull/audio/heardfile.py); `skull replay` measures the
+jaw as it ran against it. Files are written to a temporary folder and renamed into place, so
 a crash never leaves half a turn behind.
 """
 from __future__ import annotations
@@ -115,17 +115,3 @@ def write_turn(root: str | Path, rec: TurnRecord) -> Path:
     log.info("turn %d recorded in %s", rec.turn, final)
     return final
 
-
-def write_heard(folder: str | Path, heard, released_at: float) -> Path:
-    """``heard.wav`` + ``heard.json`` in a recorded turn's folder: the monitor recording
-    (:class:`skull.audio.monitor.Heard`) from the button release on."""
-    folder = Path(folder)
-    start = max(released_at, heard.t0)
-    x = heard.between(start, heard.end)
-    tmp = folder / f".heard.partial-{os.getpid()}.wav"
-    write_wav(tmp, x, heard.rate)
-    tmp.rename(folder / "heard.wav")
-    meta = {"t0_ms_after_release": round((start - released_at) * 1000.0, 2), "rate": heard.rate,
-            "source": heard.source}
-    (folder / "heard.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return folder / "heard.wav"

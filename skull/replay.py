@@ -282,7 +282,6 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
         track, fps = jaw_track(x, rate, config.shape), config.shape.fps
     else:
         track, fps = read_track(folder / "jaw.csv")
-    from .audio.player import ClockPlayer
     from .jaw.sync import JawFollower
     opened = open_jaw()
     jaw = opened.jaw
@@ -299,8 +298,6 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
         player.start()
         if not basis:  # the stream exists now: the server can tell which sink plays it
             monitor, basis = _start_monitor(player, heard)
-        if not isinstance(player, ClockPlayer):
-            time.sleep(1.0)  # a sound device's first buffers come in bursts; its clock settles first
         if monitor is not None and not monitor.wait_started(timeout_s=5.0):
             why = f"the monitor {monitor.source!r} did not start recording"
             _stop_quietly(monitor)
@@ -540,7 +537,7 @@ def cmd_replay(args, config: SkullConfig) -> int:
     def speaker(rate):
         if args.no_audio:
             return ClockPlayer(rate=rate, block_ms=5.0)
-        return open_player(config.audio.output_device)
+        return open_player(config.audio.output_device, latency_ms=config.audio.output_latency_ms)
 
     failed = 0
     for i, folder in enumerate(folders):
