@@ -1,50 +1,63 @@
-"""What the speaker really played: first audio, jaw sync and freezes, measured from a sound
-server's monitor, side by side with the simulated speaker.
+"""What the speaker really played: first audio, jaw sync, underruns and freezes, measured from
+a sound server's monitor, side by side with the simulated speaker.
 
     python bench/device_sync.py                        # a private PulseAudio server, null sink
     python bench/device_sync.py --turns 2 --json out.json
     python bench/device_sync.py --hog 2                # two busy processes for the whole run
     python bench/device_sync.py --no-private-server    # the running server's default sink
+    python bench/device_sync.py --keep out/            # also write what the device played
 
 What runs:
 
 * a private PulseAudio daemon (bench/soundserver.py) whose default output is a null sink: a
   real-time clocked device. Its monitor, recorded with parec (skull.audio.monitor.SinkMonitor)
   on time.monotonic(), is what the device played and when;
-* the host in its own process (host.process.HostProcess), embedded default backends;
+* the host in its own process (host.process.HostProcess) with the embedded backends;
 * a load skull in a subprocess (this script with ``--load-skull URL``) asking the bundled
-  question back to back, so the host is recognising speech while the measured skull speaks;
-* two measured skulls in this process, taking turns: ``device`` plays through PortAudio on
-  ALSA's pulse device (SoundDevicePlayer), ``sim`` on the simulated speaker (ClockPlayer).
-  Each presses its button, speaks the bundled question, releases and waits for the whole
-  answer.
+  question back to back (pressing again as soon as the host has heard it), so the host is
+  recognising speech while the measured skulls speak;
+* two measured skulls in this process: ``device`` plays through PortAudio on ALSA's pulse
+  device (SoundDevicePlayer, the default output once the server's environment is set),
+  ``sim`` on the simulated speaker (ClockPlayer). Each presses its button, speaks the bundled
+  question, releases and waits for the whole answer. They take turns at the host: one asks
+  while the other is still speaking, never both at once;
+* ``--hog N``: N processes spinning a Python loop for the whole run.
 
 Figures per turn ("heard" is the monitor for device; for sim, the reply placed where the
 simulated speaker's clock says it was heard):
 
-* first_audio_ms: button release to the first reply sample louder than -45 dBFS heard.
-  ``skull_ms`` is what the skull itself believed (its turn timing ``first_audio``);
-* jaw_lag_ms and jaw_r: every command the jaw got (its log) through the servo model
-  (skull.replay.physical: next 20 ms frame, the calibrated travel time), against the loudness of
-  what was heard, on one monotonic time axis (skull.jaw.metrics.effective_lag; positive = late);
-* lead_first_ms: first heard sample minus when the first opening command of the reply was sent.
-  The jaw is meant to move lead_ms early; more than lead_ms + one servo frame is a jaw that moves
-  before the sound;
+* first_audio: button release to the first reply sample louder than -45 dBFS heard.
+  ``skull_ms``: what the skull itself believed (its turn timing ``first_audio``, the first
+  segment's start, a little before its first loud sample). ``speaker_ms``: the speaker's own
+  share, from the first segment being queued on the player to its first sample heard; the
+  rest is the host's, which swings with its load;
+* jaw_lag and jaw_r: every command the jaw got (its log, which also holds the agent's closes and
+  detaches) through the servo model (skull.replay.physical: next 20 ms frame, the calibrated
+  travel time) against the loudness of what was heard, on one monotonic time axis
+  (skull.jaw.metrics.effective_lag; positive = the jaw is late);
+* lead_first: first heard sample minus when the reply's first opening command was sent. The
+  jaw is meant to be lead_ms early; more than lead_ms + one servo frame is a jaw moving before
+  the sound;
 * clock_ms: where the monitor found each segment's first sample minus where the skull's playback
-  clock said it would be heard (Segment.heard_at). The jaw follows that clock;
-* freeze_ms: time the device inserted into the reply: each segment is found in the monitor by
-  cross-correlation of its first and last 0.3 s of sound, and its span, the gap before the next
-  one and its longest silence (< -60 dBFS) are compared with the audio's own;
-* underruns: the player's count (``underruns``, when it has one), else the underflows it logged.
+  clock said it would be heard (Segment.heard_at); the largest of the turn. The jaw follows
+  that clock;
+* freeze and dropped: each segment is found in the monitor by cross-correlating its first and
+  last 0.3 s of sound; its span, the gap from the segment before (against the silence the
+  player's timeline itself had there) and its longest silence (< -60 dBFS) against its own
+  give the time the device inserted (freeze) or lost (dropped);
+* underruns: the player's count (its ``underruns``) when it keeps one; otherwise the underflows
+  it logged plus the underruns alsa-lib printed (ALSA's pulse plugin recovers from those itself
+  and PortAudio never tells the callback). Each of alsa-lib's is placed in a turn.
 
-Prints a table per turn, the medians, and as its last line:
+Prints a table per turn, the summary, and as its last line:
 
     device=<name> first_audio_ms=<x> sim_first_audio_ms=<y> jaw_lag_ms=<z> jaw_r=<r> underruns=<n> \
-max_freeze_ms=<f> jaw_lead_first_ms=<l> lead_ms=<lead> hog=<N>
+max_freeze_ms=<f> jaw_lead_first_ms=<l> lead_ms=<lead> speaker_ms=<s> sim_speaker_ms=<t> hog=<N>
 
-first_audio_ms and sim_first_audio_ms are medians; jaw lag and r are pooled over all device
-turns; jaw_lead_first_ms is the largest over turns. Without a sound server it says why and
-prints ``device=none``. The exit status is 0 whatever the figures (it is a measurement);
+first_audio_ms, sim_first_audio_ms (the sim skull's own timing) and the speaker shares are
+medians; jaw lag and r are pooled over the device turns; jaw_lead_first_ms and max_freeze_ms are
+the largest. lead_ms is the built-in calibration's. Without a sound server it says why and
+prints ``device=none``. The exit status is 0 whatever the figures (it is a measurement),
 nonzero only when the bench itself fails.
 """
 from __future__ import annotations
@@ -78,7 +91,7 @@ from skull.audio.monitor import Heard, SinkMonitor, default_monitor, sound_serve
 from skull.audio.player import Timeline  # noqa: E402
 from skull.config import SkullConfig  # noqa: E402
 from skull.core.data import bundled  # noqa: E402
-from skull.core.wav import resample  # noqa: E402
+from skull.core.wav import resample, write_wav  # noqa: E402
 from skull.jaw.metrics import HOP_S, effective_lag, loudness  # noqa: E402
 from skull.machine import State  # noqa: E402
 from skull.replay import physical  # noqa: E402
@@ -94,6 +107,8 @@ SILENT_DBFS = -60.0
 SERVO_FRAME_MS = 20.0
 EXCERPT_S = 0.3
 """how much of a segment's first and last sound is looked for in the monitor"""
+MIN_MATCH = 0.5
+"""a segment's excerpt correlating less than this with the monitor is not found there"""
 AFTER_S = 0.5
 """how long after a turn ends its sound may still be heard (the device's buffer)"""
 
@@ -320,11 +335,15 @@ class Placed:
     """heard minus where the skull's playback clock said it would be heard"""
     inserted_ms: float
     """time the device added inside it (span) or before it (gap after the previous segment)"""
+    removed_ms: float
+    """time the device dropped inside it or before it (sound never played)"""
 
 
-def place_segments(segments, player_rate: int, heard: Heard, a: float, b: float) -> list[Placed]:
-    """Find each segment (in playing order) in ``heard`` between ``a`` and ``b``."""
+def place_segments(segments, player_rate: int, heard: Heard, a: float, b: float) -> tuple[list[Placed], int]:
+    """Find each segment (in playing order) in ``heard`` between ``a`` and ``b``. Returns the
+    segments found and how many were not (mangled past recognition, or never played)."""
     out: list[Placed] = []
+    missing = 0
     thr = 10 ** (SOUND_DBFS / 20)
     k = int(EXCERPT_S * heard.rate)
     prev = None
@@ -337,23 +356,31 @@ def place_segments(segments, player_rate: int, heard: Heard, a: float, b: float)
         i0, i1 = int(voiced[0]), int(voiced[-1]) + 1
         y = heard.between(search, b)
         h, match = _best_match(y, x[i0:i0 + k])
+        if match < MIN_MATCH:
+            missing += 1
+            continue
         start = search + (h - i0) / heard.rate
         tail = x[max(i0, i1 - k):i1]
-        j0 = max(0, h + (i1 - i0) - len(tail) - int(2.0 * heard.rate))  # the tail: after the head
-        t, _ = _best_match(y[j0:], tail)
-        end = search + (j0 + t + len(tail) + len(x) - i1) / heard.rate
+        t, tail_match = _best_match(y[h:], tail)  # the tail comes after the head
+        if tail_match >= MIN_MATCH:
+            end = search + (h + t + len(tail) + len(x) - i1) / heard.rate
+        else:  # the span cannot be told: take it as played whole
+            end = start + len(x) / heard.rate
         span_extra = (end - start) - len(x) / heard.rate
         own = _longest_silence_s(x[i0:i1], heard.rate)
-        seen = _longest_silence_s(heard.between(start + i0 / heard.rate, start + i1 / heard.rate), heard.rate)
-        inserted = max(span_extra, seen - own)
+        seen = _longest_silence_s(heard.between(start + i0 / heard.rate, end - (len(x) - i1) / heard.rate),
+                                  heard.rate)
+        inserted, removed = max(span_extra, seen - own), -span_extra
         if prev is not None:
             expected_gap = (s.start - prev[0].end) / player_rate  # silence the timeline itself had
             inserted = max(inserted, (start - prev[1].end) - expected_gap)
-        placed = Placed(s.tag.seq, start, end, match, (start - s.heard_at) * 1000.0, inserted * 1000.0)
+            removed = max(removed, expected_gap - (start - prev[1].end))
+        placed = Placed(s.tag.seq, start, end, min(match, tail_match), (start - s.heard_at) * 1000.0,
+                        inserted * 1000.0, removed * 1000.0)
         out.append(placed)
         prev = (s, placed)
         search = max(search, end - 0.05)
-    return out
+    return out, missing
 
 
 @dataclass
@@ -377,7 +404,12 @@ class TurnFigures:
     """largest |heard - skull's clock| over the reply's segments (signed)"""
     freeze_ms: float | None = None
     """most time the device inserted into the reply"""
+    dropped_ms: float | None = None
+    """most time the device dropped from the reply"""
     segments: int = 0
+    """reply segments found in what was heard"""
+    missing: int = 0
+    """reply segments played but not found in what was heard"""
     weakest_match: float | None = None
     note: str = ""
     timings_ms: dict = field(default_factory=dict)
@@ -417,14 +449,15 @@ def turn_figures(speaker: str, rec, ended_at: float, heard: Heard, jaw_log, time
                    and s.start >= 0), key=lambda s: s.start)
     if mine:
         f.speaker_ms = (first - timeline.queued_at[id(mine[0])]) * 1000.0
-    placed = place_segments(mine, player_rate, heard, a, b)
+    placed, f.missing = place_segments(mine, player_rate, heard, a, b)
     f.segments = len(placed)
+    if f.missing:
+        f.note = f"{f.missing} segment{'s' * (f.missing > 1)} not found in what was heard"
     if placed:
         f.clock_ms = max((p.clock_ms for p in placed), key=abs)
         f.freeze_ms = max(0.0, max(p.inserted_ms for p in placed))
+        f.dropped_ms = max(0.0, max(p.removed_ms for p in placed))
         f.weakest_match = min(p.match for p in placed)
-        if f.weakest_match < 0.5:
-            f.note = f"a segment was not clearly found (correlation {f.weakest_match:.2f})"
     return f
 
 
@@ -460,8 +493,8 @@ class Measured:
     sim_rate: int = 0
     underruns: int | None = None
     underruns_from: str = ""
-    alsa_underruns: int = 0
-    """underruns alsa-lib reported on stderr while the skulls ran"""
+    alsa_underruns: list = field(default_factory=list)
+    """time.monotonic() of each underrun alsa-lib reported on stderr while the skulls ran"""
     speaker: str = ""
     sink_latency_ms: tuple | None = None
     """(latency, configured latency) of the sink while the device skull played, as pactl says"""
@@ -489,6 +522,8 @@ class AlsaMessages:
 
     def __init__(self):
         self.count = 0
+        self.times: list[float] = []
+        """time.monotonic() when each was read (within a few ms of when it happened)"""
         self._saved: int | None = None
         self._thread = None
 
@@ -510,7 +545,10 @@ class AlsaMessages:
                 break
             os.write(self._saved, data)
             *lines, pending = (pending + data).split(b"\n")
-            self.count += sum(self.NEEDLE in line for line in lines)
+            for line in lines:
+                if self.NEEDLE in line:
+                    self.count += 1
+                    self.times.append(time.monotonic())
         self.count += self.NEEDLE in pending
         os.close(r)
 
@@ -541,7 +579,7 @@ async def measure(url: str, token: str, turns: int, timeout_s: float, on_turn) -
         return await _measure(out, underflows, alsa, url, token, turns, timeout_s, on_turn)
     finally:
         alsa.stop()
-        out.alsa_underruns = alsa.count
+        out.alsa_underruns = list(alsa.times)
         player_log.removeHandler(underflows)
         player_log.propagate = True
 
@@ -594,6 +632,17 @@ async def _measure(out: Measured, underflows: UnderflowCount, alsa: AlsaMessages
     return out
 
 
+def when(t: float, turns, figs: list[TurnFigures]) -> str:
+    """Where in the device skull's turns time ``t`` falls, in words."""
+    for (rec, ended), f in zip(turns, figs):
+        if rec.released_at is not None and rec.released_at - 4.0 <= t <= ended + AFTER_S:
+            after = (t - rec.released_at) * 1000.0
+            if f.first_audio_ms is not None and after >= f.first_audio_ms:
+                return f"turn {rec.turn}, {after - f.first_audio_ms:.0f} ms into the reply"
+            return f"turn {rec.turn}, {after:.0f} ms after the release, before the reply"
+    return "between turns"
+
+
 def report(args, device_name: str, measured: Measured, heard: Heard, load_asked: int) -> dict:
     cal = SkullConfig().calibration
     dev = [turn_figures("device", rec, ended, heard, measured.device_jaw, measured.device_timeline,
@@ -602,28 +651,32 @@ def report(args, device_name: str, measured: Measured, heard: Heard, load_asked:
     sim = [turn_figures("sim", rec, ended, sim_heard, measured.sim_jaw, measured.sim_timeline, measured.sim_rate,
                         cal) for rec, ended in measured.sim]
     print(f"{'turn':>4} {'speaker':<7} {'first_audio':>11} {'skull_ms':>8} {'speaker_ms':>10} {'jaw_lag':>7} "
-          f"{'jaw_r':>6} {'lead_first':>10} {'clock_ms':>8} {'freeze':>6} {'segs':>4}  outcome")
+          f"{'jaw_r':>6} {'lead_first':>10} {'clock_ms':>8} {'freeze':>6} {'dropped':>7} {'segs':>4}  outcome")
     for f in sorted(dev + sim, key=lambda f: (f.turn, f.speaker)):
         print(f"{f.turn:>4} {f.speaker:<7} {fmt(f.first_audio_ms):>11} {fmt(f.skull_ms):>8} {fmt(f.speaker_ms):>10} "
               f"{fmt(f.jaw_lag_ms, '+.0f'):>7} {fmt(f.jaw_r, '.3f'):>6} {fmt(f.lead_first_ms):>10} "
-              f"{fmt(f.clock_ms, '+.0f'):>8} {fmt(f.freeze_ms):>6} {f.segments:>4}  {f.outcome} {f.note}".rstrip())
+              f"{fmt(f.clock_ms, '+.0f'):>8} {fmt(f.freeze_ms):>6} {fmt(f.dropped_ms):>7} {f.segments:>4}  "
+              f"{f.outcome} {f.note}".rstrip())
     lag, r = pooled_sync(dev)
     sim_lag, sim_r = pooled_sync(sim)
     first = median(f.first_audio_ms for f in dev)
     sim_first = median(rec.timings_ms.get("first_audio") for rec, _ in measured.sim)
     freezes = [f.freeze_ms for f in dev if f.freeze_ms is not None]
+    drops = [f.dropped_ms for f in dev if f.dropped_ms is not None]
     leads = [f.lead_first_ms for f in dev if f.lead_first_ms is not None]
     clocks = [f.clock_ms for f in dev if f.clock_ms is not None]
+    underruns_at = [when(t, measured.device, dev) for t in measured.alsa_underruns]
     figures = {
         "device": device_name, "speaker": measured.speaker, "turns": len(dev), "sim_turns": len(sim),
         "first_audio_ms": first, "sim_first_audio_ms": sim_first,
+        "sim_heard_first_audio_ms": median(f.first_audio_ms for f in sim),
         "skull_first_audio_ms": median(f.skull_ms for f in dev),
         "speaker_ms": median(f.speaker_ms for f in dev), "sim_speaker_ms": median(f.speaker_ms for f in sim),
         "jaw_lag_ms": lag, "jaw_r": r, "jaw_lag_median_ms": median(f.jaw_lag_ms for f in dev),
         "jaw_r_median": median(f.jaw_r for f in dev), "sim_jaw_lag_ms": sim_lag, "sim_jaw_r": sim_r,
         "underruns": measured.underruns, "underruns_from": measured.underruns_from,
-        "alsa_underruns": measured.alsa_underruns,
-        "max_freeze_ms": max(freezes) if freezes else None,
+        "alsa_underruns": len(measured.alsa_underruns), "alsa_underruns_at": underruns_at,
+        "max_freeze_ms": max(freezes) if freezes else None, "max_dropped_ms": max(drops) if drops else None,
         "jaw_lead_first_ms": max(leads) if leads else None,
         "sim_jaw_lead_first_ms": max((f.lead_first_ms for f in sim if f.lead_first_ms is not None), default=None),
         "clock_ms": max(clocks, key=abs) if clocks else None,
@@ -642,10 +695,12 @@ def report(args, device_name: str, measured: Measured, heard: Heard, load_asked:
           f"(lead_ms {cal.lead_ms:.0f} + servo frame {SERVO_FRAME_MS:.0f} = {cal.lead_ms + SERVO_FRAME_MS:.0f} allowed); "
           f"the skull's playback clock off by up to {fmt(figures['clock_ms'], '+.0f')} ms")
     latency = figures["sink_latency_ms"]
-    print(f"underruns {measured.underruns} (from {measured.underruns_from}; alsa-lib reported "
-          f"{measured.alsa_underruns}); longest freeze {fmt(figures['max_freeze_ms'])} ms; the load skull asked "
-          f"{load_asked} questions; {args.hog} hog processes"
+    print(f"underruns {measured.underruns} (from {measured.underruns_from})"
           + (f"; sink latency {latency[0]:.1f} ms (configured {latency[1]:.1f})" if latency else ""))
+    for where in underruns_at:
+        print(f"  alsa-lib reported an underrun: {where}")
+    print(f"longest freeze {fmt(figures['max_freeze_ms'])} ms, most dropped {fmt(figures['max_dropped_ms'])} ms; "
+          f"the load skull asked {load_asked} questions; {args.hog} hog processes")
     for failure in measured.failures:
         print(f"failed: {failure}")
     print(f"device={device_name} first_audio_ms={fmt(first)} sim_first_audio_ms={fmt(sim_first)} "
@@ -654,6 +709,21 @@ def report(args, device_name: str, measured: Measured, heard: Heard, load_asked:
           f"lead_ms={cal.lead_ms:.0f} speaker_ms={fmt(figures['speaker_ms'])} "
           f"sim_speaker_ms={fmt(figures['sim_speaker_ms'])} hog={args.hog}", flush=True)
     return figures
+
+
+def keep(folder: Path, heard: Heard, measured: Measured) -> None:
+    """The monitor recording (monitor.wav) and where each device turn is in it (turns.json),
+    to listen to what the device played."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_wav(folder / "monitor.wav", heard.samples, heard.rate)
+    turns = [{"turn": rec.turn, "released_s": rec.released_at - heard.t0, "ended_s": ended - heard.t0,
+              "segments": [{"seq": s.tag.seq, "skull_heard_at_s": s.heard_at - heard.t0, "seconds": len(s.samples) /
+                            measured.device_rate} for s in measured.device_timeline.kept
+                           if isinstance(s.tag, SegmentTag) and s.tag.turn == rec.turn and s.start >= 0]}
+             for rec, ended in measured.device]
+    (folder / "turns.json").write_text(json.dumps({"source": heard.source, "rate": heard.rate, "turns": turns},
+                                                  indent=2))
+    print(f"what the device played: {folder / 'monitor.wav'} (turns in {folder / 'turns.json'})")
 
 
 def no_device(args, why: str, stage: str) -> int:
@@ -669,6 +739,8 @@ def main() -> int:
     ap.add_argument("--turns", type=int, default=6, help="turns per speaker (default 6)")
     ap.add_argument("--hog", type=int, default=0, metavar="N", help="busy processes for the whole run (default 0)")
     ap.add_argument("--json", metavar="PATH", help="write the figures here")
+    ap.add_argument("--keep", metavar="DIR", help="write what the device played (monitor.wav) and where the "
+                    "turns are in it (turns.json) here")
     ap.add_argument("--no-private-server", action="store_true",
                     help="play to the running sound server's default sink instead of a private PulseAudio")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds one turn may take (default 60)")
@@ -741,6 +813,8 @@ def run(args, device_name: str, server) -> int:
     print(f"{len(measured.device)} device and {len(measured.sim)} sim turns in {time.monotonic() - t0:.0f} s "
           f"({measured.speaker}, {measured.device_rate} Hz; monitor {heard.source} at {heard.rate} Hz)\n", flush=True)
     figures = report(args, device_name, measured, heard, load_asked)
+    if args.keep:
+        keep(Path(args.keep), heard, measured)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
