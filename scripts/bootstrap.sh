@@ -9,6 +9,12 @@ PYTHON=${PYTHON:-python3}
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
+# a sound server for tests/test_device_sync.py and bench/device_sync.py: a private PulseAudio
+# with a null sink (needs no sound card), parec/pactl, and ALSA's pulse plugin for PortAudio
+command -v pulseaudio >/dev/null 2>&1 || need+=(pulseaudio)
+command -v parec >/dev/null 2>&1 && command -v pactl >/dev/null 2>&1 || need+=(pulseaudio-utils)
+[ -n "$(ls /usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so /usr/lib/alsa-lib/libasound_module_pcm_pulse.so \
+    2>/dev/null)" ] || need+=(libasound2-plugins)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
         echo "bootstrap: need root (or sudo) to install: ${need[*]}" >&2; exit 1; fi
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if [ "${1:-}" = "--system-only" ]; then exit 0; fi
