@@ -120,8 +120,8 @@ class KeptTimeline(Timeline):
     them after 10 s): when it was queued, the timeline frame it started at, and when the player
     said its first sample would be heard (``heard_at``, time.monotonic())."""
 
-    def __post_init__(self):
-        super().__post_init__()
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.kept = []
         self.queued_at: dict[int, float] = {}
         """id(segment) -> time.monotonic() when it was queued"""

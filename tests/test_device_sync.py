@@ -60,7 +60,7 @@ def test_the_first_word_is_as_quick_as_on_the_simulated_speaker(figures):
     sim = figures["sim_speaker_ms"]
     for turn in figures["per_turn"]:
         if turn["speaker"] == "device":
-            assert turn["speaker_ms"] <= sim + 300, turn
+            assert turn["speaker_ms"] <= sim + 150, turn
 
 
 def test_the_jaw_keeps_time_with_what_was_heard(figures):
