@@ -4,13 +4,14 @@ a sound server's monitor, side by side with the simulated speaker.
     python bench/device_sync.py                        # a private PulseAudio server, null sink
     python bench/device_sync.py --turns 2 --json out.json
     python bench/device_sync.py --hog 2                # two busy processes for the whole run
+    python bench/device_sync.py --server pipewire      # a private PipeWire (+ pipewire-pulse)
     python bench/device_sync.py --no-private-server    # the running server's default sink
     python bench/device_sync.py --keep out/            # also write what the device played
 
 What runs:
 
-* a private PulseAudio daemon (bench/soundserver.py) whose default output is a null sink: a
-  real-time clocked device. Its monitor, recorded with parec (skull.audio.monitor.SinkMonitor)
+* a private PulseAudio daemon (bench/soundserver.py; or PipeWire with its PulseAudio layer,
+  ``--server pipewire``) whose default output is a null sink: a real-time clocked device. Its monitor, recorded with parec (skull.audio.monitor.SinkMonitor)
   on time.monotonic(), is what the device played and when;
 * the host in its own process (host.process.HostProcess) with the embedded backends;
 * a load skull in a subprocess (this script with ``--load-skull URL``) asking the bundled
@@ -68,6 +69,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -82,7 +84,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.soundserver import PulseServer, SoundServerError  # noqa: E402
+from bench.soundserver import SERVERS, SoundServerError  # noqa: E402
 from host.config import HostConfig, ServerConfig  # noqa: E402
 from host.process import HostProcess  # noqa: E402
 from skull import events as ev  # noqa: E402
@@ -741,6 +743,8 @@ def main() -> int:
     ap.add_argument("--json", metavar="PATH", help="write the figures here")
     ap.add_argument("--keep", metavar="DIR", help="write what the device played (monitor.wav) and where the "
                     "turns are in it (turns.json) here")
+    ap.add_argument("--server", choices=sorted(SERVERS), default="pulseaudio",
+                    help="the private sound server to start (default pulseaudio)")
     ap.add_argument("--no-private-server", action="store_true",
                     help="play to the running sound server's default sink instead of a private PulseAudio")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds one turn may take (default 60)")
@@ -762,13 +766,14 @@ def main() -> int:
                 return no_device(args, "no running sound server answers (pactl info failed)", "server")
         else:
             try:
-                server = PulseServer().start()
+                server = SERVERS[args.server]().start()
             except SoundServerError as exc:
                 return no_device(args, str(exc), "server")
             server.export()  # before sounddevice is first imported: PortAudio reads ALSA's config once
         name = sound_server() or "pulse"
         sink = (default_monitor() or "default.monitor").removesuffix(".monitor")
-        device_name = f"{sink}@{name.replace(' ', '-')}"
+        short = server.version if server is not None else name
+        device_name = f"{sink}@{re.sub(r'[^A-Za-z0-9._-]+', '-', short).strip('-')}"
         print(f"sound server: {name}, sink {sink}" + (f" ({server.server})" if server else " (the running one)"),
               flush=True)
         return run(args, device_name, server)
@@ -809,7 +814,7 @@ def run(args, device_name: str, server) -> int:
             log.debug("stopping the monitor: %s", exc)
         raise
     heard = monitor.stop()
-    measured.sink_latency_ms = max((x for x in latencies if x), default=None)
+    measured.sink_latency_ms = max((x for x in latencies if x and x[1] > 0), default=None)  # PipeWire says 0
     print(f"{len(measured.device)} device and {len(measured.sim)} sim turns in {time.monotonic() - t0:.0f} s "
           f"({measured.speaker}, {measured.device_rate} Hz; monitor {heard.source} at {heard.rate} Hz)\n", flush=True)
     figures = report(args, device_name, measured, heard, load_asked)

@@ -27,7 +27,7 @@ def figures(tmp_path_factory):
     fig = json.loads(out.read_text())
     if fig["device"] is None:
         if fig["stage"] == "server":
-            pytest.skip(f"PulseAudio cannot start here: {fig['why']}")
+            pytest.skip(fig["why"])
         pytest.fail(f"the sound server ran but the skull could not play to it: {fig['why']}")
     fig["stdout"] = proc.stdout
     return fig
