@@ -619,12 +619,13 @@ async def _measure(out: Measured, underflows: UnderflowCount, alsa: AlsaMessages
         await asyncio.gather(turns_of("device", device, out.device, "sim", 0),
                              turns_of("sim", sim, out.sim, "device", 1))
         player = device.body.player
-        out.underruns = getattr(player, "underruns", None)
-        out.underruns_from = "the player's count"
-        if out.underruns is None:  # a player without a count: what PortAudio and alsa-lib reported
-            await asyncio.sleep(0.1)  # alsa-lib's last lines through the pipe
-            out.underruns = underflows.count + alsa.count
-            out.underruns_from = "the player's warnings and alsa-lib's messages"
+        await asyncio.sleep(0.1)  # alsa-lib's last lines through the pipe
+        counted = getattr(player, "underruns", None)
+        # ALSA's pulse plugin recovers from an underrun by itself, so PortAudio may not flag it:
+        # the larger of the player's count and what PortAudio and alsa-lib reported
+        out.underruns = max(counted or 0, underflows.count + alsa.count)
+        out.underruns_from = ("the player's count" if counted is not None and counted >= underflows.count + alsa.count
+                              else "the player's warnings and alsa-lib's messages")
         out.device_jaw, out.sim_jaw = list(device.body.jaw.log or []), list(sim.body.jaw.log or [])
         out.device_timeline, out.sim_timeline = device.body.player.timeline, sim.body.player.timeline
     finally:

@@ -352,3 +352,21 @@ def test_plot_caption_gives_the_measured_figures(turn, tmp_path):
     text = caption(res)
     assert re.fullmatch(r"commands \d+ ms ahead; horn \d+ ms (late|early), r 0\.\d\d; as scheduled", text), text
     assert f"{abs(res.lag_ms):.0f} ms" in text and f"r {res.r:.2f}" in text
+
+
+def test_a_turn_recorded_on_a_sound_server_keeps_what_was_heard(pulse, tmp_path):
+    # skull demo through the null sink: each recorded turn gets heard.wav from its monitor, and its
+    # first loud sample comes when the skull said the reply was first heard
+    session = tmp_path / "session"
+    r = skull(pulse, "demo", "--record", str(session), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    folder = session / "turn-001"
+    heard = read_heard(folder)
+    assert heard is not None and heard.source.endswith(".monitor")
+    reported = json.loads((folder / "turn.json").read_text())["timings_ms"]["first_audio"]
+    loud = np.flatnonzero(np.abs(heard.samples) > 10 ** (-45 / 20))
+    assert len(loud), "heard.wav is silent"
+    first = (heard.t0_s + loud[0] / heard.rate) * 1000.0
+    assert -10 <= first - reported <= 60, (first, reported)  # a segment may open with a little silence
+    reply_s = json.loads((folder / "turn.json").read_text())["reply_s"]
+    assert (loud[-1] - loud[0]) / heard.rate >= reply_s - 1.0  # the whole reply was heard

@@ -233,6 +233,10 @@ class ClockPlayer(Device):
             self._thread = None
 
 
+GAP_S = 0.015
+"""a buffer heard this much later than the one before it said is a gap in the sound"""
+
+
 class DacClock:
     """Which timeline frame is heard when, from what the device said of each buffer.
 
@@ -252,10 +256,16 @@ class DacClock:
         self._anchor = (0, 0.0, 0.0)
         self._gaps = np.zeros(64)  # seconds between buffers, a ring
         self._n = 0
+        self.gaps_heard = 0
+        """times the sound was heard later than the buffer before it said: the device ran dry
+        (an underrun that the sound server recovered from by itself, without a flag)"""
 
     def buffer(self, first_frame: int, heard_at: float, now: float) -> None:
         """The device asked for a buffer at ``now``; its first frame is heard at ``heard_at``."""
-        self._gaps[self._n % 64] = now - self._anchor[2]
+        frame, heard, at = self._anchor
+        if self._n and heard_at - (heard + (first_frame - frame) / self.rate) > GAP_S:
+            self.gaps_heard += 1
+        self._gaps[self._n % 64] = now - at
         self._n += 1
         self._anchor = (first_frame, heard_at, now)
 
@@ -302,8 +312,8 @@ class SoundDevicePlayer(Device):
         self.latency_s = latency_ms / 1000.0
         """the output latency the stream reports once open"""
         self.timeline = Timeline(self.rate)
-        self.underruns = 0
-        """output underflows the device reported since start"""
+        self.underflows = 0
+        """output underflows PortAudio flagged since start"""
         self.started_in_s: float | None = None
         """how long the device took from start() to play (None: it never did)"""
         self._stream = None
@@ -312,13 +322,20 @@ class SoundDevicePlayer(Device):
     def _callback(self, outdata, frames, t, status):
         now = time.monotonic()
         if status.output_underflow:
-            self.underruns += 1
+            self.underflows += 1
         first = self.timeline.frames
         dac = t.outputBufferDacTime
         # the DAC time on the monotonic clock (the stream's clock may be another one)
         heard = now + (dac - t.currentTime) if dac and t.currentTime else now + self.latency_s
         self.timeline.read_into(outdata[:, 0], heard, 1.0 / self.rate)
         self.clock.buffer(first, heard, now)
+
+    @property
+    def underruns(self) -> int:
+        """Times the sound stopped since the device started playing: the larger of PortAudio's
+        underflow flags and the gaps the DAC times show (ALSA's pulse plugin recovers from an
+        underrun by itself, and then no flag is raised)."""
+        return max(self.underflows, self.clock.gaps_heard)
 
     def now(self) -> float:
         return time.monotonic()
@@ -348,7 +365,7 @@ class SoundDevicePlayer(Device):
                 self.started_in_s = time.monotonic() - started
                 log.info("speaker %s playing after %.0f ms, output latency %.0f ms", self.name,
                          self.started_in_s * 1000, self.latency_s * 1000)
-                self.underruns = 0
+                self.underflows, self.clock.gaps_heard = 0, 0
                 return
             time.sleep(0.005)
         log.warning("speaker %s did not start playing within %.1f s; replies are timed as if it had", self.name,
