@@ -93,6 +93,7 @@ from skull.audio.monitor import Heard, SinkMonitor, default_monitor, sound_serve
 from skull.audio.player import Timeline  # noqa: E402
 from skull.config import SkullConfig  # noqa: E402
 from skull.core.data import bundled  # noqa: E402
+from skull.demo import press_and_speak  # noqa: E402
 from skull.core.wav import resample, write_wav  # noqa: E402
 from skull.jaw.metrics import HOP_S, effective_lag, loudness  # noqa: E402
 from skull.machine import State  # noqa: E402
@@ -153,17 +154,6 @@ async def until(predicate, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
         await asyncio.sleep(0.01)
-
-
-async def press_and_speak(agent: Agent, timeout_s: float = 60.0) -> None:
-    """Press the button, let the question play into the microphone, release."""
-    pin = agent.body.panel.button.pin
-    spoken = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
-    pin.drive_low()
-    await asyncio.wait_for(spoken.wait(), timeout_s)
-    pin.drive_high()
 
 
 def host_done(agent: Agent, turn: int) -> bool:

@@ -27,6 +27,7 @@ would be its multi-user mode, which needs a ``pulse`` user and refuses module lo
 """
 from __future__ import annotations
 
+import abc
 import glob
 import logging
 import os
@@ -74,7 +75,7 @@ def _missing(tools: tuple[tuple[str, str], ...]) -> list[str]:
     return list(dict.fromkeys(missing))
 
 
-class SoundServer:
+class SoundServer(abc.ABC):
     """What both servers share: a temp folder, the daemons as children, the client's
     environment, ``pactl``, and a ``stop()`` that undoes all of it (idempotent).
 
@@ -97,13 +98,13 @@ class SoundServer:
         self._saved_env: dict[str, str | None] | None = None
 
     @classmethod
+    @abc.abstractmethod
     def available(cls) -> Availability:
         """Can a private server run here? ``why`` names the missing packages when not."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _launch(self) -> None:
         """Start the daemons in ``self.dir`` and set ``self.socket``."""
-        raise NotImplementedError
 
     @property
     def server(self) -> str:

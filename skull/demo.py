@@ -96,6 +96,18 @@ def render_starting() -> Text:
     return Text("starting the host and the skull…")
 
 
+async def press_and_speak(agent: Agent, timeout_s: float = 60.0) -> None:
+    """The visitor's part of a turn: press the (simulated) button, let the question file play
+    into the microphone, release. Used by the benches and tests as well."""
+    pin = agent.body.panel.button.pin
+    spoken = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
+    pin.drive_low()
+    await asyncio.wait_for(spoken.wait(), timeout_s)
+    pin.drive_high()
+
+
 async def visitor(agent: Agent, turns: int, live: Live, started: float) -> None:
     """The scripted visitor: press, speak the question, release, wait for the answer."""
     mic = agent.body.mic

@@ -16,6 +16,7 @@ from skull.audio.player import ClockPlayer
 from skull.core.wav import read_wav, to_mono, write_wav
 from skull.config import SkullConfig
 from skull.core.data import bundled
+from skull.demo import press_and_speak  # noqa: F401 (the tests import it from here)
 from skull.runtime import build_body
 
 DATA = Path(__file__).parent / "data"
@@ -51,16 +52,6 @@ def sim_body(cfg: SkullConfig, question=None, image=None, speed: float = 3.0):
     body.player = ClockPlayer(speed=speed)
     return body
 
-
-async def press_and_speak(agent, timeout: float = 60.0) -> None:
-    """Press the skull's button, let the mic file play, release."""
-    pin = agent.body.panel.button.pin
-    spoken = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
-    pin.drive_low()
-    await asyncio.wait_for(spoken.wait(), timeout)
-    pin.drive_high()
 
 
 async def ask(agent, timeout: float = 60.0):
