@@ -104,6 +104,16 @@ class TurnReplay:
     """how much longer the reply took to be heard than it lasts, ms (as heard only)"""
     underruns: int | None = None
     """the speaker's count of output underflows while the reply played (None: not counted)"""
+    late_frames: int = 0
+    """servo frames the jaw loop started more than a frame late (this machine was busy)"""
+    worst_late_ms: float = 0.0
+    """the latest a servo frame started, ms"""
+
+    @property
+    def on_time(self) -> bool:
+        """The jaw loop kept its frames (none more than a frame late): the figures are the sync's,
+        not this machine's load."""
+        return self.late_frames == 0
 
     @property
     def heard(self) -> bool:
@@ -315,6 +325,7 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
         # the last commands, the servo's travel, and the device's buffer still to be heard
         time.sleep(0.3 + output_latency_s(player))
         follower.stop()
+        late_frames, worst_late_ms = follower.late_frames, follower.worst_late_s * 1000.0
         now_counted = getattr(player, "underruns", None)
         underruns = now_counted - counted if isinstance(counted, int) and isinstance(now_counted, int) else None
         scheduled0 = seg.heard_at or seg.started_at
@@ -363,7 +374,8 @@ def replay_turn(folder: Path, config: SkullConfig, *, jaw_kind: str, retrack: bo
     cmd_lag, _ = effective_lag(commanded, track_heard, max_shift_s=0.2)
     result = TurnReplay(folder, duration, lag * 1000.0, r, command_stats(shifted, cal, duration), cal.lead_ms,
                         cal.travel_ms, jaw_kind, live=live_sync(folder, x, rate, cal),
-                        commanded_lag_ms=cmd_lag * 1000.0, basis=basis, underruns=underruns)
+                        commanded_lag_ms=cmd_lag * 1000.0, basis=basis, underruns=underruns,
+                        late_frames=late_frames, worst_late_ms=worst_late_ms)
     if found is not None:
         # what the player's own clock would have said: the difference is its error
         lag_s, r_s = effective_lag(pos, loudness(x, rate))
@@ -414,6 +426,12 @@ def report_lines(res: TurnReplay) -> list[str]:
               f"  commands/s         {s.per_second:.1f}  ({s.count} commands)",
               f"  largest step       {s.largest_step:.2f} of the travel",
               f"  outside limits     {s.outside_s:.3f} s" + ("" if s.outside_s == 0 else "  <-- NEVER expected")]
+    if res.on_time:
+        lines.append(f"  jaw loop           on time (worst frame {res.worst_late_ms:.0f} ms late)")
+    else:
+        lines.append(f"  jaw loop           {res.late_frames} frames more than a frame late, worst {res.worst_late_ms:.0f} ms: "
+                     f"this machine was busy, and the lag and correlation above include it; replay again when it is "
+                     f"quieter")
     if res.scheduled is not None:
         lines.append(f"  as scheduled       lag {res.scheduled[0]:+.0f} ms, r {res.scheduled[1]:.3f}  (the same jaw against "
                      f"reply.wav where the player said it would be heard)")

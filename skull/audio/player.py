@@ -233,10 +233,6 @@ class ClockPlayer(Device):
             self._thread = None
 
 
-GAP_S = 0.015
-"""a buffer heard this much later than the one before it said is a gap in the sound"""
-
-
 class DacClock:
     """Which timeline frame is heard when, from what the device said of each buffer.
 
@@ -256,15 +252,10 @@ class DacClock:
         self._anchor = (0, 0.0, 0.0)
         self._gaps = np.zeros(64)  # seconds between buffers, a ring
         self._n = 0
-        self.gaps_heard = 0
-        """times the sound was heard later than the buffer before it said: the device ran dry
-        (an underrun that the sound server recovered from by itself, without a flag)"""
 
     def buffer(self, first_frame: int, heard_at: float, now: float) -> None:
         """The device asked for a buffer at ``now``; its first frame is heard at ``heard_at``."""
-        frame, heard, at = self._anchor
-        if self._n and heard_at - (heard + (first_frame - frame) / self.rate) > GAP_S:
-            self.gaps_heard += 1
+        at = self._anchor[2]
         self._gaps[self._n % 64] = now - at
         self._n += 1
         self._anchor = (first_frame, heard_at, now)
@@ -333,8 +324,8 @@ class SoundDevicePlayer(Device):
     @property
     def underruns(self) -> int:
         """Output underflows PortAudio flagged since the device started playing. ALSA's pulse
-        plugin may recover from one without a flag; ``clock.gaps_heard`` counts gaps in the DAC
-        times, not yet trusted as a count (a false gap was seen under load)."""
+        plugin may recover from one without a flag (it only prints "underrun occurred"): what
+        the device really played is measured from the sink's monitor (bench/device_sync.py)."""
         return self.underflows
 
     def now(self) -> float:
@@ -365,7 +356,7 @@ class SoundDevicePlayer(Device):
                 self.started_in_s = time.monotonic() - started
                 log.info("speaker %s playing after %.0f ms, output latency %.0f ms", self.name,
                          self.started_in_s * 1000, self.latency_s * 1000)
-                self.underflows, self.clock.gaps_heard = 0, 0
+                self.underflows = 0
                 return
             time.sleep(0.005)
         log.warning("speaker %s did not start playing within %.1f s; replies are timed as if it had", self.name,

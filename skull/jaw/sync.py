@@ -64,6 +64,10 @@ class JawFollower:
         self._live_pos = 0
         self.live_lead_s = 0.0
         """the lead the live level last achieved (how far ahead the device's buffer reaches)"""
+        self.late_frames = 0
+        """servo frames that started more than a frame late since start() (the machine was busy)"""
+        self.worst_late_s = 0.0
+        """the latest a servo frame started since start(), seconds"""
 
     @property
     def running(self) -> bool:
@@ -71,6 +75,7 @@ class JawFollower:
 
     def start(self) -> None:
         self._stop.clear()
+        self.late_frames, self.worst_late_s = 0, 0.0
         self._thread = threading.Thread(target=self._run, name="jaw", daemon=True)
         self._thread.start()
 
@@ -126,6 +131,11 @@ class JawFollower:
     def _run(self) -> None:
         next_t = time.monotonic()
         while not self._stop.is_set():
+            late = time.monotonic() - next_t
+            if late > self.worst_late_s:
+                self.worst_late_s = late
+            if late > self.period:
+                self.late_frames += 1
             try:
                 self.tick()
             except Exception as exc:  # the jaw loop must survive anything, and leave the jaw shut
