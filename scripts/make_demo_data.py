@@ -1,6 +1,6 @@
 """Regenerates the demo's bundled question and snapshot (skull/data/).
 
-question.wav: espeak-ng voice en-us+f2 saying "Do you like my costume?" (pocketsphinx hears it
+question.wav: espeak-ng voice en-us+f2 saying "Do you like my costume?" (moonshine and pocketsphinx hear it
 word for word), 16 kHz mono. snapshot.jpg: a drawn party scene with two faces that OpenCV's
 face cascade finds, on purple and orange.
 """

@@ -1,5 +1,5 @@
 """A whole push-to-talk turn over a real loopback websocket with the embedded backends
-(pocketsphinx, OpenCV, the joke engine, espeak-ng) and a MockFactory skull."""
+(moonshine, OpenCV, the joke engine, espeak-ng) and a MockFactory skull."""
 import asyncio
 import csv
 import json

@@ -79,6 +79,8 @@ class Entry:
     """built as ``cls(settings, ctx)``; None: a choice that builds nothing (vision 'reply', 'none')"""
     default: bool = False
     """the embedded default of its stages: needs no server and no download"""
+    fallback: str | None = None
+    """the backend of the same stage to build instead when this one cannot load on this machine"""
 
     def keys(self) -> list[str]:
         return [f.name for f in fields(self.settings) if f.init]
@@ -115,11 +117,14 @@ def _where(cls) -> str:
     return f"{cls.__module__}.{cls.__qualname__}" if cls is not None else "the registry"
 
 
-def backend(name: str, *stages: str, settings: type = NoSettings, default: bool = False):
+def backend(name: str, *stages: str, settings: type = NoSettings, default: bool = False,
+            fallback: str | None = None):
     """Class decorator: register the class as backend ``name`` of ``stages``, configured by
-    ``settings`` (a frozen dataclass with ``check(where)``) and built as ``cls(settings, ctx)``."""
+    ``settings`` (a frozen dataclass with ``check(where)``) and built as ``cls(settings, ctx)``.
+    ``fallback``: an embedded backend (no settings) built instead, with the reason logged, when
+    this one raises BackendError because it cannot load on this machine."""
     def register(cls):
-        _add(Entry(name, tuple(stages), settings, cls, default))
+        _add(Entry(name, tuple(stages), settings, cls, default, fallback))
         return cls
     return register
 

@@ -1,10 +1,12 @@
-"""Speech to text. Embedded default: pocketsphinx with the English model its wheel ships;
-whisper.cpp's server and OpenAI-compatible transcription servers over HTTP."""
+"""Speech to text. Embedded default: moonshine-voice with the tiny English model its wheel
+ships, or pocketsphinx where moonshine cannot load; whisper.cpp's server and OpenAI-compatible
+transcription servers over HTTP."""
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -18,9 +20,68 @@ from .registry import BackendContext, HttpSettings, NoSettings, backend
 log = logging.getLogger("host.stt")
 
 
-@backend("pocketsphinx", "stt", settings=NoSettings, default=True)
+@dataclass(frozen=True)
+class MoonshineSettings:
+    """``[stt.moonshine]``: moonshine-voice, in this process."""
+    model: str = ""
+    """a moonshine model folder (encoder_model.ort, decoder_model_merged.ort, tokenizer.bin);
+    empty: the tiny English model inside the moonshine-voice wheel"""
+    arch: str = "tiny"
+    """the model's architecture: 'tiny' or 'base' (a base model must be fetched by hand)"""
+
+    def check(self, where: str) -> None:
+        need(self.arch in MOONSHINE_ARCHS, where, "arch", self.arch, f"must be one of {', '.join(MOONSHINE_ARCHS)}")
+        if self.model:
+            need(Path(self.model).expanduser().is_dir(), where, "model", self.model,
+                 "must be a folder holding a moonshine model (encoder_model.ort, decoder_model_merged.ort, "
+                 "tokenizer.bin); leave it out for the model inside the wheel")
+
+
+MOONSHINE_ARCHS = ("tiny", "base")
+
+
+@backend("moonshine", "stt", settings=MoonshineSettings, default=True, fallback="pocketsphinx")
+class MoonshineSTT:
+    """Offline recognition with the model loaded once. The tiny English model ships inside
+    moonshine-voice 0.1.0 (later releases download it at run time, hence the exact pin). Its
+    wheels need glibc 2.34 and exist for x86-64 and 64-bit ARM only: elsewhere the host uses
+    pocketsphinx and logs why."""
+
+    name = "moonshine"
+    rate = 16000
+
+    def __init__(self, settings: MoonshineSettings, ctx: BackendContext):
+        try:
+            from moonshine_voice import MoonshineError, ModelArch, Transcriber, get_model_path
+        except (ImportError, OSError) as exc:  # not installed, or its library cannot load here
+            raise BackendError(ctx.stage, f"moonshine-voice cannot load ({exc}); it needs glibc 2.34 and a 64-bit "
+                                          f"machine; 'make bootstrap' installs it where it can") from None
+        folder = Path(settings.model).expanduser() if settings.model else get_model_path("tiny-en")
+        self.folder = folder
+        arch = ModelArch.TINY if settings.arch == "tiny" else ModelArch.BASE
+        try:
+            self._transcriber = Transcriber(str(folder), arch)
+        except (MoonshineError, OSError) as exc:
+            raise BackendError(ctx.stage, f"moonshine cannot load the {settings.arch} model in {folder} ({exc}); check "
+                                          f"[stt.moonshine] model and arch") from None
+        self._lock = threading.Lock()  # one model; calls take turns (the library releases the GIL)
+
+    def transcribe(self, samples: np.ndarray, rate: int) -> str:
+        x = np.asarray(resample(samples, rate, self.rate), np.float32)
+        if len(x) < self.rate // 10:  # under 0.1 s: nothing to hear
+            return ""
+        with self._lock:
+            result = self._transcriber.transcribe_without_streaming(x.tolist(), self.rate)
+        return " ".join(" ".join(line.text for line in result.lines).split())
+
+    def check(self) -> str:
+        return f"embedded ({self.folder.name} model, moonshine-voice)"
+
+
+@backend("pocketsphinx", "stt", settings=NoSettings)
 class PocketsphinxSTT:
-    """Offline recognition, no downloads. Modest accuracy; a real server does better."""
+    """Offline recognition, no downloads, any machine. Modest accuracy: moonshine hears far
+    better, and a real server better still."""
 
     name = "pocketsphinx"
     rate = 16000
