@@ -47,6 +47,25 @@ class _StageTable:
 
 
 @dataclass(frozen=True)
+class _SttTable(_StageTable):
+    """[stt] also says how the question is listened to."""
+    segmented: bool = True
+    """transcribe each stretch of speech as soon as the visitor pauses, while the recording goes
+    on (needs the voice activity model of the 'ears' extra); false: the whole question after the
+    release, its silence trimmed"""
+    pause_s: float = 0.4
+    """the pause that ends a stretch of speech"""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        need(0.1 <= self.pause_s <= 3.0, where, "pause_s", self.pause_s, "must be 0.1..3 s")
+
+
+def _table_of(stage: str) -> type:
+    return _SttTable if stage == "stt" else _StageTable
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """One stage: the backend that serves it, its time budget, how often to ask again, and the
     backend's own settings (the frozen dataclass the backend declared, from [stage.backend])."""
@@ -62,6 +81,10 @@ class StageConfig:
     """extra attempts after a failure that asking again can cure (server down, dropped, 5xx)"""
     source: str = "host.toml"
     """where it was read (a file name), for messages"""
+    segmented: bool = False
+    """stt only: transcribe each stretch of speech while the visitor talks"""
+    pause_s: float = 0.4
+    """stt only: the pause that ends a stretch of speech"""
 
     @classmethod
     def of(cls, stage: str, backend: str, *, timeout_s: float | None = None, retries: int = 1,
@@ -81,9 +104,9 @@ def load_stage(stage: str, table, source: str) -> StageConfig:
     if not isinstance(table, dict):
         raise ValidationError(f"{source}: {stage} = {table!r} must be a table: write [{stage}]"[:300], stage, "type")
     choices = registry.names(stage)
-    keys = [f.name for f in fields(_StageTable)]
+    keys = [f.name for f in fields(_table_of(stage))]
     own = {k: v for k, v in table.items() if k in keys}
-    built = build(_StageTable, {"backend": choices[0], "timeout_s": STAGE_TIMEOUT_S[stage], **own}, source, stage)
+    built = build(_table_of(stage), {"backend": choices[0], "timeout_s": STAGE_TIMEOUT_S[stage], **own}, source, stage)
     need(built.backend in choices, where, "backend", built.backend, f"choose one of {', '.join(choices)}")
     tables = {}
     for key, value in table.items():
@@ -98,7 +121,8 @@ def load_stage(stage: str, table, source: str) -> StageConfig:
     if settings is None:  # no table: the backend's defaults, which must do on their own
         entry = registry.lookup(stage, built.backend)
         settings = build(entry.settings, {}, source, entry.table(stage))
-    return StageConfig(stage, built.backend, settings, built.timeout_s, built.retries, source)
+    extra = {"segmented": built.segmented, "pause_s": built.pause_s} if stage == "stt" else {}
+    return StageConfig(stage, built.backend, settings, built.timeout_s, built.retries, source, **extra)
 
 
 def _refuse_key(stage: str, key: str, value, backend: str, source: str) -> None:
@@ -114,12 +138,13 @@ def _refuse_key(stage: str, key: str, value, backend: str, source: str) -> None:
     if users:
         home = registry.lookup(stage, backend if backend in users else users[0]).table(stage)
         raise ValidationError(f"{where}: {key} is a setting of the backend, not of the stage: it belongs in "
-                              f"[{stage}.<backend>], here [{home}]; [{stage}] itself takes only backend, timeout_s, "
-                              f"retries", key, "unknown")
+                              f"[{stage}.<backend>], here [{home}]; [{stage}] itself takes only "
+                              f"{', '.join(f.name for f in fields(_table_of(stage)))}", key, "unknown")
     if isinstance(value, dict):
         raise ValidationError(f"{where_of(source, f'{stage}.{key}')}: no {stage} backend is called {key!r}; choose "
                               f"one of {', '.join(choices)}", key, "unknown")
-    raise ValidationError(f"{where}: unknown key {key!r}; known keys: backend, timeout_s, retries, and one table "
+    raise ValidationError(f"{where}: unknown key {key!r}; known keys: "
+                          f"{', '.join(f.name for f in fields(_table_of(stage)))}, and one table "
                           f"[{stage}.<backend>] per backend ({', '.join(choices)})", key, "unknown")
 
 

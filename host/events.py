@@ -8,7 +8,8 @@ never reaches the turn. See docs/events.md.
 
 A turn's events, in order: :class:`TurnStarted` (``listen``), :class:`StageStarted` /
 :class:`StageFinished` for ``vision`` (from the snapshot on, while the visitor talks),
-:class:`Stopped` (the button release), ``stt``, :class:`Transcript`, :class:`Caption`, ``reply``
+:class:`SpeechStarted` and :class:`Interim` while the visitor talks (segmented speech to text),
+:class:`Stopped` (the button release), ``stt``, :class:`Hearing`, :class:`Transcript`, :class:`Caption`, ``reply``
 with :class:`FirstPiece` and a :class:`Sentence` for each sentence written, ``tts`` per sentence
 with a :class:`SegmentSent` for each segment that went out, then :class:`Done`, and
 :class:`Played` when the skull reports its first reply sample. :class:`TurnError` and
@@ -66,6 +67,38 @@ class StageFinished(TurnEvent):
     @property
     def ok(self) -> bool:
         return not self.error
+
+
+@dataclass(frozen=True)
+class SpeechStarted(TurnEvent):
+    """The voice activity model heard the visitor start a stretch of speech."""
+    at_s: float
+    """seconds into the question's audio"""
+
+
+@dataclass(frozen=True)
+class Interim(TurnEvent):
+    """A stretch of speech was transcribed while the visitor went on talking (segmented STT)."""
+    text: str
+    """what this stretch said"""
+    start_s: float
+    end_s: float
+    """where it lies in the question's audio, seconds"""
+    ms: float
+    """how long transcribing it took"""
+
+
+@dataclass(frozen=True)
+class Hearing(TurnEvent):
+    """How the question was heard, at the end of ``stt``."""
+    segments: int
+    """stretches of speech found (0: no voice activity model, or none heard: the whole was transcribed)"""
+    before_release: int
+    """of those, transcribed while the visitor still held the button"""
+    tail_audio_s: float
+    """seconds of audio transcribed after the release"""
+    audio_s: float
+    """seconds of question audio"""
 
 
 @dataclass(frozen=True)
@@ -171,7 +204,9 @@ class Subscriber(abc.ABC):
 class TurnTimings(Subscriber):
     """Builds each turn's ``done.timings_ms`` from its events, all in milliseconds:
 
-    * ``stt``, ``vision``: how long those stages took;
+    * ``stt``, ``vision``: how long those stages took (``stt``: after the release; with segmented
+      speech to text only the tail since the visitor's last pause is left by then);
+    * ``stt_tail_audio``: milliseconds of question audio transcribed after the release;
     * ``reply``: how long the reply took to write;
     * ``llm_first_token``, ``llm_first_sentence``, ``tts_first_segment``: after the button release
       (from :class:`FirstPiece`, the first :class:`Sentence`, the first :class:`SegmentSent`);
@@ -200,6 +235,8 @@ class TurnTimings(Subscriber):
             stopped[0] = time.monotonic()
         elif isinstance(event, StageFinished) and event.stage in self.STAGES:
             t[event.stage] = event.ms
+        elif isinstance(event, Hearing):
+            t["stt_tail_audio"] = round(event.tail_audio_s * 1000.0, 1)
         elif isinstance(event, FirstPiece):
             t.setdefault("llm_first_token", event.at_ms)
         elif isinstance(event, Sentence):

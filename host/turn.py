@@ -43,9 +43,24 @@ from . import events as ev
 from .backends import Captioner, ReplyContext, ReplyWriter, Speech, SpeechToText, TextToSpeech
 from .config import HostConfig
 from .filter import FamilyFilter
+from .listen import Listener, ListenSettings
 from .sentences import SentenceSplitter
 
 log = logging.getLogger("host.turn")
+
+
+def vad_missing() -> str:
+    """Why the voice activity model cannot run here ('' when it can); said once in the log."""
+    global _VAD_WHY
+    if _VAD_WHY is None:
+        from skull.core.vad import available
+        _VAD_WHY = available()
+        if _VAD_WHY:
+            log.warning("%s; questions are transcribed whole, silence and all", _VAD_WHY)
+    return _VAD_WHY
+
+
+_VAD_WHY: str | None = None
 
 Send = Callable[[p.Message, "bytes | None"], Awaitable[None]]
 STT_RATE = 16000
@@ -103,8 +118,12 @@ class Turn:
     """monotonic seconds of the button release"""
     send: Send | None = None
     """how this turn's messages reach the skull (given to :meth:`run`)"""
+    listener: Listener | None = None
+    """voice activity on the question as it arrives (None: not started, or no model here)"""
     _sentences: int = field(default=0, init=False, repr=False)
     _cancels: list = field(default_factory=list, init=False, repr=False)
+    _heard: dict = field(default_factory=dict, init=False, repr=False)
+    """segment start -> task transcribing it while the visitor talks"""
 
     # --- collecting the question ---------------------------------------------------------
 
@@ -133,8 +152,45 @@ class Turn:
         limit = int(self.config.server.max_record_s * stream.rate) * stream.width * stream.channels
         if len(self.audio) + len(chunk) > limit:
             return False
+        if not self.audio:
+            self.listener = self._listen()
         self.audio.extend(chunk)
+        if self.listener is not None and stream.width == 2:
+            self.listener.feed(chunk, stream.rate, stream.channels)
         return True
+
+    def _listen(self) -> Listener | None:
+        """Voice activity for this question, where the model can run (it is in the 'ears' extra)."""
+        if vad_missing():
+            return None
+        stt = self.config.stt
+        return Listener(ListenSettings(pause_s=stt.pause_s), asyncio.get_running_loop(),
+                        on_segment=self._segment_ended, on_speech=self._speech_started)
+
+    def _speech_started(self, seg) -> None:
+        self._emit(ev.SpeechStarted, at_s=round(seg.start_s, 3))
+
+    def _segment_ended(self, seg, samples: np.ndarray) -> None:
+        """A stretch of speech ended while the visitor talks: transcribe it now (segmented)."""
+        if not self.config.stt.segmented or self.t_stop:
+            return
+        previous = self._heard[max(self._heard)] if self._heard else None
+        self._heard[seg.start] = asyncio.create_task(self._interim(seg, samples, previous),
+                                                     name=f"stt-segment-{self.turn}")
+
+    async def _interim(self, seg, samples: np.ndarray, previous: asyncio.Task | None) -> str | None:
+        """The words of one stretch; None when it failed (it is heard again after the release)."""
+        t0 = time.monotonic()
+        try:
+            text = await self.call("stt", self.backends.stt.transcribe, samples, STT_RATE)
+        except BackendError as exc:
+            log.warning("%s: turn %d: a stretch of the question: %s; it is heard again after the release",
+                        self.skull, self.turn, exc)
+            return None
+        if previous is not None:  # interim text comes out in the order it was said
+            await asyncio.gather(previous, return_exceptions=True)
+        self._emit(ev.Interim, text=text, start_s=round(seg.start_s, 3), end_s=round(seg.end_s, 3), ms=_ms(t0))
+        return text
 
     def cancel(self) -> None:
         """Abandon the turn's background work: the caption and any reply still being read."""
@@ -142,6 +198,10 @@ class Turn:
             event.set()
         if self.caption_task is not None:
             self.caption_task.cancel()
+        for task in self._heard.values():
+            task.cancel()
+        if self.listener is not None:
+            self.listener.stop()
 
     # --- calling backends ------------------------------------------------------------------
 
@@ -238,12 +298,37 @@ class Turn:
             voice.cancel()
 
     async def _hear(self) -> str:
+        """The question's words. With voice activity: only the speech is transcribed; segmented,
+        the stretches that ended before the release are already done or under way, and only the
+        tail is left. Without it (or when it heard no speech at all): the whole recording."""
         if not self.audio or self.stream is None:
             return ""
-        audio = pcm16_to_audio(bytes(self.audio), self.stream.rate, self.stream.channels)
-        samples = to_mono_rate(audio, STT_RATE)
         with self._stage("stt"):
-            return await self.call("stt", self.backends.stt.transcribe, samples, STT_RATE)
+            segments = await self.listener.finish() if self.listener is not None else []
+            if not segments:
+                audio = pcm16_to_audio(bytes(self.audio), self.stream.rate, self.stream.channels)
+                samples = to_mono_rate(audio, STT_RATE)
+                self._emit(ev.Hearing, segments=0, before_release=0, tail_audio_s=round(len(samples) / STT_RATE, 3),
+                           audio_s=round(len(samples) / STT_RATE, 3))
+                return await self.call("stt", self.backends.stt.transcribe, samples, STT_RATE)
+            total_s = round(self.listener.segmenter.received / STT_RATE, 3)
+            if not self.config.stt.segmented:  # the speech, without the silence around it
+                speech = self.listener.samples(segments[0].start, segments[-1].end)
+                self._emit(ev.Hearing, segments=len(segments), before_release=0,
+                           tail_audio_s=round(len(speech) / STT_RATE, 3), audio_s=total_s)
+                return await self.call("stt", self.backends.stt.transcribe, speech, STT_RATE)
+            texts, tail = [], 0
+            for seg in segments:
+                task = self._heard.get(seg.start)
+                text = await task if task is not None else None
+                if text is None:  # the tail, or a stretch whose transcription failed
+                    samples = self.listener.samples(seg.start, seg.end)
+                    tail += len(samples)
+                    text = await self.call("stt", self.backends.stt.transcribe, samples, STT_RATE)
+                texts.append(text)
+            self._emit(ev.Hearing, segments=len(segments), before_release=len(self._heard),
+                       tail_audio_s=round(tail / STT_RATE, 3), audio_s=total_s)
+            return " ".join(" ".join(t for t in texts if t).split())
 
     def _fallback(self, voice: "Voice", stage: str, line: str) -> None:
         self._emit(ev.Fallback, stage=stage, line=line)

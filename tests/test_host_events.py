@@ -171,7 +171,11 @@ def test_a_subscriber_sees_every_stage_of_a_turn_in_order(host_config, backends)
     # done.timings_ms is what the timings subscriber built from the events above
     t = answer.done.timings_ms
     assert t == collected
-    assert set(t) == {"stt", "vision", "reply", "llm_first_token", "llm_first_sentence", "tts_first_segment", "total"}
+    assert set(t) == {"stt", "stt_tail_audio", "vision", "reply", "llm_first_token", "llm_first_sentence",
+                      "tts_first_segment", "total"}
+    hearing = seen[at(ev.Hearing)]
+    assert at(ev.StageStarted, "stt") < at(ev.Hearing) < at(ev.StageFinished, "stt")
+    assert hearing.segments >= 1 and t["stt_tail_audio"] == hearing.tail_audio_s * 1000 <= hearing.audio_s * 1000
     assert (t["stt"], t["vision"], t["reply"]) == (finished["stt"].ms, finished["vision"].ms, finished["reply"].ms)
     assert t["llm_first_token"] == seen[at(ev.FirstPiece)].at_ms
     assert t["llm_first_sentence"] == sentences[0].at_ms

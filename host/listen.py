@@ -1,0 +1,110 @@
+"""Listening while the visitor talks: voice activity on the question as it arrives, and each
+finished stretch of speech transcribed at once, so after the release only the tail since the
+last pause is left to hear.
+
+A :class:`Listener` belongs to one turn. The event loop hands it the microphone chunks
+(:meth:`Listener.feed`, cheap); its own thread resamples them to 16 kHz and runs the voice
+activity model (:mod:`skull.core.vad`, ~2.5 ms per 32 ms window), and tells the loop when
+speech starts and ends. The turn transcribes each ended segment with whatever speech-to-text
+backend it has (one request per segment for a server; the embedded engines in-process), in
+order. At the release, :meth:`Listener.finish` drains what is still queued and returns the
+segments: those already transcribed and the tail still open.
+
+Silence around the speech is never transcribed. When the model finds no speech at all (a
+whisper, a mic far away), the whole recording is, as before: a missed word is worse than a
+wasted second.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from skull.core import vad
+from skull.core.wav import pcm16_to_audio
+
+log = logging.getLogger("host.listen")
+
+RATE = vad.RATE
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    pause_s: float = 0.4
+    """silence that ends a stretch of speech (splits the question there)"""
+    threshold: float = 0.5
+    """probability of speech that counts as speech"""
+    min_speech_s: float = 0.15
+    """speech shorter than this does not start a segment (a click, a cough)"""
+
+
+class Listener:
+    """Voice activity for one turn's question; see the module docstring.
+
+    ``on_segment(segment, samples)`` is called on the event loop for every segment that ends
+    while the recording goes on, with its 16 kHz audio; ``on_speech(segment)`` when one starts.
+    Both run on the loop and must return quickly.
+    """
+
+    def __init__(self, settings: ListenSettings, loop: asyncio.AbstractEventLoop,
+                 on_segment: Callable[[vad.Segment, np.ndarray], None],
+                 on_speech: Callable[[vad.Segment], None] | None = None):
+        self.loop = loop
+        self.on_segment, self.on_speech = on_segment, on_speech
+        self.segmenter = vad.Segmenter(threshold=settings.threshold, min_speech_s=settings.min_speech_s,
+                                       min_silence_s=settings.pause_s, keep=True)
+        self.ended: list[vad.Segment] = []
+        """segments that ended, in order (the worker's until finish() returns)"""
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._work, name="listen", daemon=True)
+        self._thread.start()
+
+    def feed(self, chunk: bytes, rate: int, channels: int) -> None:
+        """A microphone chunk of 16-bit PCM (on the event loop: only queued here)."""
+        self._queue.put((bytes(chunk), rate, channels))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            chunk, rate, channels = item
+            try:
+                audio = pcm16_to_audio(chunk, rate, channels)
+                for seg in self.segmenter.push(audio.samples, rate):
+                    if seg.end is None:
+                        if self.on_speech is not None:
+                            self.loop.call_soon_threadsafe(self.on_speech, seg)
+                    else:
+                        self.ended.append(seg)
+                        self.loop.call_soon_threadsafe(self.on_segment, seg,
+                                                       self.segmenter.audio(seg.start, seg.end).copy())
+            except Exception as exc:  # the turn then hears the whole recording
+                log.error("voice activity failed (%s: %s); the whole question is transcribed", type(exc).__name__, exc)
+                self.error = exc
+
+    async def finish(self) -> list[vad.Segment]:
+        """After the release: every queued chunk decided, the open segment closed where the
+        audio ends. Returns all segments in order (the last may be the tail)."""
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        if self.error is not None:
+            return []
+        tail = self.segmenter.close()
+        return self.ended + ([tail] if tail is not None else [])
+
+    def samples(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """The question at 16 kHz mono, positions as the segments count them (after finish())."""
+        return self.segmenter.audio(start, end)
+
+    def stop(self) -> None:
+        """Abandon: the worker ends after what is queued."""
+        self._queue.put(None)

