@@ -72,3 +72,75 @@ def test_a_wrong_moonshine_model_folder_or_arch_is_named(tmp_path):
     cfg = load_stage("stt", {"backend": "moonshine", "moonshine": {"model": str(tmp_path)}}, "host.toml")
     assert isinstance(cfg.settings, MoonshineSettings)
     assert build_stage(cfg).name == "pocketsphinx"
+
+
+# --- listening while the visitor talks ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_sentences(tmp_path_factory):
+    from host.fakes.workload import question_wav
+    return question_wav(tmp_path_factory.mktemp("q") / "two-sentences.wav")
+
+
+def _turn(host_config, backends, question, segmented: bool):
+    """One turn of a simulated skull asking ``question``; the host's events and the record."""
+    import asyncio
+    import dataclasses
+    from conftest import ask, sim_body, skull_config, start_host, wait_for
+    from host import events as ev
+    from skull.agent import Agent
+    from skull.machine import State
+    config = dataclasses.replace(host_config, stt=dataclasses.replace(host_config.stt, segmented=segmented))
+
+    async def go():
+        host = await start_host(config, backends)
+        seen = []
+        host.events.subscribe(seen.append, ev.TurnEvent)
+        cfg = skull_config(host.port)
+        agent = Agent(cfg, sim_body(cfg, question=question, speed=1.0))
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE)
+            rec = await ask(agent)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await host.stop()
+        return rec, seen
+    return asyncio.run(go())
+
+
+def test_segmented_hears_what_the_whole_question_says_and_leaves_only_the_tail(host_config, backends, two_sentences):
+    from host import events as ev
+    whole, whole_seen = _turn(host_config, backends, two_sentences, segmented=False)
+    parts, seen = _turn(host_config, backends, two_sentences, segmented=True)
+    assert whole.outcome == parts.outcome == "answered"
+    assert words(parts.transcript) == words(whole.transcript)
+    assert "costume" in words(parts.transcript) and "party" in words(parts.transcript)
+    kinds = [type(e) for e in seen]
+    stopped = kinds.index(ev.Stopped)
+    # the first sentence was heard while the visitor was still talking
+    interim = [e for e in seen[:stopped] if isinstance(e, ev.Interim)]
+    assert ev.SpeechStarted in kinds[:stopped] and interim and "party" in words(interim[0].text)
+    hearing = next(e for e in seen if isinstance(e, ev.Hearing))
+    assert hearing.segments == 2 and hearing.before_release == 1
+    assert 0 < hearing.tail_audio_s < 0.5 * hearing.audio_s
+    assert parts.timings_ms["stt_tail_audio"] == pytest.approx(hearing.tail_audio_s * 1000)
+    # whole: one stretch of speech, its silence trimmed, all of it after the release
+    whole_hearing = next(e for e in whole_seen if isinstance(e, ev.Hearing))
+    assert whole_hearing.before_release == 0 and whole_hearing.tail_audio_s <= whole_hearing.audio_s
+    assert parts.timings_ms["stt"] < whole.timings_ms["stt"]
+
+
+def test_a_question_with_no_speech_in_it_is_transcribed_whole(host_config, backends, tmp_path):
+    import numpy as np
+    from host import events as ev
+    from skull.core.wav import write_wav
+    rng = np.random.default_rng(3)
+    hum = tmp_path / "hum.wav"
+    t = np.arange(16000 * 2) / 16000
+    write_wav(hum, (0.05 * np.sin(2 * np.pi * 50 * t) + 0.01 * rng.normal(size=len(t))).astype(np.float32), 16000)
+    rec, seen = _turn(host_config, backends, hum, segmented=True)
+    hearing = next(e for e in seen if isinstance(e, ev.Hearing))
+    assert hearing.segments == 0 and hearing.tail_audio_s == pytest.approx(hearing.audio_s, abs=0.05)
+    assert rec.outcome == "answered"  # the skull still says something (the reply to nothing heard)

@@ -70,6 +70,10 @@ class MoonshineSTT:
         x = np.asarray(resample(samples, rate, self.rate), np.float32)
         if len(x) < self.rate // 10:  # under 0.1 s: nothing to hear
             return ""
+        # moonshine's own voice activity needs silence after the last word to close its line: a
+        # clip cut close behind the speech (a stretch of a segmented question) otherwise gains a
+        # spurious "You"
+        x = np.concatenate([x, np.zeros(self.rate // 2, np.float32)])
         with self._lock:
             result = self._transcriber.transcribe_without_streaming(x.tolist(), self.rate)
         return " ".join(" ".join(line.text for line in result.lines).split())

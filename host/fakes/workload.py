@@ -11,13 +11,24 @@ Four fake servers, timed like a modest GPU box:
 
 The caption starts when the snapshot arrives at button-down, so it runs while the visitor
 talks. ``ideal_ms`` is the critical path from button release to the first reply sample with
-no overhead at all: speech to text, then (the caption being long done) the language model up
-to the token that ends the first sentence, then the voice for that sentence.
+no overhead at all: speech to text of what is left after the release (the whole question, or
+with segmented speech to text only the tail since the visitor's last pause), then (the caption
+being long done) the language model up to the token that ends the first sentence, then the
+voice for that sentence.
+
+The visitor's question (:func:`question_wav`) is two sentences in espeak-ng's voice with a
+natural pause between them, and the button is released a moment after the last word, as
+people do.
 """
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from .core import Knobs
 from .servers import LlamaCppFake, OpenAIAudioFake, WhisperCppFake, tokens
@@ -26,6 +37,30 @@ from .speech import speechlike
 STANDARD_REPLY = ("Ooh, spooky! That costume is a real scream, and believe me, I know a thing or two about "
                   "screaming. Come back next year when you have grown some guts to go with it!")
 TTS_RATE = 24000
+QUESTION = ("Hi skull, I just came from the party down the street.", "What do you think of my costume?")
+PAUSE_S = 0.6
+"""the pause between the two sentences (people pause 0.3-1 s between sentences)"""
+RELEASE_S = 0.3
+"""silence after the last word before the button comes up"""
+
+
+def question_wav(path: str | Path, rate: int = 16000) -> Path:
+    """The workload's question as a WAV: two sentences, ``PAUSE_S`` apart, ``RELEASE_S`` of
+    silence at the end (espeak-ng's en-us voice at 165 words per minute)."""
+    from skull.core.wav import read_wav, to_mono_rate, write_wav
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, sentence in enumerate(QUESTION):
+            wav = Path(tmp) / f"s{k}.wav"
+            subprocess.run(["espeak-ng", "-v", "en-us", "-s", "165", "-w", str(wav), sentence], check=True,
+                           capture_output=True)
+            x = to_mono_rate(read_wav(wav), rate)
+            loud = np.flatnonzero(np.abs(x) > 0.01)  # espeak's own silence trimmed, the pauses set here
+            parts.append(x[loud[0]:loud[-1] + 1] if len(loud) else x)
+    gap, tail = np.zeros(int(PAUSE_S * rate), np.float32), np.zeros(int(RELEASE_S * rate), np.float32)
+    lead = np.zeros(int(0.2 * rate), np.float32)
+    write_wav(path, np.concatenate([lead, parts[0], gap, parts[1], tail]), rate)
+    return Path(path)
 
 
 @dataclass
@@ -75,12 +110,13 @@ class Workload:
         return servers
 
     @staticmethod
-    def host_toml(servers: dict, streaming: bool = True, timeout_s: float = 10.0, retries: int = 1) -> str:
-        def stage(name, backend, table, extra=""):
-            return (f'[{name}]\nbackend = "{backend}"\ntimeout_s = {timeout_s}\nretries = {retries}\n\n'
+    def host_toml(servers: dict, streaming: bool = True, timeout_s: float = 10.0, retries: int = 1,
+                  segmented: bool = True) -> str:
+        def stage(name, backend, table, extra="", own=""):
+            return (f'[{name}]\nbackend = "{backend}"\ntimeout_s = {timeout_s}\nretries = {retries}\n{own}\n'
                     f'[{name}.{table}]\nurl = "{servers[name].url}"\n{extra}\n')
         return (f"streaming = {'true' if streaming else 'false'}\n\n" +
-                stage("stt", "whisper.cpp", '"whisper.cpp"') +
+                stage("stt", "whisper.cpp", '"whisper.cpp"', own=f"segmented = {str(segmented).lower()}\n") +
                 stage("vision", "openai-chat", "openai-chat", "max_tokens = 60\n") +
                 stage("reply", "openai-chat", "openai-chat") +
                 stage("tts", "openai", "openai", 'model = "kokoro"\nvoice = "bm_george"\nformat = "wav"\n'))
@@ -96,9 +132,10 @@ class Workload:
         return self.reply, len(tokens(self.reply))
 
     def ideal_ms(self, question_s: float, record_s: float | None = None) -> float:
-        """Release to first reply sample with zero overhead, streaming."""
+        """Release to first reply sample with zero overhead, streaming, when ``question_s`` of
+        audio is left to transcribe after the release (0: nothing left, no request at all)."""
         record_s = question_s if record_s is None else record_s
-        stt = self.stt_s + self.stt_per_audio_s * question_s
+        stt = self.stt_s + self.stt_per_audio_s * question_s if question_s > 0 else 0.0
         caption_left = max(0.0, self.caption_s - record_s)
         sentence, k = self.first_sentence()
         llm = self.llm_first_token_s + self.llm_per_token_s * (k - 1)

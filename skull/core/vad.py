@@ -74,18 +74,21 @@ class Segmenter:
 
     ``push(samples, rate)`` returns the segments that started or ended in what was pushed
     (a started one has ``end=None``; the same start comes back with its end when it ends).
-    ``start`` is placed ``pad_s`` before the first speech window and ``end`` ``pad_s`` after the
-    last, so the words' edges are kept. ``keep``: keep the 16 kHz audio, for :meth:`audio`.
+    ``start`` is placed ``pre_pad_s`` before the first speech window (the model is sure of
+    speech only ~0.1-0.3 s into a soft onset such as "wh"; never before the previous segment's
+    end) and ``end`` ``post_pad_s`` after the last, so the words' edges are kept. ``keep``: keep
+    the 16 kHz audio, for :meth:`audio`.
     """
 
     def __init__(self, threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: float = 0.5,
-                 pad_s: float = 0.15, probability=None, keep: bool = False):
+                 pre_pad_s: float = 0.4, post_pad_s: float = 0.2, probability=None, keep: bool = False):
         if not 0.2 <= threshold <= 0.95:
             raise ValueError(f"threshold must be 0.2..0.95, got {threshold}")
         self.threshold, self.off = threshold, threshold - 0.15
         self.min_speech = max(1, round(min_speech_s / WINDOW_S))
         self.min_silence = max(1, round(min_silence_s / WINDOW_S))
-        self.pad = int(pad_s * RATE)
+        self.pre_pad, self.post_pad = int(pre_pad_s * RATE), int(post_pad_s * RATE)
+        self._ended = 0  # where the last segment ended
         self.prob = probability if probability is not None else SpeechProbability()
         self.position = 0
         """16 kHz samples decided so far"""
@@ -128,7 +131,7 @@ class Segmenter:
                     self._run += 1
                     if self._run >= self.min_speech:
                         self.speaking, self._run = True, 0
-                        self._start = max(0, self._first - self.pad)
+                        self._start = max(self._ended, self._first - self.pre_pad)
                         out.append(Segment(self._start))
                 else:
                     self._run = 0
@@ -139,7 +142,8 @@ class Segmenter:
                     self._run += 1
                     if self._run >= self.min_silence:
                         self.speaking, self._run = False, 0
-                        out.append(Segment(self._start, min(self._first + self.pad, self.position)))
+                        self._ended = min(self._first + self.post_pad, self.position)
+                        out.append(Segment(self._start, self._ended))
                 else:
                     self._run = 0
         self._buf = self._buf[n * WINDOW:]
