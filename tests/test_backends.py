@@ -367,7 +367,8 @@ def test_shipped_examples_build(tmp_path):
     from host.config import load_host_config
     root = Path(__file__).resolve().parent.parent / "host" / "examples"
     names = sorted(p.name for p in root.glob("*.toml"))
-    assert names == ["caption-xtts.toml", "embedded.toml", "ollama-speaches.toml", "whisper-llama-kokoro.toml"]
+    assert names == ["caption-xtts.toml", "embedded.toml", "ollama-speaches.toml", "whisper-llama-kokoro.toml",
+                     "wyoming.toml"]
     for name in names:
         b = build_backends(load_host_config(root / name))
         assert b.fallback_voice is not None
@@ -446,7 +447,7 @@ def test_a_backend_module_dropped_into_the_package_is_usable_from_host_toml(back
     from host.check import check_backends
     from host.config import load_host_config
     (backend_folder / "tone.py").write_text(TONE_MODULE)
-    assert names("tts") == ("espeak-ng", "openai", "piper", "xtts", "tone")
+    assert names("tts") == ("espeak-ng", "openai", "piper", "xtts", "wyoming", "tone")
     path = tmp_path / "host.toml"
     path.write_text('[tts]\nbackend = "tone"\n\n[tts.tone]\nfrequency_hz = 440\n')
     config = load_host_config(path)
