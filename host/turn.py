@@ -152,7 +152,7 @@ class Turn:
         limit = int(self.config.server.max_record_s * stream.rate) * stream.width * stream.channels
         if len(self.audio) + len(chunk) > limit:
             return False
-        if not self.audio:
+        if self.listener is None and not self.audio:
             self.listener = self._listen()
         self.audio.extend(chunk)
         if self.listener is not None and stream.width == 2:
