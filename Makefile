@@ -15,7 +15,8 @@ bootstrap:
 demo: bootstrap
 	$(VENV)/bin/skull demo
 
-test: bootstrap firmware-test
+test: firmware-test
+	@VENV=$(VENV) EXTRAS=test,ears,voice bash scripts/bootstrap.sh
 	$(PY) -m pytest -q
 
 # the firmware's logic, compiled and unit-tested on this machine (g++ only), and the

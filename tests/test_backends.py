@@ -447,7 +447,7 @@ def test_a_backend_module_dropped_into_the_package_is_usable_from_host_toml(back
     from host.check import check_backends
     from host.config import load_host_config
     (backend_folder / "tone.py").write_text(TONE_MODULE)
-    assert names("tts") == ("espeak-ng", "openai", "piper", "xtts", "wyoming", "tone")
+    assert names("tts") == ("espeak-ng", "openai", "piper", "xtts", "piper-local", "wyoming", "tone")
     path = tmp_path / "host.toml"
     path.write_text('[tts]\nbackend = "tone"\n\n[tts.tone]\nfrequency_hz = 440\n')
     config = load_host_config(path)
