@@ -53,9 +53,9 @@ WAKE_ONSET_S = 1.5
 long before the wake word was recognised"""
 WAKE_AFTER_S = 0.2
 """speech this long after the wake word was recognised is the question, not the word's end"""
-QUEUE_S = 2.0
-"""audio a hands-free trigger may fall behind the mic before chunks are dropped (and detection
-restarts), seconds"""
+QUEUE_CHUNKS = 20
+"""mic chunks a hands-free trigger may fall behind (2 s at the default 100 ms) before chunks
+are dropped and detection restarts"""
 
 
 @runtime_checkable
@@ -130,14 +130,14 @@ class HandsFree(Device):
         self.on_error: Callable[[BaseException], None] | None = None
         """a failure on the detection thread goes here (the agent logs it once and goes on)"""
         self.dropped = 0
-        """chunks dropped because detection fell more than QUEUE_S behind the mic"""
+        """chunks dropped because detection fell more than QUEUE_CHUNKS behind the mic"""
         self._windows = _Windows()
         self._seg: vad.Segmenter | None = None
         self._origin = 0  # stream position of the segmenter's first sample
         self._next: int | None = None  # stream position expected next
         self._press: Callable[..., None] = lambda onset=None: None
         self._release: Callable[[], None] = lambda: None
-        self._queue: queue.Queue = queue.Queue(maxsize=max(4, int(QUEUE_S * 10)))
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -171,8 +171,8 @@ class HandsFree(Device):
             except queue.Empty:
                 continue
             if self.dropped > dropped:
-                log.warning("the %s trigger fell %.0f s behind the microphone and skipped %d chunks; this "
-                            "machine is too busy for it", self.name, QUEUE_S, self.dropped - dropped)
+                log.warning("the %s trigger fell %d chunks behind the microphone and skipped %d; this machine "
+                            "is too busy for it", self.name, QUEUE_CHUNKS, self.dropped - dropped)
                 dropped = self.dropped
             try:
                 if position != self._next:

@@ -23,7 +23,7 @@ from skull.core.data import bundled
 from skull.core.errors import ConfigError
 from skull.core.vad import speech_segments
 from skull.core.wav import read_wav, to_mono_rate, write_wav
-from skull.events import LedChanged, Levels, StateChanged
+from skull.events import Faulted, LedChanged, Levels, StateChanged
 from skull.machine import LedPattern, State
 
 RATE = 16000
@@ -301,6 +301,36 @@ def test_the_button_holds_and_interrupts_in_voice_mode(host_config, backends, tm
     assert held is State.LISTENING, "the voice trigger's pause ended a turn the button held"
     assert [(r.turn, r.outcome) for r in finished] == [(1, "interrupted"), (2, "answered")]
     assert "costume" in finished[0].transcript.lower() and "costume" in finished[1].transcript.lower()
+
+
+def test_a_microphone_that_fails_is_opened_again_and_voice_turns_go_on(host_config, backends, tmp_path):
+    question = espeak(QUESTION)
+
+    class FailsOnce:
+        """The mic's device thread fails once, as a sound card does when it is unplugged."""
+        failed = False
+
+        def __call__(self, n):
+            if not self.failed:
+                self.failed = True
+                raise OSError("[Errno -9999] Unanticipated host error")
+            return np.zeros(n, np.float32)
+
+    async def run():
+        async with Skull(host_config, backends, tmp_path, "voice") as skull:
+            agent = skull.agent
+            skull.mic.room = FailsOnce()
+            await wait_for(lambda: skull.seen(Faulted))
+            failed = time.monotonic()
+            agent.turn_ended.clear()
+            await skull.say(question)  # into the dead mic: heard once it is open again
+            await asyncio.wait_for(agent.turn_ended.wait(), 60)
+            return skull, failed, agent.finished[-1]
+
+    skull, failed, rec = asyncio.run(run())
+    assert [f.what for f in skull.seen(Faulted)] == ["the microphone"]
+    assert rec.outcome == "answered" and "costume" in rec.transcript.lower()
+    assert 0.9 < skull.when(State.LISTENING, 1) - failed < 4.0  # opened again after a second's backoff
 
 
 @pytest.mark.parametrize("text, words", [
