@@ -14,6 +14,14 @@ escapes the session loop itself restarts it with backoff. Only :class:`~skull.li
 
 Views subscribe to :attr:`Agent.events` (see :mod:`skull.events`); the per-turn log line and
 the recording of turns are subscribers too.
+
+Triggers (:mod:`skull.triggers`) start and end turns: the button always, and a hands-free one
+when ``[listen] trigger`` names it. With a hands-free trigger the mic stays open from the first
+time the skull is ready: every chunk feeds the mic meter and a short ring of recent audio (the
+turn's pre-roll), and goes to the hands-free trigger unless the skull is deaf to itself (while
+it thinks or speaks, and for the reply's echo tail). A turn belongs to the trigger that started
+it: only that one ends it, so a pause never ends a turn the button holds; a hands-free trigger
+only starts a turn from idle, so only the button interrupts a reply.
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ from .record import SentCommand, TurnRecord, write_turn
 from .segment import ReplySegment, SegmentTag
 from .core.faults import FaultLog
 from .supervisor import Supervisor
-from .triggers import ButtonTrigger, Trigger
+from .triggers import PREROLL_KEEP_S, Trigger, make_triggers
 
 log = logging.getLogger("skull.agent")
 
@@ -66,12 +74,25 @@ def _dbfs(x: np.ndarray) -> float:
     return max(-120.0, 20.0 * math.log10(rms)) if rms > 0 else -120.0
 
 
+@dataclass(frozen=True)
+class _Edge:
+    """A trigger pressed (``down``) or released; ``onset``: the mic stream position where the
+    speech that made a hands-free trigger press began."""
+    trigger: Trigger
+    down: bool
+    onset: int | None = None
+
+
 class Agent:
     def __init__(self, config: SkullConfig, body: Body, *, record_dir: str | Path | None = None,
                  reply_timeout_s: float = 90.0, triggers: list[Trigger] | None = None):
-        """``triggers``: what starts and ends a turn (default: the panel's push button)."""
+        """``triggers``: what starts and ends a turn (default: the panel's push button and the
+        hands-free trigger ``[listen] trigger`` names)."""
         self.config, self.body = config, body
-        self.triggers = triggers if triggers is not None else [ButtonTrigger(body.panel.button)]
+        self.triggers = triggers if triggers is not None else make_triggers(config.listen, body.panel.button,
+                                                                            int(body.mic.rate))
+        self.hands_free = [t for t in self.triggers if getattr(t, "hands_free", False)]
+        """the triggers that listen to the mic; when there is one the mic stays open"""
         self.machine = m.TalkMachine()
         self.events: Bus[ev.SkullEvent] = Bus("skull")
         self.faults = FaultLog(log, "; the skull goes on")
@@ -90,6 +111,17 @@ class Agent:
         self.led = m.LedPattern.OFF
         self._streaming: int | None = None  # turn whose mic audio goes to the host
         self._mic_dbfs = -120.0
+        # hands-free: the always-open mic (positions count samples of its stream)
+        self._owner: Trigger | None = None  # the trigger that started the current turn
+        self._onset: int | None = None  # where the speech that started it began
+        self._recording: int | None = None  # the turn the open mic's audio goes to
+        self._ring: collections.deque = collections.deque()  # (position, chunk): the pre-roll
+        self._mic_pos = 0  # the position of the next sample (written by the mic's thread)
+        self._mic_running = False
+        self._mic_retry: asyncio.TimerHandle | None = None
+        self._mic_retry_s = 1.0
+        self._ears_open = False  # idle or listening: the hands-free triggers get the mic
+        self._deaf_until = 0  # ... from this position on (the echo tail of the reply)
         self._events: asyncio.Queue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -122,10 +154,13 @@ class Agent:
         player, mic = self.body.player, self.body.mic
         player.timeline.on_start = self._segment_started
         player.timeline.on_drained = lambda: self.post(m.Drained())
-        mic.on_error = lambda exc: self._loop.call_soon_threadsafe(self._fault, "the microphone", exc)
+        mic.on_error = lambda exc: self._loop.call_soon_threadsafe(self._mic_failed, exc)
         try:
             for trigger in self.triggers:
-                trigger.start(lambda: self.post(m.ButtonDown()), lambda: self.post(m.ButtonUp()))
+                if getattr(trigger, "hands_free", False):
+                    trigger.on_error = lambda exc, t=trigger: self._loop.call_soon_threadsafe(
+                        self._fault, f"the {t.name} trigger", exc)
+                trigger.start(*self._edges(trigger))
             self._set_led(m.LedPattern.OFFLINE)
             player.start()
             if self.record_dir is not None:
@@ -150,7 +185,11 @@ class Agent:
                     get.cancel()
                     link_task.result()  # raises LinkFatal (or whatever ended it)
                     return
-                self._step(get.result())
+                item = get.result()
+                if isinstance(item, _Edge):
+                    self._edge(item)
+                else:
+                    self._step(item)
         finally:
             if not link_task.done():
                 link_task.cancel()
@@ -172,7 +211,7 @@ class Agent:
         shut, audio and mic stopped, LED off. Each step is tried whatever the others do."""
         b = self.body
         for what, step in (("jaw", self.follower.close_now), ("playback", b.player.timeline.clear),
-                           ("mic", b.mic.stop), ("led", lambda: self._set_led(m.LedPattern.OFF))):
+                           ("mic", self._stop_recording), ("led", lambda: self._set_led(m.LedPattern.OFF))):
             try:
                 step()
             except Exception as exc:
@@ -183,7 +222,117 @@ class Agent:
         before = (self.machine.state, self.machine.turn)
         self._run_actions(self.machine.handle(event))
         if (self.machine.state, self.machine.turn) != before:
+            self._listen_in(before[0], self.machine.state)
             self.events.emit(ev.StateChanged(self.machine.state, self.machine.turn))
+
+    # --- triggers ---------------------------------------------------------------------------
+
+    def _edges(self, trigger: Trigger):
+        """The ``press`` and ``release`` given to ``trigger``: thread-safe, queued for the machine."""
+        def press(onset: int | None = None) -> None:
+            self.post(_Edge(trigger, True, onset))
+
+        def release() -> None:
+            self.post(_Edge(trigger, False))
+        return press, release
+
+    def _edge(self, e: _Edge) -> None:
+        """A trigger pressed or released. A hands-free press starts a turn from idle only, and
+        only with speech that began after the skull stopped being deaf to itself; the button
+        starts one from idle, interrupts a reply, and takes over a hands-free turn it is pressed
+        in. Only the trigger that owns the turn ends it."""
+        s, hands_free = self.machine.state, getattr(e.trigger, "hands_free", False)
+        if e.down:
+            if hands_free and (s is not m.State.IDLE or (e.onset is not None and e.onset < self._deaf_until)):
+                return
+            if s is m.State.LISTENING:
+                if not hands_free:
+                    self._owner = e.trigger
+                return
+            if s is not m.State.OFFLINE:
+                self._owner, self._onset = e.trigger, e.onset
+            self._step(m.ButtonDown())
+        elif e.trigger is self._owner and s is m.State.LISTENING:
+            self._step(m.ButtonUp())
+
+    def _listen_in(self, before: m.State, after: m.State) -> None:
+        """The hands-free triggers hear the mic while idle or listening; after the skull has
+        spoken, only from ``echo_tail_s`` after its last sample was heard."""
+        ears = after in (m.State.IDLE, m.State.LISTENING)
+        if ears and before in (m.State.THINKING, m.State.SPEAKING):
+            # the last sample handed to the speaker is heard latency_s later, the mic's latest chunk
+            # may have ended up to a chunk ago, and the room echoes (docs/listening.md)
+            tail_s = (getattr(self.body.player, "latency_s", 0.0) + self.config.audio.chunk_ms / 1000.0
+                      + self.config.listen.echo_tail_s)
+            self._deaf_until = self._mic_pos + int(tail_s * self.body.mic.rate)
+        self._ears_open = ears
+        if self.hands_free and after is m.State.IDLE and self._mic_retry is None:
+            self._open_mic()
+
+    def _open_mic(self) -> None:
+        """Hands-free: open the mic for good (when the skull is first ready, and again after it
+        failed, with backoff)."""
+        if self._mic_running or self._closed:
+            return
+        # a gap in the positions: the triggers start afresh and no pre-roll joins old sound to new
+        self._mic_pos += int(self.body.mic.rate)
+        try:
+            self.body.mic.start(self._on_mic)
+        except Exception as exc:
+            self.last_error = self.faults("opening the microphone", exc)
+            self._retry_mic_later()
+            return
+        self._mic_running, self._mic_retry_s = True, 1.0
+
+    def _retry_mic_later(self) -> None:
+        if self._mic_retry is None and not self._closed:
+            delay, self._mic_retry_s = self._mic_retry_s, min(30.0, self._mic_retry_s * 2)
+            self._mic_retry = self._loop.call_later(delay, self._retry_mic)
+
+    def _retry_mic(self) -> None:
+        self._mic_retry = None
+        self._open_mic()
+
+    def _mic_failed(self, exc: BaseException) -> None:
+        if self.hands_free:
+            self._mic_running = False
+            self._retry_mic_later()
+        self._fault("the microphone", exc)
+
+    def _on_mic(self, chunk: bytes) -> None:
+        """Hands-free, on the mic's thread: every chunk to the event loop (meter, pre-roll, the
+        turn) and, unless the skull is deaf to itself, to the hands-free triggers."""
+        pos = self._mic_pos
+        self._mic_pos = pos + len(chunk) // 2
+        self._loop.call_soon_threadsafe(self._heard, pos, chunk)
+        if self._ears_open and pos >= self._deaf_until:
+            for t in self.hands_free:
+                t.hear(chunk, pos)
+
+    def _heard(self, pos: int, chunk: bytes) -> None:
+        self._mic_dbfs = _dbfs(np.frombuffer(chunk, "<i2").astype(np.float32) / 32768.0)
+        ring = self._ring
+        ring.append((pos, chunk))
+        keep = int(PREROLL_KEEP_S * self.body.mic.rate)
+        while ring and ring[0][0] < pos - keep:
+            ring.popleft()
+        if self._recording is not None:
+            self._record_chunk(self._recording, chunk)
+
+    def _since(self, onset: int) -> bytes:
+        """The kept mic stream from position ``onset`` on (as far back as the ring reaches)."""
+        out = bytearray()
+        for pos, chunk in self._ring:
+            if pos + len(chunk) // 2 > onset:
+                out += chunk[max(0, onset - pos) * 2:]
+        return bytes(out)
+
+    def _stop_recording(self) -> None:
+        """The turn's audio stops: the mic closes, or with a hands-free trigger stays open for it."""
+        if self.hands_free:
+            self._recording = None
+        else:
+            self.body.mic.stop()
 
     def _run_actions(self, actions: list[m.Action]) -> None:
         failed: tuple[str, BaseException] | None = None
@@ -264,7 +413,15 @@ class Agent:
         self.records[a.turn] = TurnRecord(a.turn, self.config.link.name, question_rate=mic.rate)
         self.follower.record = True
         self._later(self.config.audio.max_record_s, m.RecordLimit(a.turn))
-        mic.start(lambda chunk, t=a.turn: self._loop.call_soon_threadsafe(self._mic_chunk, t, chunk))
+        if not self.hands_free:
+            mic.start(lambda chunk, t=a.turn: self._loop.call_soon_threadsafe(self._mic_chunk, t, chunk))
+            return
+        # the mic is open already: the question starts where the speech that started it began
+        # (the button's: at the press)
+        if self._onset is not None:
+            self.records[a.turn].question.extend(self._since(self._onset))
+        self._onset, self._recording = None, a.turn
+        self._open_mic()
 
     def _do_send_listen(self, a: m.SendListen) -> None:
         self.link.send(p.Listen(a.turn))
@@ -283,8 +440,9 @@ class Agent:
         rec = self.records.get(a.turn)
         if rec:
             rec.released_at = time.monotonic()
-        self._mic_dbfs = -120.0
-        self.body.mic.stop()
+        if not self.hands_free:
+            self._mic_dbfs = -120.0
+        self._stop_recording()
 
     def _do_send_stop(self, a: m.SendStop) -> None:
         self._streaming = None
@@ -297,7 +455,7 @@ class Agent:
 
     def _do_stop_playback(self, a: m.StopPlayback) -> None:
         self.body.player.timeline.clear()
-        self.body.mic.stop()
+        self._stop_recording()
 
     def _do_jaw_close(self, a: m.JawClose) -> None:
         # now, not at the jaw loop's next frame; the loop then finds nothing to play and stays shut
@@ -328,12 +486,18 @@ class Agent:
         self._timers = self._timers[-4:] + [self._loop.call_later(delay, self._events.put_nowait, event)]
 
     def _mic_chunk(self, turn: int, chunk: bytes) -> None:
+        """The button's mic, opened for ``turn``."""
+        if turn != self.machine.turn or self.machine.state is not m.State.LISTENING:
+            return
+        self._mic_dbfs = _dbfs(np.frombuffer(chunk, "<i2").astype(np.float32) / 32768.0)
+        self._record_chunk(turn, chunk)
+
+    def _record_chunk(self, turn: int, chunk: bytes) -> None:
         if turn != self.machine.turn or self.machine.state is not m.State.LISTENING:
             return
         rec = self.records.get(turn)
         if rec is not None:
             rec.question.extend(chunk)
-        self._mic_dbfs = _dbfs(np.frombuffer(chunk, "<i2").astype(np.float32) / 32768.0)
         if self._streaming == turn:
             self._send_audio(chunk)
 
@@ -390,7 +554,10 @@ class Agent:
                     last_jaw = (opening, pw)
                     self.events.emit(ev.JawMoved(opening, pw))
                 now = player.audible_frame(player.now())
-                levels = (round(self._mic_dbfs), round(_dbfs(player.timeline.samples(now - player.rate // 20, now))))
+                hearing = self._ears_open and self._mic_pos >= self._deaf_until
+                speech = max((t.speech_dbfs for t in self.hands_free), default=-120.0) if hearing else -120.0
+                levels = (round(self._mic_dbfs), round(_dbfs(player.timeline.samples(now - player.rate // 20, now))),
+                          round(speech))
                 if levels != last_levels:
                     last_levels = levels
                     self.events.emit(ev.Levels(*map(float, levels)))
@@ -478,6 +645,8 @@ class Agent:
         self._closed = True
         for t in self._timers:
             t.cancel()
+        if self._mic_retry is not None:
+            self._mic_retry.cancel()
         b = self.body
         steps = [(f"trigger {t.name}", t.close) for t in self.triggers]
         steps += [("mic", b.mic.stop), ("playback", b.player.timeline.clear), ("jaw loop", self.follower.stop),

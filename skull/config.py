@@ -164,6 +164,44 @@ class BoardConfig:
              "three different Arduino pins, 2..69 (0 and 1 carry the serial line)")
 
 
+WAKE_WORDS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
+"""the wake words whose models ship in pymicro-wakeword 2.5.0"""
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """What starts and ends a turn (docs/listening.md). The button works in every mode."""
+    trigger: str = "button"
+    """button: held while talking; voice: speech starts a turn and a pause ends it; wake: the
+    wake word starts a turn and a pause after the question ends it"""
+    wake_word: str = "okay_nabu"
+    """one of okay_nabu, hey_jarvis, alexa, hey_mycroft (the models in pymicro-wakeword)"""
+    min_speech_s: float = 0.3
+    """speech must last this long to start a turn; claps and bangs are shorter"""
+    end_silence_s: float = 0.8
+    """this much silence after speech ends a hands-free turn ([audio] max_record_s still caps it)"""
+    threshold: float = 0.5
+    """probability of speech (0.2..0.95) the voice detector needs; higher is stricter"""
+    echo_tail_s: float = 0.3
+    """after the reply's last sound is heard, the mic still cannot start a turn for this long
+    (the room's echo of the skull's own voice)"""
+    wake_wait_s: float = 5.0
+    """after the wake word, how long the question may take to begin before the turn ends"""
+
+    def check(self, where: str) -> None:
+        need(self.trigger in ("button", "voice", "wake"), where, "trigger", self.trigger,
+             "choose button, voice or wake")
+        need(self.wake_word in WAKE_WORDS, where, "wake_word", self.wake_word,
+             f"choose one of {', '.join(WAKE_WORDS)}")
+        need(0.1 <= self.min_speech_s <= 2.0, where, "min_speech_s", self.min_speech_s,
+             "must be 0.1..2.0 s: shorter starts on claps and bangs, longer misses a quick 'hi'")
+        need(0.3 <= self.end_silence_s <= 5.0, where, "end_silence_s", self.end_silence_s,
+             "must be 0.3..5.0 s: shorter cuts the visitor off at a breath, longer keeps them waiting")
+        need(0.2 <= self.threshold <= 0.95, where, "threshold", self.threshold, "must be 0.2..0.95")
+        need(0.0 <= self.echo_tail_s <= 3.0, where, "echo_tail_s", self.echo_tail_s, "must be 0..3 s")
+        need(1.0 <= self.wake_wait_s <= 30.0, where, "wake_wait_s", self.wake_wait_s, "must be 1..30 s")
+
+
 @dataclass(frozen=True)
 class SkullConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
@@ -174,6 +212,7 @@ class SkullConfig:
     jaw: JawConfig = field(default_factory=JawConfig)
     calibration: Calibration = field(default_factory=Calibration)
     shape: JawShape = field(default_factory=JawShape)
+    listen: ListenConfig = field(default_factory=ListenConfig)
 
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -1,7 +1,8 @@
 """`skull demo`: a host and a simulated skull talking over a real websocket on loopback. The
 host runs in its own process, as deployed: its models never share an interpreter (and its
 lock) with the skull's audio thread. A scripted visitor presses the (gpiozero MockFactory) button, speaks the question
-into the skull's microphone, releases the button, and waits for the answer.
+into the skull's microphone, releases the button, and waits for the answer. With ``[listen]
+trigger = "voice"`` the visitor just speaks: the skull hears the question begin and end.
 """
 from __future__ import annotations
 
@@ -98,20 +99,32 @@ def render_starting() -> Text:
 
 async def press_and_speak(agent: Agent, timeout_s: float = 60.0) -> None:
     """The visitor's part of a turn: press the (simulated) button, let the question file play
-    into the microphone, release. Used by the benches and tests as well."""
+    into the microphone, release. Used by the benches and tests as well. When a hands-free
+    trigger keeps the mic open, the visitor starts speaking once the skull listens."""
     pin = agent.body.panel.button.pin
     spoken = asyncio.Event()
     loop = asyncio.get_running_loop()
     agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
     pin.drive_low()
+    if agent.hands_free:
+        await asyncio.wait_for(_until(lambda: agent.state is State.LISTENING), timeout_s)
+        agent.body.mic.say()
     await asyncio.wait_for(spoken.wait(), timeout_s)
     pin.drive_high()
 
 
+async def _until(predicate, step_s: float = 0.01) -> None:
+    while not predicate():
+        await asyncio.sleep(step_s)
+
+
 async def visitor(agent: Agent, turns: int, live: Live, started: float) -> None:
-    """The scripted visitor: press, speak the question, release, wait for the answer."""
+    """The scripted visitor: press, speak the question, release, wait for the answer. With the
+    voice trigger: speak (the mic file plays when the skull is first ready, then again for each
+    turn) and wait for the answer."""
     mic = agent.body.mic
     pin = agent.body.panel.button.pin
+    by_voice = isinstance(mic, FileMic) and any(t.name == "voice" for t in agent.hands_free)
     released = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -125,14 +138,22 @@ async def visitor(agent: Agent, turns: int, live: Live, started: float) -> None:
 
     ticker = asyncio.create_task(refresh())
     try:
-        for _ in range(turns):
+        for turn in range(turns):
             while agent.state is not State.IDLE:
                 await asyncio.sleep(0.05)
             released.clear()
             agent.turn_ended.clear()
+            if by_voice:
+                if turn:
+                    mic.say()
+                await agent.turn_ended.wait()
+                continue
             if isinstance(mic, FileMic):
                 mic.on_finished = speak_done
             pin.drive_low()  # press
+            if agent.hands_free:  # the mic is open already: speak once the skull listens
+                await _until(lambda: agent.state is State.LISTENING)
+                mic.say()
             await released.wait()
             pin.drive_high()  # release
             await agent.turn_ended.wait()

@@ -46,10 +46,16 @@ class JawMoved:
 
 @dataclass(frozen=True)
 class Levels:
+    """Two mic meters and the speaker's: the mic before and after voice activity detection."""
     mic_dbfs: float
-    """the microphone's last chunk, dB below full scale (-120 when silent or not recording)"""
+    """the microphone's last chunk, dB below full scale (-120 when silent or not recording; a
+    hands-free skull records all the time, so this is the room while it waits)"""
     speaker_dbfs: float
     """what the speaker is playing now, dB below full scale"""
+    mic_vad_dbfs: float = -120.0
+    """the level of the audio in the mic's last chunk that the voice detector called speech, dB
+    below full scale; -120 when it heard none, when no voice detector runs ([listen] trigger =
+    "button") and while the skull is deaf to itself (thinking, speaking, and the echo tail)"""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from .core.errors import DeviceError
 from .jaw.gpio import GpioJaw
 from .jaw.sim import SimJaw
 from .ports import Device, closing_on_failure
+from .triggers import check_trigger
 
 log = logging.getLogger("skull.runtime")
 
@@ -22,7 +23,10 @@ def build_body(config: SkullConfig, *, sim: bool, mic_file=None, image=None, aud
                mic_speed: float = 1.0) -> Body:
     """The skull's devices. ``sim``: gpiozero MockFactory for button, LED and servo.
     ``mic_file``: a WAV played as the microphone; ``image``: a picture used as the camera;
-    ``audio`` False: no sound devices at all (the reply is timed by a simulated speaker)."""
+    ``audio`` False: no sound devices at all (the reply is timed by a simulated speaker).
+    A ``[listen] trigger`` that cannot run on this machine is refused (ConfigError) before any
+    device is opened."""
+    check_trigger(config.listen)
     with closing_on_failure() as opened:
         panel, jaw = _panel_and_jaw(config, sim, opened)
         if mic_file is not None:

@@ -21,14 +21,22 @@ Chunk = Callable[[bytes], None]
 
 class FileMic(Device):
     """Plays a recording into the skull as its microphone, paced in real time (``speed`` > 1 is
-    faster). ``on_finished`` runs when the recording has been delivered (e.g. to release the
-    button); after that the mic delivers silence until stopped."""
+    faster). Each ``start()`` plays it from its beginning; :meth:`say` plays it (or another one)
+    again without stopping the stream, as a visitor speaks to a skull whose mic stays open (a
+    hands-free trigger). ``on_finished`` runs when the recording has been delivered (e.g. to
+    release the button); after that the mic delivers silence until stopped.
+
+    ``room``: what else reaches this mic, a function given a chunk's length in samples that
+    returns that many float samples at ``rate`` (a simulated room: noise, or the skull's own
+    speaker); mixed into every chunk."""
 
     def __init__(self, path, rate: int = 16000, chunk_ms: int = 100, speed: float = 1.0):
         self.rate, self.chunk_ms, self.speed = rate, chunk_ms, speed
         self.pcm = to_pcm16(to_mono_rate(read_wav(path), rate))
         self.on_finished: Callable[[], None] | None = None
         self.on_error: Callable[[BaseException], None] | None = None
+        self.room: Callable[[int], np.ndarray] | None = None
+        self._pending: bytes | None = None  # what say() asked for, taken at the next chunk
         self._stop = threading.Event()
         self._thread = None
 
@@ -36,9 +44,22 @@ class FileMic(Device):
     def seconds(self) -> float:
         return len(self.pcm) / 2 / self.rate
 
+    def say(self, recording=None) -> None:
+        """From the next chunk on, play ``recording`` from its start: a WAV file's path, or float
+        samples at ``rate``; default: this mic's own recording. Any thread."""
+        if recording is None:
+            pcm = self.pcm
+        elif isinstance(recording, np.ndarray):
+            pcm = to_pcm16(recording)
+        else:
+            pcm = to_pcm16(to_mono_rate(read_wav(recording), self.rate))
+        self._pending = pcm
+
     def start(self, on_chunk: Chunk) -> None:
         self.stop()
         self._stop.clear()
+        if self._pending is None:
+            self._pending = self.pcm
         self._thread = threading.Thread(target=self._run, args=(on_chunk,), name="file-mic", daemon=True)
         self._thread.start()
 
@@ -51,19 +72,25 @@ class FileMic(Device):
             self.on_error(exc)
 
     def _play(self, on_chunk: Chunk) -> None:
-        step = int(self.rate * self.chunk_ms / 1000) * 2
-        t0, pos, finished = time.monotonic(), 0, False
+        n = int(self.rate * self.chunk_ms / 1000)
+        step = n * 2
+        t0, sent, pcm, pos, finished = time.monotonic(), 0, b"", 0, True
         while not self._stop.is_set():
-            chunk = self.pcm[pos:pos + step]
+            if self._pending is not None:
+                pcm, self._pending, pos, finished = self._pending, None, 0, False
+            chunk = pcm[pos:pos + step]
             if len(chunk) < step:
                 chunk = chunk + bytes(step - len(chunk))
+            if self.room is not None:
+                chunk = to_pcm16(np.frombuffer(chunk, "<i2").astype(np.float32) / 32768.0 + self.room(n))
             on_chunk(chunk)
             pos += step
-            if pos >= len(self.pcm) and not finished:
+            sent += n
+            if pos >= len(pcm) and not finished:
                 finished = True
                 if self.on_finished is not None:
                     self.on_finished()
-            due = t0 + pos / 2 / self.rate / self.speed
+            due = t0 + sent / self.rate / self.speed
             self._stop.wait(max(0.0, due - time.monotonic()))
 
     def stop(self) -> None:
