@@ -16,7 +16,7 @@ demo: bootstrap
 	$(VENV)/bin/skull demo
 
 test: firmware-test
-	@VENV=$(VENV) EXTRAS=test,ears,voice bash scripts/bootstrap.sh
+	@VENV=$(VENV) EXTRAS=test,ears,wake,voice bash scripts/bootstrap.sh
 	$(PY) -m pytest -q
 
 # the firmware's logic, compiled and unit-tested on this machine (g++ only), and the

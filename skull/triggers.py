@@ -302,7 +302,7 @@ def load_wake_word(word: str):
     except (ImportError, OSError, ValueError, RuntimeError) as exc:
         why = f"{type(exc).__name__}: {exc}"
     raise ConfigError(f"[listen] trigger = 'wake' cannot run on this machine: the wake word model {word!r} "
-                      f"does not load ({why}); it needs pymicro-wakeword 2.5.0 from the 'ears' extra, whose "
+                      f"does not load ({why}); it needs pymicro-wakeword 2.5.0 from the 'wake' extra, whose "
                       f"wheel needs glibc 2.35 or later ('make bootstrap' installs it where it can); set "
                       f"trigger = 'voice' or 'button' in skull.toml [listen]")
 
