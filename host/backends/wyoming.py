@@ -19,6 +19,7 @@ malformed line into a silent end of stream, so that a server that is not Wyoming
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import logging
@@ -201,7 +202,7 @@ class _WyomingClient:
 
     def __init__(self, settings: WyomingSettings, ctx: BackendContext):
         try:
-            import wyoming  # noqa: F401  (a dependency; checked here so the host names it if missing)
+            importlib.import_module("wyoming")  # a dependency; checked here so the host names it if missing
         except ImportError as exc:  # pragma: no cover - it is a dependency
             raise BackendError(ctx.stage, f"the wyoming package is not installed ({exc}); run 'make bootstrap'") \
                 from None
