@@ -97,7 +97,7 @@ def _turn(host_config, backends, question, segmented: bool):
         seen = []
         host.events.subscribe(seen.append, ev.TurnEvent)
         cfg = skull_config(host.port)
-        agent = Agent(cfg, sim_body(cfg, question=question, speed=1.0))
+        agent = Agent(cfg, sim_body(cfg, question=question, speed=2.0))
         task = asyncio.create_task(agent.run())
         try:
             await wait_for(lambda: agent.state is State.IDLE)
