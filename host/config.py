@@ -24,7 +24,8 @@ class ServerConfig:
     max_image_mp: float = 24.0
     """the largest snapshot the host decodes, in megapixels (width x height / 1e6), read from the
     picture's header before any decoding; a larger one is refused with its size (the turn goes on
-    without it). 24 MP takes a 4K webcam (8.3 MP) or a phone photo, and decodes in ~72 MB"""
+    without it). 24 MP takes a 4K webcam (8.3 MP) or a phone photo; one snapshot is decoded at a time, in
+    ~140 MB at 24 MP"""
     hello_timeout_s: float = 10.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 10.0

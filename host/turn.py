@@ -135,6 +135,8 @@ class Turn:
         checked and it is reduced (:func:`reduce_snapshot`), then captioned; a reply model that
         looks itself ([vision] backend = 'reply') gets the reduced picture."""
         self.image = None
+        if self.caption_task is not None:  # a second snapshot in one turn replaces the first
+            self.caption_task.cancel()
         if self.backends.vision is not None or self.config.vision.backend == "reply":
             self.caption_task = asyncio.create_task(self._caption(image), name=f"caption-{self.turn}")
 
@@ -142,9 +144,10 @@ class Turn:
         """The caption, or the vision fallback (usually empty) when the snapshot is refused or
         captioning fails; the failure is kept in ``vision_failure`` for a ``stage_failed``."""
         max_pixels, vision = int(self.config.server.max_image_mp * 1e6), self.backends.vision
+        deadline = time.monotonic() + self.config.vision.timeout_s
 
         def look() -> tuple[bytes, str]:  # one call, so reducing and captioning share the stage's budget
-            small = reduce_snapshot(image, max_pixels)
+            small = reduce_snapshot(image, max_pixels, deadline=deadline)
             return small, vision.caption(small) if vision is not None else ""
         try:
             with self._stage("vision"):

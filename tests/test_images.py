@@ -14,12 +14,14 @@ import re
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
 
 from conftest import start_host
+from host.backends import vision
 from host.backends.vision import SNAPSHOT_PIXELS, image_size, reduce_snapshot
 from host.build import build_backends
 from host.config import HostConfig, ServerConfig, StageConfig
@@ -147,6 +149,40 @@ def test_decoding_at_the_default_limit_is_bounded():
         t0 = time.monotonic()
         reduce_snapshot(data.tobytes(), limit)
         assert time.monotonic() - t0 < 3.0, ext
+
+
+def _mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
+
+
+def test_many_pictures_at_the_limit_at_once_are_decoded_one_at_a_time():
+    """Eight 24 MP PNGs reduced at once (a skull flooding snapshots, or eight skulls) cost the
+    memory of about one: each decode alone takes ~140 MB, eight side by side over 1 GB."""
+    png = png_bomb(6000, 4000)
+    reduce_snapshot(png, 24_000_000)  # OpenCV's own buffers, once
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM starts again from the current RSS
+    before = _mb("VmRSS")
+    with ThreadPoolExecutor(8) as pool:
+        small = list(pool.map(lambda _: reduce_snapshot(png, 24_000_000), range(8)))
+    assert all(decoded_size(s) == (1224, 816) for s in small)
+    assert _mb("VmHWM") - before < 250
+
+
+def test_no_decode_starts_past_the_stage_deadline():
+    png = picture(3000, 2000, ".png")
+    with pytest.raises(BackendError, match="no time left to decode the PNG snapshot of 3000x2000 pixels"):
+        reduce_snapshot(png, 24_000_000, deadline=time.monotonic() - 0.01)
+    vision._DECODING.acquire()  # another snapshot is being decoded
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match="other snapshots were being decoded"):
+            reduce_snapshot(png, 24_000_000, deadline=time.monotonic() + 0.3)
+        assert 0.25 < time.monotonic() - t0 < 1.0
+    finally:
+        vision._DECODING.release()
+    assert decoded_size(reduce_snapshot(png, 24_000_000, deadline=time.monotonic() + 5))[0] == 1224
 
 
 def test_the_limit_is_checked_in_host_toml(tmp_path):

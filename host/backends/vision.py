@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,11 @@ SNAPSHOT_PIXELS = 1_000_000
 """what a snapshot is reduced to before a backend sees it: ~1 MP (1155x866 at 4:3)"""
 SNAPSHOT_QUALITY = 85
 """JPEG quality of the reduced snapshot"""
+DECODES_AT_ONCE = 1
+"""snapshots decoded at the same time, whatever the number of skulls or of snapshots a skull
+sends: the decoding's memory is one picture at the limit (~140 MB at 24 MP, measured), and one
+takes 0.2-1.4 s; a JPEG of ~1 MP or less, what a webcam sends, is not decoded at all"""
+_DECODING = threading.BoundedSemaphore(DECODES_AT_ONCE)
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -94,11 +100,13 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise ValueError("a JPEG without a frame header (SOFn) before its image data")
 
 
-def reduce_snapshot(image: bytes, max_pixels: int, stage: str = "vision") -> bytes:
+def reduce_snapshot(image: bytes, max_pixels: int, stage: str = "vision", deadline: float | None = None) -> bytes:
     """The snapshot as a JPEG of at most ~:data:`SNAPSHOT_PIXELS`; a JPEG already that small is
     returned as it came. Raises BackendError (naming ``stage``) when the header gives no size,
     when width x height is over ``max_pixels`` (the size and the limit named: nothing is
-    decoded), or when OpenCV cannot decode it."""
+    decoded), or when OpenCV cannot decode it. At most :data:`DECODES_AT_ONCE` decode at a time;
+    ``deadline`` (``time.monotonic()`` seconds): past it no decoding starts, so a turn whose
+    vision stage has timed out leaves no decode behind it."""
     import cv2
     try:
         kind, w, h = image_size(image)
@@ -119,7 +127,14 @@ def reduce_snapshot(image: bytes, max_pixels: int, stage: str = "vision") -> byt
             if (w // d) * (h // d) >= SNAPSHOT_PIXELS:
                 flags = flag
                 break
-    img = cv2.imdecode(np.frombuffer(image, np.uint8), flags)
+    wait_s = None if deadline is None else deadline - time.monotonic()
+    if wait_s is not None and wait_s <= 0 or not _DECODING.acquire(timeout=wait_s):
+        raise BackendError(stage, f"no time left to decode the {kind} snapshot of {w}x{h} pixels: other "
+                                  f"snapshots were being decoded")
+    try:
+        img = cv2.imdecode(np.frombuffer(image, np.uint8), flags)
+    finally:
+        _DECODING.release()
     if img is None:
         raise BackendError(stage, f"the snapshot ({len(image)} bytes, a {kind} of {w}x{h} pixels) is not a "
                                   f"picture OpenCV can decode; send a JPEG or PNG")
