@@ -21,6 +21,11 @@ class ServerConfig:
     """shared secret every skull must send in hello; also from SKULL_TOKEN"""
     max_record_s: float = 30.0
     """microphone audio past this many seconds of one turn is dropped"""
+    max_image_mp: float = 24.0
+    """the largest snapshot the host decodes, in megapixels (width x height / 1e6), read from the
+    picture's header before any decoding; a larger one is refused with its size (the turn goes on
+    without it). 24 MP takes a 4K webcam (8.3 MP) or a phone photo; one snapshot is decoded at a time, in
+    ~140 MB at 24 MP"""
     hello_timeout_s: float = 10.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 10.0
@@ -28,6 +33,7 @@ class ServerConfig:
     def check(self, where: str) -> None:
         need(0 <= self.port <= 65535, where, "port", self.port, "must be 0..65535 (0 picks a free port)")
         need(1 <= self.max_record_s <= 300, where, "max_record_s", self.max_record_s, "must be 1..300 s")
+        need(0.1 <= self.max_image_mp <= 250, where, "max_image_mp", self.max_image_mp, "must be 0.1..250 megapixels")
 
 
 STAGE_TIMEOUT_S = {"stt": 20.0, "vision": 10.0, "reply": 20.0, "tts": 20.0}

@@ -41,6 +41,7 @@ from skull.core.wav import pcm16_to_audio, resample, to_mono_rate, to_pcm16
 
 from . import events as ev
 from .backends import Captioner, ReplyContext, ReplyWriter, Speech, SpeechToText, TextToSpeech
+from .backends.vision import reduce_snapshot
 from .config import HostConfig
 from .filter import FamilyFilter
 from .listen import Listener, ListenSettings
@@ -109,6 +110,8 @@ class Turn:
     caption_task: asyncio.Task | None = None
     transcript: str = ""
     caption: str = ""
+    vision_failure: BackendError | None = None
+    """why the snapshot was refused or not captioned (sent as ``stage_failed`` after ``stop``)"""
     reply: str = ""
     segments: int = 0
     """speech segments sent to the skull"""
@@ -128,19 +131,32 @@ class Turn:
     # --- collecting the question ---------------------------------------------------------
 
     def on_image(self, image: bytes) -> None:
-        """Keep the snapshot; start captioning at once, concurrently with the recording."""
-        self.image = image
-        if self.backends.vision is not None:
+        """Start looking at the snapshot at once, concurrently with the recording: its size is
+        checked and it is reduced (:func:`reduce_snapshot`), then captioned; a reply model that
+        looks itself ([vision] backend = 'reply') gets the reduced picture."""
+        self.image = None
+        if self.caption_task is not None:  # a second snapshot in one turn replaces the first
+            self.caption_task.cancel()
+        if self.backends.vision is not None or self.config.vision.backend == "reply":
             self.caption_task = asyncio.create_task(self._caption(image), name=f"caption-{self.turn}")
 
     async def _caption(self, image: bytes) -> str:
-        """The caption, or the vision fallback (usually empty) when captioning fails."""
+        """The caption, or the vision fallback (usually empty) when the snapshot is refused or
+        captioning fails; the failure is kept in ``vision_failure`` for a ``stage_failed``."""
+        max_pixels, vision = int(self.config.server.max_image_mp * 1e6), self.backends.vision
+        deadline = time.monotonic() + self.config.vision.timeout_s
+
+        def look() -> tuple[bytes, str]:  # one call, so reducing and captioning share the stage's budget
+            small = reduce_snapshot(image, max_pixels, deadline=deadline)
+            return small, vision.caption(small) if vision is not None else ""
         try:
             with self._stage("vision"):
-                return await self.call("vision", self.backends.vision.caption, image)
+                self.image, caption = await self.call("vision", look)
+                return caption
         except BackendError as exc:
             log.error("%s: turn %d: %s", self.skull, self.turn, exc)
             self._emit(ev.TurnError, stage="vision", message=str(exc))
+            self.vision_failure = exc
             return self.config.fallback.vision
 
     def on_audio(self, stream: p.AudioStart, chunk: bytes) -> bool:
@@ -284,6 +300,8 @@ class Turn:
             self._emit(ev.Transcript, text=self.transcript)
             if self.caption_task is not None:
                 self.caption = await self.caption_task
+            if self.vision_failure is not None:  # the turn goes on without the picture; the skull is told
+                await send(p.Error(p.E_STAGE_FAILED, str(self.vision_failure), self.turn), None)
             self._emit(ev.Caption, text=self.caption)
             await send(p.Heard(self.turn, self.transcript, self.caption), None)
             ctx = ReplyContext(self.transcript, self.caption, self.history,
