@@ -449,6 +449,9 @@ class Turn:
         if len(samples) > room_s * rate:  # the reply is too long to speak: it ends at a pause near the cap
             end = int(room_s * rate)
             samples = samples[:quiet_cut(samples, rate, max(0, end - CUT_SEARCH_S * rate), end)]
+            if len(samples) == 0:  # the cap is reached to within a sample
+                self._skipped(sentence)
+                return False
             text = clip_words(text, max(1, round(len(text) * len(samples) / len(speech.samples))))
             log.warning("%s: turn %d: the reply is longer than %g s of speech; it ends at %.1f s and the rest "
                         "is not spoken", self.skull, self.turn, REPLY_MAX_S, self._spoken_s + len(samples) / rate)
