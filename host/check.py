@@ -2,7 +2,8 @@
 
 Each backend makes one cheap round trip (health route, model list, or a one-word synthesis
 where the server has nothing cheaper); all run at once. A server that is still loading its
-model is reported as loading, not waited for.
+model is reported as loading, and one that refuses connections as not reachable yet (with its
+address); neither is waited for.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
             what = "the reply model looks at the snapshot itself" if name == "reply" else "no caption"
             return CheckLine(stage, name, "-", what)
         http = getattr(backend, "http", None)  # a backend on a model server talks to it through its Http
-        url = http.url if http is not None else ""
+        url = http.url if http is not None else getattr(backend, "url", "")
         if http is not None:
             http.wait_loading = False
         t0 = time.monotonic()
@@ -47,7 +48,7 @@ def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
             detail = backend.check()
         except BackendError as exc:
             status = "loading" if "still loading" in str(exc) else "down"
-            return CheckLine(stage, name, status, str(exc).split(": ", 1)[-1], url=url)
+            return CheckLine(stage, name, status, _not_yet(str(exc).split(": ", 1)[-1]), url=url)
         finally:
             if http is not None:
                 http.wait_loading = True
@@ -55,6 +56,15 @@ def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         return list(pool.map(one, jobs))
+
+
+def _not_yet(detail: str) -> str:
+    """A server that refuses connections may only be starting: a check says it is not reachable
+    *yet* (the HTTP backends say so themselves; this covers the others, Wyoming's included)."""
+    refused = "is not reachable (connection refused)"
+    if refused in detail and f"{refused} yet" not in detail:
+        return detail.replace(refused, f"{refused} yet", 1)
+    return detail
 
 
 def render(lines: list[CheckLine]) -> str:

@@ -1,7 +1,7 @@
 """HTTP plumbing shared by the model-server backends.
 
 One place knows how the servers fail: connection refused (not started, or still loading a model
-before binding its port), llama.cpp's 503 ``Loading model`` on every route, error bodies in
+before binding its port: asked again with a backoff within the stage's timeout), llama.cpp's 503 ``Loading model`` on every route, error bodies in
 five shapes (``{"error":{"message"}}``, ``{"error":"..."}``, FastAPI's ``{"detail":...}``,
 ``{"message":...}`` and Flask's HTML page), and streams framed as SSE (``data:`` lines, ``:``
 pings, ``[DONE]`` or not) or NDJSON. Every failure becomes a BackendError naming the stage,
@@ -21,6 +21,15 @@ import requests
 from skull.core.errors import BackendError
 
 LOADING_POLL_S = 0.25
+REFUSED_FIRST_S = 0.05
+"""seconds before connecting again to a server that refused: doubled each time..."""
+REFUSED_MAX_S = 0.5
+"""...up to this"""
+REFUSED_MARGIN_S = 0.3
+"""seconds before a request's deadline when retrying stops, so the refusal itself is reported
+(not a bare timeout)"""
+REFUSED_HOLD_S = 30.0
+"""seconds a server that refused a whole request is taken for down (one try per request)"""
 
 
 def error_message(resp: requests.Response) -> str:
@@ -75,7 +84,10 @@ class Http:
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.wait_loading = True
-        """wait while the server loads its model (a turn does; a health check only reports it)"""
+        """wait while the server starts (refuses connections) or loads its model (a turn does; a
+        health check only reports it)"""
+        self._down_at = float("-inf")
+        """monotonic seconds when a request last gave up on a server that kept refusing"""
         self._local = threading.local()
 
     @property
@@ -90,10 +102,12 @@ class Http:
 
     def request(self, method: str, path: str, *, stream: bool = False, deadline: float | None = None,
                 ok=(200,), **kwargs) -> requests.Response:
-        """Send one request. Waits (until ``deadline``) while the server says it is loading.
-        A status not in ``ok`` raises BackendError with the server's own message."""
+        """Send one request. Waits (until ``deadline``) while the server refuses connections
+        (starting) or says it is loading. A status not in ``ok`` raises BackendError with the
+        server's own message."""
         deadline = deadline if deadline is not None else time.monotonic() + self.timeout_s
         headers = {**self.headers, **kwargs.pop("headers", {})}
+        refused, tries = None, 0  # when the server first refused this request, and how often since
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -104,14 +118,24 @@ class Http:
                                             timeout=(min(self.connect_timeout_s, left), left), **kwargs)
             except requests.exceptions.ConnectionError as exc:
                 reason = _reason(exc)
-                raise BackendError(self.stage, f"{self.where()} is not reachable ({reason}); start it, or fix "
-                                               f"{self.table} url in host.toml", retryable=True) from None
+                if reason == "connection refused" and self.wait_loading:
+                    if refused is None:
+                        refused = time.monotonic()
+                    pause = self._refused_pause(tries, deadline)
+                    if pause is not None:  # not listening yet: a server that is starting binds its port soon
+                        tries += 1
+                        time.sleep(pause)
+                        continue
+                    reason += (f", tried for {time.monotonic() - refused:.1f} s" if tries
+                               else ", as throughout the last request")
+                raise BackendError(self.stage, self._unreachable(reason), retryable=True) from None
             except requests.exceptions.Timeout:
                 raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
                                    retryable=True) from None
             except requests.exceptions.RequestException as exc:
                 raise BackendError(self.stage, f"request to {self.where(path)} failed ({_reason(exc)})",
                                    retryable=True) from None
+            self._down_at = float("-inf")  # it answered: it is up
             if is_loading(resp) and self.wait_loading and time.monotonic() + LOADING_POLL_S < deadline:
                 resp.close()
                 time.sleep(LOADING_POLL_S)  # wait for the model to finish loading
@@ -119,6 +143,28 @@ class Http:
             if resp.status_code not in ok:
                 raise self.failure(resp, path)
             return resp
+
+    def _refused_pause(self, tries: int, deadline: float) -> float | None:
+        """Seconds to wait before connecting again to a server that refused, or None: give up.
+        A server that is starting binds its port in a moment, so a request asks again with a
+        backoff until shortly before its deadline. One that refused a whole request that way
+        is taken for down for ``REFUSED_HOLD_S``: the next requests try once, so it is used the
+        moment it listens, but a turn of several sentences does not wait out the timeout for
+        each of them."""
+        now = time.monotonic()
+        if now - self._down_at < REFUSED_HOLD_S and not tries:
+            return None
+        pause = min(REFUSED_MAX_S, REFUSED_FIRST_S * 2 ** tries, deadline - REFUSED_MARGIN_S - now)
+        if pause <= 0:
+            self._down_at = now
+            return None
+        return pause
+
+    def _unreachable(self, reason: str) -> str:
+        if reason == "connection refused" and not self.wait_loading:  # a health check: as it is now
+            return (f"{self.where()} is not reachable (connection refused) yet: start it, or wait while it "
+                    f"starts; else fix {self.table} url in host.toml")
+        return f"{self.where()} is not reachable ({reason}); start it, or fix {self.table} url in host.toml"
 
     def failure(self, resp: requests.Response, path: str) -> BackendError:
         msg = error_message(resp)

@@ -46,6 +46,7 @@ from .config import HostConfig
 from .filter import FamilyFilter
 from .listen import Listener, ListenSettings
 from .sentences import SentenceSplitter
+from .text import clip_words, speakable
 
 log = logging.getLogger("host.turn")
 
@@ -65,6 +66,19 @@ _VAD_WHY: str | None = None
 
 Send = Callable[[p.Message, "bytes | None"], Awaitable[None]]
 STT_RATE = 16000
+SEGMENT_MAX_S = 30.0
+"""seconds: a sentence whose audio is longer goes out as several ``speech`` segments (also
+when one would not fit a binary frame: ~47 s at 44.1 kHz)"""
+SEGMENT_FILL = 0.98
+"""the share of that limit a segment fills at most, so resampling never pushes it over"""
+REPLY_MAX_S = 150.0
+"""seconds: the most a reply is spoken; past it the answer ends at a pause and the rest is logged
+as not spoken (a visitor is long gone, and the next one waits)"""
+CUT_SEARCH_S = 3
+"""seconds before the cap searched for a pause to end a too-long reply at"""
+SENTENCE_MAX_CHARS = 4000
+"""characters of one sentence handed to a voice (about three minutes of speech); the rest of a
+longer one is not spoken"""
 
 
 @dataclass
@@ -124,6 +138,10 @@ class Turn:
     listener: Listener | None = None
     """voice activity on the question as it arrives (None: not started, or no model here)"""
     _sentences: int = field(default=0, init=False, repr=False)
+    _spoken_s: float = field(default=0.0, init=False, repr=False)
+    """seconds of speech sent to the skull in this turn"""
+    _unsent: str = field(default="", init=False, repr=False)
+    """why a segment could not be sent ('' while every one went out): the turn then ends"""
     _cancels: list = field(default_factory=list, init=False, repr=False)
     _heard: dict = field(default_factory=dict, init=False, repr=False)
     """segment start -> task transcribing it while the visitor talks"""
@@ -416,11 +434,19 @@ class Turn:
                 return exc  # an answer cut short ends with its last whole sentence
 
     async def speak(self, sentence: str, *, fallback_voice: bool = False) -> bool:
-        """Synthesise one sentence (after the family filter) and send it as the next ``speech``
-        segment. ``fallback_voice``: in the fallback voice, within ``[fallback] timeout_s``.
-        A voice that fails is reported to the skull (``error``) and nothing is sent. True when
-        a segment went out."""
-        text = self.filter.clean(sentence)
+        """Synthesise one sentence (after the family filter, without control characters, at
+        most ``SENTENCE_MAX_CHARS``) and send it as the next ``speech`` segment, or several
+        when its audio is longer than ``SEGMENT_MAX_S``. ``fallback_voice``: in the fallback
+        voice, within ``[fallback] timeout_s``. A voice that fails is reported to the skull
+        (``error``) and nothing is sent; so is a segment that cannot be sent, and then the rest
+        of the answer is skipped. Speech past ``REPLY_MAX_S`` of the turn is not spoken. True
+        when a segment went out."""
+        if self._unsent or self._spoken_s >= REPLY_MAX_S:
+            self._skipped(sentence)
+            return False
+        text = clip_words(speakable(self.filter.clean(sentence)), SENTENCE_MAX_CHARS)
+        if not text:  # nothing a voice could say (control characters, escapes): skipped
+            return False
         failure = None
         with self._stage("tts") as stage:
             try:
@@ -434,16 +460,59 @@ class Turn:
         if failure is not None:
             await self._failed(failure)
             return False
-        if len(speech.samples) == 0:
+        samples, rate = speech.samples, speech.rate
+        if len(samples) == 0:
             return False
-        msg, pcm = speech_segment(self.turn, self.segments, text, speech.samples, speech.rate,
-                                  self.shape or self.config.shape, self.play_rate)
-        await self.send(msg, pcm)
-        self.segments += 1
-        self.spoken.append(text)
-        self._emit(ev.SegmentSent, seq=msg.seq, text=text, audio_s=round(len(speech.samples) / speech.rate, 3),
-                   at_ms=self._since_stop_ms())
+        room_s = REPLY_MAX_S - self._spoken_s
+        if len(samples) > room_s * rate:  # the reply is too long to speak: it ends at a pause near the cap
+            end = int(room_s * rate)
+            samples = samples[:quiet_cut(samples, rate, max(0, end - CUT_SEARCH_S * rate), end)]
+            if len(samples) == 0:  # the cap is reached to within a sample
+                self._skipped(sentence)
+                return False
+            text = clip_words(text, max(1, round(len(text) * len(samples) / len(speech.samples))))
+            log.warning("%s: turn %d: the reply is longer than %g s of speech; it ends at %.1f s and the rest "
+                        "is not spoken", self.skull, self.turn, REPLY_MAX_S, self._spoken_s + len(samples) / rate)
+        pieces = speech_segments(self.turn, self.segments, text, samples, rate,
+                                 self.shape or self.config.shape, self.play_rate)
+        sent = []
+        for msg, pcm in pieces:
+            try:
+                await self.send(msg, pcm)
+            except ConnectionClosed:
+                raise
+            except Exception as exc:  # a segment the link cannot carry: the turn ends, the skull is told
+                await self._send_failed(msg, exc)
+                break
+            sent.append(msg.text)
+            self.segments += 1
+            audio_s = len(pcm) / (msg.width * msg.channels) / msg.rate
+            self._spoken_s += audio_s
+            self._emit(ev.SegmentSent, seq=msg.seq, text=msg.text, audio_s=round(audio_s, 3),
+                       at_ms=self._since_stop_ms())
+        if not sent:
+            return False
+        self.spoken.append(text if len(sent) == len(pieces) else " ".join(sent))
         return True
+
+    async def _send_failed(self, msg: p.Speech, exc: Exception) -> None:
+        """A segment could not go out (not a closed connection: that ends the turn by itself).
+        The skull is told, the rest of the answer is skipped and the turn ends with ``done``."""
+        self._unsent = (f"the host could not send segment {msg.seq} of turn {self.turn} "
+                        f"({type(exc).__name__}: {str(exc)[:200]}); the rest of the answer is skipped")
+        log.error("%s: turn %d: %s", self.skull, self.turn, self._unsent)
+        self._emit(ev.TurnError, stage="send", message=self._unsent)
+        try:
+            await self.send(p.Error(p.E_INTERNAL, self._unsent, self.turn), None)
+        except ConnectionClosed:
+            raise
+        except Exception as again:  # done still goes out
+            log.error("%s: turn %d: the error could not be sent either: %s: %s", self.skull, self.turn,
+                      type(again).__name__, again)
+
+    def _skipped(self, sentence: str) -> None:
+        why = "a segment could not be sent" if self._unsent else f"the reply is past {REPLY_MAX_S:g} s of speech"
+        log.info("%s: turn %d: not spoken (%s): %.80r", self.skull, self.turn, why, sentence)
 
     async def _fallback_voice(self, text: str) -> Speech:
         voice, timeout_s = self.backends.fallback_voice, self.config.fallback.timeout_s
@@ -456,7 +525,7 @@ class Turn:
 
     async def _finish(self, voice: "Voice") -> None:
         await voice.drain()
-        if not self.segments and self.backends.fallback_voice is not None:
+        if not self.segments and not self._unsent and self.backends.fallback_voice is not None:
             # the voice failed for the whole answer: the skull still speaks, in the fallback voice
             self._emit(ev.Fallback, stage="tts", line=self.config.fallback.tts)
             await self.speak(self.config.fallback.tts, fallback_voice=True)
@@ -544,9 +613,46 @@ def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 1)
 
 
+def speech_segments(turn: int, seq: int, text: str, samples: np.ndarray, rate: int,
+                    shape: JawShape = JawShape(), play_rate: int = 0) -> list[tuple[p.Speech, bytes]]:
+    """One sentence's ``speech`` segments, numbered from ``seq``: one, or several when its audio
+    is longer than ``SEGMENT_MAX_S`` or than one binary frame can carry (``MAX_BINARY_BYTES`` at
+    the rate sent). Each cut falls at the quietest moment of the last quarter of the piece, a
+    pause between words as a rule; the skull plays the pieces back to back. The words are
+    shared out in proportion to each piece's length."""
+    out_rate = play_rate or rate
+    longest = min(SEGMENT_MAX_S * rate, p.MAX_BINARY_BYTES // 2 * rate / out_rate)
+    longest = max(1, int(longest * SEGMENT_FILL))  # resampling may round a sample or two up
+    cuts, start = [0], 0
+    while len(samples) - start > longest:
+        start = quiet_cut(samples, rate, start + longest * 3 // 4, start + longest)
+        cuts.append(start)
+    cuts.append(len(samples))
+    if len(cuts) == 2:
+        return [speech_segment(turn, seq, text, samples, rate, shape, play_rate)]
+    words, out, said = text.split(), [], 0
+    for i in range(len(cuts) - 1):
+        upto = round(len(words) * cuts[i + 1] / len(samples))
+        piece = " ".join(words[said:upto])
+        said = upto
+        out.append(speech_segment(turn, seq + i, piece, samples[cuts[i]:cuts[i + 1]], rate, shape, play_rate))
+    return out
+
+
+def quiet_cut(samples: np.ndarray, rate: int, lo: int, hi: int) -> int:
+    """The sample index in ``lo..hi`` at the middle of its quietest 10 ms: where to cut speech."""
+    frame = max(1, rate // 100)
+    n = (hi - lo) // frame
+    if n < 2:
+        return hi
+    energy = np.square(samples[lo:lo + n * frame].astype(np.float32)).reshape(n, frame).mean(axis=1)
+    return lo + int(np.argmin(energy)) * frame + frame // 2
+
+
 def speech_segment(turn: int, seq: int, text: str, samples: np.ndarray, rate: int,
                    shape: JawShape = JawShape(), play_rate: int = 0) -> tuple[p.Speech, bytes]:
-    """A ``speech`` message with its jaw track, and its PCM payload (at ``play_rate`` if set)."""
+    """A ``speech`` message with its jaw track, and its PCM payload (at ``play_rate`` if set).
+    Audio longer than a binary frame can carry needs :func:`speech_segments`."""
     track = jaw_track(samples, rate, shape)
     if play_rate and play_rate != rate:
         samples, rate = resample(samples, rate, play_rate), play_rate

@@ -13,16 +13,21 @@ import threading
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from skull.core.wav import pcm16_to_audio, read_wav, to_mono
 from skull.core.errors import AudioFormatError, BackendError
 from skull.core.validate import need
 
 from ..http import content_bytes
+from ..text import speakable
 from . import Speech
 from .registry import BackendContext, HttpSettings, backend
 
 ESPEAK_WPM = 155
 """espeak-ng words per minute at speed 1.0: a slow, deliberate skull"""
+ESPEAK_RATE = 22050
+"""Hz: what espeak-ng's voices produce"""
 
 
 def _wav_speech(data: bytes, where: str, stage: str) -> Speech:
@@ -68,9 +73,16 @@ class EspeakTTS:
         self.wpm, self.stage = round(ESPEAK_WPM * settings.speed), ctx.stage
 
     def synthesize(self, text: str) -> Speech:
-        cmd = [self.binary, "--stdout", "-v", self.voice, "-s", str(self.wpm), "-p", str(self.pitch), text]
+        """The text spoken; no audio at all when nothing speakable is left of it. The text goes
+        in on standard input, never on the command line, so a sentence that starts with ``-`` is
+        spoken, not taken for an option, and no length of it meets the command line's limit."""
+        text = speakable(text)
+        if not text:
+            return Speech(np.zeros(0, np.float32), ESPEAK_RATE)
+        cmd = [self.binary, "--stdout", "--stdin", "-v", self.voice, "-s", str(self.wpm), "-p", str(self.pitch)]
         try:
-            out = subprocess.run(cmd, capture_output=True, timeout=self.timeout_s, check=False)
+            out = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, timeout=self.timeout_s,
+                                 check=False)
         except subprocess.TimeoutExpired:
             raise BackendError(self.stage, f"espeak-ng took longer than {self.timeout_s} s") from None
         if out.returncode != 0 or not out.stdout:
