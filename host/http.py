@@ -28,6 +28,10 @@ REFUSED_MAX_S = 0.5
 REFUSED_MARGIN_S = 0.3
 """seconds before a request's deadline when retrying stops, so the refusal itself is reported
 (not a bare timeout)"""
+REFUSED_WAIT_S = 5.0
+"""seconds a request keeps asking a server that refuses (one that is starting binds its port in
+a few seconds; a dead one must not keep the visitor waiting for the whole stage timeout before
+the fallback line)"""
 REFUSED_HOLD_S = 30.0
 """seconds a server that refused a whole request is taken for down (one try per request)"""
 
@@ -121,7 +125,7 @@ class Http:
                 if reason == "connection refused" and self.wait_loading:
                     if refused is None:
                         refused = time.monotonic()
-                    pause = self._refused_pause(tries, deadline)
+                    pause = self._refused_pause(tries, min(deadline, refused + REFUSED_WAIT_S + REFUSED_MARGIN_S))
                     if pause is not None:  # not listening yet: a server that is starting binds its port soon
                         tries += 1
                         time.sleep(pause)
@@ -147,7 +151,7 @@ class Http:
     def _refused_pause(self, tries: int, deadline: float) -> float | None:
         """Seconds to wait before connecting again to a server that refused, or None: give up.
         A server that is starting binds its port in a moment, so a request asks again with a
-        backoff until shortly before its deadline. One that refused a whole request that way
+        backoff for up to ``REFUSED_WAIT_S``, and never past shortly before its deadline. One that refused a whole request that way
         is taken for down for ``REFUSED_HOLD_S``: the next requests try once, so it is used the
         moment it listens, but a turn of several sentences does not wait out the timeout for
         each of them."""
