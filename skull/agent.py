@@ -52,6 +52,10 @@ from .triggers import PREROLL_KEEP_S, Trigger, make_triggers
 
 log = logging.getLogger("skull.agent")
 
+HOST_ERRORS_LOGGED = 5
+HOST_ERRORS_WINDOW_S = 10.0
+"""at most HOST_ERRORS_LOGGED of the host's error messages are logged per HOST_ERRORS_WINDOW_S"""
+
 VIEW_HZ = 10.0
 """how often jaw and level events are sampled for views (only changes are published)"""
 
@@ -109,6 +113,7 @@ class Agent:
         self.finished: list[TurnRecord] = []  # ended turns, newest last
         self.recorded: list[Path] = []
         self.last_error = ""
+        self._host_errors = (0.0, 0, 0)  # (window start, logged in it, not logged since the last line)
         self.led = m.LedPattern.OFF
         self._streaming: int | None = None  # turn whose mic audio goes to the host
         self._mic_dbfs = -120.0
@@ -399,10 +404,24 @@ class Agent:
             # the host's words go to a console and a log: no escape sequence or line break of
             # theirs may recolour the terminal or forge a log line
             said = f"{shown(msg.code, 40)}: {shown(msg.message)}"
-            log.warning("host: %s", said)
+            self._log_host_error(said)
             self.last_error = said
             if rec:
                 rec.errors.append(said)
+
+    def _log_host_error(self, said: str) -> None:
+        """A host's error, logged; a host that floods them gets HOST_ERRORS_LOGGED lines per
+        HOST_ERRORS_WINDOW_S, and the next line logged says how many were left out."""
+        now = time.monotonic()
+        start, logged, left_out = self._host_errors
+        if now - start >= HOST_ERRORS_WINDOW_S:
+            start, logged = now, 0
+        if logged >= HOST_ERRORS_LOGGED:
+            self._host_errors = (start, logged, left_out + 1)
+            return
+        more = f" ({left_out} more errors from the host were not logged)" if left_out else ""
+        log.warning("host: %s%s", said, more)
+        self._host_errors = (start, logged + 1, 0)
 
     # --- actions: one handler per action type -------------------------------------------------
 
@@ -580,7 +599,8 @@ class Agent:
     @staticmethod
     def _log_turn(e: ev.TurnEnded) -> None:
         r = e.record
-        log.info("turn %d %s: heard=%r reply=%r timings_ms=%s", r.turn, r.outcome, r.transcript, r.reply, r.timings_ms)
+        log.info("turn %d %s: heard=%r reply=%r timings_ms=%s", r.turn, r.outcome, _cut(r.transcript), _cut(r.reply),
+                 r.timings_ms)
 
     def _record_turn(self, e: ev.TurnEnded) -> None:
         try:
@@ -686,6 +706,11 @@ def shown(text: str, limit: int = SHOWN_MAX_CHARS) -> str:
 _UNSHOWN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 """Unicode categories written as escapes: controls, format characters (bidirectional overrides),
 surrogates, private use, unassigned, line and paragraph separators"""
+
+
+def _cut(text: str, limit: int = SHOWN_MAX_CHARS) -> str:
+    """``text`` cut to ``limit`` characters for a log line (which shows it with repr: escaped)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _timings(timings: dict) -> dict:
