@@ -141,7 +141,7 @@ def test_a_host_that_never_sends_done_cannot_keep_the_skull_waiting(caplog):
         rec, waited, state, jaw, led = asyncio.run(go())
     assert rec.outcome == "no done" and len(rec.segments) == 2
     # both sentences (0.5 s each, sent together) played, the skull waited 1.0 s for more, then gave up
-    assert 1.8 <= waited <= 2.8, waited
+    assert 1.8 <= waited <= 3.5, waited  # not before the wait, and nowhere near the 90 s reply timeout
     assert state is State.IDLE and jaw == 0.0 and led is LedPattern.OFF
     said = [r.getMessage() for r in caplog.records]
     assert any("no more speech and no done within 1 s" in m and "[link] done_timeout_s" in m for m in said), said
