@@ -30,6 +30,7 @@ import collections
 import logging
 import math
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,10 @@ from .supervisor import Supervisor
 from .triggers import PREROLL_KEEP_S, Trigger, make_triggers
 
 log = logging.getLogger("skull.agent")
+
+HOST_ERRORS_LOGGED = 5
+HOST_ERRORS_WINDOW_S = 10.0
+"""at most HOST_ERRORS_LOGGED of the host's error messages are logged per HOST_ERRORS_WINDOW_S"""
 
 VIEW_HZ = 10.0
 """how often jaw and level events are sampled for views (only changes are published)"""
@@ -108,6 +113,7 @@ class Agent:
         self.finished: list[TurnRecord] = []  # ended turns, newest last
         self.recorded: list[Path] = []
         self.last_error = ""
+        self._host_errors = (0.0, 0, 0)  # (window start, logged in it, not logged since the last line)
         self.led = m.LedPattern.OFF
         self._streaming: int | None = None  # turn whose mic audio goes to the host
         self._mic_dbfs = -120.0
@@ -221,6 +227,9 @@ class Agent:
         """One event through the machine, its actions carried out, the change published."""
         before = (self.machine.state, self.machine.turn)
         self._run_actions(self.machine.handle(event))
+        if isinstance(event, m.Drained) and self.machine.waiting_for_done:
+            # all of the reply so far has played: more speech or done must come in time
+            self._later(self.config.link.done_timeout_s, m.ReplyTimeout(self.machine.turn, self.machine.segments))
         if (self.machine.state, self.machine.turn) != before:
             self._listen_in(before[0], self.machine.state)
             self.events.emit(ev.StateChanged(self.machine.state, self.machine.turn))
@@ -389,13 +398,30 @@ class Agent:
         elif isinstance(msg, p.Done):
             if rec:
                 rec.reply = msg.reply
-                rec.timings_ms.update(msg.timings_ms)
+                rec.timings_ms.update(_timings(msg.timings_ms))
             self._step(m.HostDone(msg.turn))
         elif isinstance(msg, p.Error):
-            log.warning("host: %s: %s", msg.code, msg.message)
-            self.last_error = msg.message
+            # the host's words go to a console and a log: no escape sequence or line break of
+            # theirs may recolour the terminal or forge a log line
+            said = f"{shown(msg.code, 40)}: {shown(msg.message)}"
+            self._log_host_error(said)
+            self.last_error = said
             if rec:
-                rec.errors.append(f"{msg.code}: {msg.message}")
+                rec.errors.append(said)
+
+    def _log_host_error(self, said: str) -> None:
+        """A host's error, logged; a host that floods them gets HOST_ERRORS_LOGGED lines per
+        HOST_ERRORS_WINDOW_S, and the next line logged says how many were left out."""
+        now = time.monotonic()
+        start, logged, left_out = self._host_errors
+        if now - start >= HOST_ERRORS_WINDOW_S:
+            start, logged = now, 0
+        if logged >= HOST_ERRORS_LOGGED:
+            self._host_errors = (start, logged, left_out + 1)
+            return
+        more = f" ({left_out} more errors from the host were not logged)" if left_out else ""
+        log.warning("host: %s%s", said, more)
+        self._host_errors = (start, logged + 1, 0)
 
     # --- actions: one handler per action type -------------------------------------------------
 
@@ -468,6 +494,10 @@ class Agent:
         if rec is None:
             return
         rec.outcome = a.reason
+        if a.reason == "no done":
+            log.warning("turn %d: the host sent no more speech and no done within %g s after the last of the reply "
+                        "played; the turn ends and the jaw is shut. If the host's sentences come slower than that, "
+                        "raise [link] done_timeout_s", a.turn, self.config.link.done_timeout_s)
         rec.commands = self._commands_for(rec)
         self.finished.append(rec)
         del self.finished[:-20]
@@ -569,7 +599,8 @@ class Agent:
     @staticmethod
     def _log_turn(e: ev.TurnEnded) -> None:
         r = e.record
-        log.info("turn %d %s: heard=%r reply=%r timings_ms=%s", r.turn, r.outcome, r.transcript, r.reply, r.timings_ms)
+        log.info("turn %d %s: heard=%r reply=%r timings_ms=%s", r.turn, r.outcome, _cut(r.transcript), _cut(r.reply),
+                 r.timings_ms)
 
     def _record_turn(self, e: ev.TurnEnded) -> None:
         try:
@@ -656,6 +687,40 @@ class Agent:
                   ("monitor", lambda: self.monitor and self.monitor.running and self.monitor.stop())]
         for what, step in steps + [(f"closer {i}", c) for i, c in enumerate(b.closers)]:
             _logged(what, step)  # a failing step is logged; the rest still run
+
+
+SHOWN_MAX_CHARS = 300
+"""a peer's text is cut to this many characters on a console or in a log line"""
+
+
+def shown(text: str, limit: int = SHOWN_MAX_CHARS) -> str:
+    """A peer's ``text`` made safe for a terminal and a log line: every control character (ANSI
+    escape sequences, CR, LF, tab, bidirectional overrides, line separators) is written as its
+    Python escape (``\\x1b``, ``\\r``, ``\\n``, ``\\u202e``) and the text is cut to ``limit``
+    characters, saying how many more there were."""
+    out = "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _UNSHOWN else ch
+                  for ch in text[:limit])
+    return out if len(text) <= limit else f"{out}... ({len(text) - limit} more characters)"
+
+
+_UNSHOWN = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+"""Unicode categories written as escapes: controls, format characters (bidirectional overrides),
+surrogates, private use, unassigned, line and paragraph separators"""
+
+
+def _cut(text: str, limit: int = SHOWN_MAX_CHARS) -> str:
+    """``text`` cut to ``limit`` characters for a log line (which shows it with repr: escaped)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _timings(timings: dict) -> dict:
+    """The host's ``timings_ms`` as far as they are timings: names (shown safely) to finite
+    milliseconds; anything else is not kept."""
+    kept = {}
+    for name, ms in list(timings.items())[:50]:
+        if isinstance(ms, (int, float)) and not isinstance(ms, bool) and abs(ms) < 1e12:  # also drops NaN
+            kept[shown(str(name), 40)] = ms
+    return kept
 
 
 def _logged(what: str, step) -> None:

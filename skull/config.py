@@ -32,6 +32,10 @@ class LinkConfig:
     """cap of the exponential reconnect backoff (jitter is added on top, up to 25%)"""
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
+    done_timeout_s: float = 10.0
+    """once everything the host sent has played, how long the skull waits for more speech or the
+    host's ``done`` before it ends the turn itself (jaw shut, idle), seconds; longer than the
+    longest pause the host's backends leave between two sentences"""
 
     def check(self, where: str) -> None:
         need(self.url.startswith(("ws://", "wss://")), where, "url", self.url, "must start with ws:// or wss://")
@@ -39,6 +43,9 @@ class LinkConfig:
              "0 < reconnect_min_s <= reconnect_max_s <= 60")
         need(self.ping_interval_s > 0 and self.ping_timeout_s > 0, where, "ping_interval_s", self.ping_interval_s,
              "ping interval and timeout must be positive")
+        need(0.5 <= self.done_timeout_s <= 300, where, "done_timeout_s", self.done_timeout_s,
+             "must be 0.5..300 s: shorter cuts a reply off at a slow sentence, longer leaves the skull "
+             "waiting on a host that forgot to finish")
 
 
 @dataclass(frozen=True)

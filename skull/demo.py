@@ -15,13 +15,14 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from host.config import HostConfig, ServerConfig
 from host.process import HostProcess
 
-from .agent import Agent
+from .agent import Agent, shown
 from .audio.recorder import FileMic
 from .config import SkullConfig
 from .machine import LedPattern, State
@@ -49,11 +50,12 @@ def render(agent: Agent, started: float) -> Group:
     t.add_row("jaw", f"[magenta]{bar:<30}[/] {opening:4.2f}  {'%4.0f µs' % pw if pw else 'detached'}")
     t.add_row("speaker", getattr(b.player, "name", "?"))
     if rec is not None:
-        t.add_row("heard", rec.transcript or "…")
-        t.add_row("saw", rec.caption or "…")
-        t.add_row("reply", rec.reply or " ".join(seg.text for seg in rec.in_order()) or "…")
+        # the host's words as text, never as markup or terminal escapes
+        t.add_row("heard", Text(shown(rec.transcript) or "…"))
+        t.add_row("saw", Text(shown(rec.caption) or "…"))
+        t.add_row("reply", Text(shown(rec.reply or " ".join(seg.text for seg in rec.in_order())) or "…"))
         if rec.timings_ms:
-            t.add_row("timings", "  ".join(f"{k} {v:.0f} ms" for k, v in rec.timings_ms.items()))
+            t.add_row("timings", Text("  ".join(f"{k} {v:.0f} ms" for k, v in rec.timings_ms.items())))
     if agent.last_error:
         t.add_row("error", Text(agent.last_error, style="red"))
     t.add_row("time", f"{time.monotonic() - started:5.1f} s")
@@ -167,10 +169,10 @@ def print_summary(agent: Agent, console: Console) -> int:
     console.print()
     for rec in agent.finished:
         console.print(f"[bold]turn {rec.turn}[/] ({rec.outcome})")
-        console.print(f"  heard:   {rec.transcript!r}")
-        console.print(f"  saw:     {rec.caption!r}")
-        console.print(f"  replied: {rec.reply!r}")
-        console.print("  timings: " + ", ".join(f"{k}={v:.0f} ms" for k, v in rec.timings_ms.items()))
+        console.print(f"  heard:   {escape(repr(rec.transcript))}")
+        console.print(f"  saw:     {escape(repr(rec.caption))}")
+        console.print(f"  replied: {escape(repr(rec.reply))}")
+        console.print("  timings: " + escape(", ".join(f"{k}={v:.0f} ms" for k, v in rec.timings_ms.items())))
         ok = ok and rec.outcome == "answered" and bool(rec.segments)
     for path in agent.recorded:
         console.print(f"  recorded in {path}")

@@ -3,13 +3,15 @@ exponential backoff and jitter. Errors are sorted into retryable (host down, net
 a host that answers nonsense: try again) and fatal (wrong token, unsupported protocol, a hello
 the host cannot read: retrying cannot help; say so and stop).
 
-Nothing a host sends can end the link: a malformed frame is logged and skipped, and an
+Nothing a host sends can end the link: a malformed frame is skipped (the first few of a
+connection logged, the rest counted and summed up in one line when it closes), and an
 exception while handling a good one goes to ``on_fault`` (the agent leaves the hardware safe
 and ends the turn); the link reads on.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Awaitable, Callable
 
@@ -36,6 +38,9 @@ class LinkFatal(SkullError, ConnectionError):
 OnMessage = Callable[[p.Message, "bytes | None"], Awaitable[None]]
 OnState = Callable[[bool], Awaitable[None]]
 OnFault = Callable[[str, BaseException], None]
+
+MALFORMED_LOGGED = 3
+"""malformed frames of one connection logged one by one; the rest are counted, not logged"""
 
 
 class Link:
@@ -122,10 +127,11 @@ class Link:
                                           f"url a skull host of protocol {p.PROTOCOL_VERSION}?") from None
         self.welcome, self.connected, self._out = welcome, True, asyncio.Queue()
         self.connects += 1
-        log.info("connected to %s (protocol %d, session %s)", c.url, welcome.protocol, welcome.session)
+        log.info("connected to %s (protocol %d, session %r)", c.url, welcome.protocol, welcome.session[:80])
         await self.on_state(True)
         writer = asyncio.create_task(self._write(ws, self._out), name="link-writer")
         reader = p.FrameReader(p.HOST_MESSAGES)
+        ignored: collections.Counter = collections.Counter()  # malformed frames of this connection, by code
         try:
             async for frame in ws:
                 try:
@@ -136,8 +142,12 @@ class Link:
                         if msg.has_payload:
                             continue  # its payload is the next frame
                         payload = None
-                except ProtocolError as exc:
-                    log.warning("malformed frame from host ignored: %s", exc)
+                except ProtocolError as exc:  # the first few are logged, the rest counted: never one line per frame
+                    n = sum(ignored.values()) + 1
+                    if n <= MALFORMED_LOGGED:
+                        log.warning("malformed frame from host ignored: %s%s", exc, "" if n < MALFORMED_LOGGED else
+                                    " (further ones on this connection are counted and summed up when it closes)")
+                    ignored[exc.code] += 1
                     continue
                 try:
                     await self.on_message(msg, payload)
@@ -145,6 +155,9 @@ class Link:
                     self.on_fault(f"handling {msg.type} from the host", exc)
         finally:
             writer.cancel()
+            if sum(ignored.values()) > MALFORMED_LOGGED:
+                log.warning("host %s sent %d malformed frames on this connection (%s); all were ignored", c.url,
+                            sum(ignored.values()), ", ".join(f"{code} {n}" for code, n in ignored.most_common()))
 
     @staticmethod
     async def _write(ws, queue: asyncio.Queue) -> None:

@@ -2,6 +2,7 @@
 
     OFFLINE --Connected--> IDLE --ButtonDown--> LISTENING --ButtonUp / RecordLimit--> THINKING
     THINKING --SegmentArrived--> SPEAKING --HostDone and Drained--> IDLE
+    SPEAKING --ReplyTimeout after the last segment played, no done--> IDLE (a host that never finishes)
     THINKING/SPEAKING --ButtonDown--> LISTENING (interrupt: stop audio, close jaw, new turn)
     any --Disconnected--> OFFLINE (stop mic and audio, close jaw, LED blinks)
     any --Fault--> safe again (jaw closed, audio and mic stopped, LED off; the turn ends "failed")
@@ -97,7 +98,12 @@ class Drained:
 
 @dataclass(frozen=True)
 class ReplyTimeout:
+    """The host took too long with ``turn``. ``after_segments`` None: no reply at all in the
+    time allowed after ``stop``. ``after_segments`` N: the first N segments had all played and
+    neither another segment nor ``done`` came within [link] done_timeout_s (a host that never
+    finishes); the turn ends "no done" unless something arrived since."""
     turn: int
+    after_segments: typing.Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,7 @@ class Led:
 class TurnEnd:
     turn: int
     reason: str
-    """answered, no reply, timeout, interrupted, disconnected or failed"""
+    """answered, no reply, timeout, no done, interrupted, disconnected or failed"""
 
 
 Action = typing.Union[MicStart, SendListen, Snapshot, StreamAudio, MicStop, SendStop, Play, StopPlayback, JawClose,
@@ -190,6 +196,12 @@ class TalkMachine:
         self.done = False  # the host has sent every segment of the current turn
         self.drained = True  # everything received so far has been played
         self.segments = 0
+
+    @property
+    def waiting_for_done(self) -> bool:
+        """Speaking, everything received has played, and the host has not said ``done``: only
+        more speech or ``done`` can go on from here (or [link] done_timeout_s ends the turn)."""
+        return self.state is State.SPEAKING and self.drained and not self.done
 
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, _TURN_EVENTS) and event.turn != self.turn:
@@ -273,6 +285,10 @@ class TalkMachine:
         if s is State.SPEAKING:
             if isinstance(event, SegmentArrived):
                 return self._segment(event)
+            if isinstance(event, ReplyTimeout):
+                if event.after_segments == self.segments and self.waiting_for_done:
+                    return self._end_turn("no done")
+                return []  # a segment came since, or the reply is still playing
             if isinstance(event, HostDone):
                 self.done = True
             elif isinstance(event, Drained):

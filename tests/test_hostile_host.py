@@ -1,0 +1,428 @@
+"""The skull against a hostile or broken host: a plain websockets server in the test plays the
+host and sends what a real one never should. A host that never says ``done`` cannot keep the
+skull waiting past [link] done_timeout_s; a host's ``error`` text cannot recolour the operator's
+terminal or forge a log line; and thousands of malformed, oversized and out-of-order frames
+and welcomes leave a real ``skull run --sim`` running, reconnecting, answering pings, with its
+jaw inside its calibrated range and no traceback."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.asyncio.server import serve
+
+from conftest import sim_body, skull_config, wait_for
+from skull.agent import Agent, shown
+from skull.config import LinkConfig
+from skull.core import protocol as p
+from skull.core.data import bundled
+from skull.core.errors import ConfigError
+from skull.core.validate import build
+from skull.machine import (AckListen, ButtonDown, ButtonUp, Connected, Drained, JawClose, Led, LedPattern,
+                           ReplyTimeout, SegmentArrived, State, TalkMachine, TurnEnd)
+from skull.segment import ReplySegment
+
+RATE = 16000
+
+
+def welcome(session: str = "s1") -> str:
+    return p.encode(p.Welcome(p.PROTOCOL_VERSION, "hostile", session, 15.0))[0]
+
+
+def speech(turn: int, seq: int, seconds: float = 0.3, opening: float = 0.8) -> list:
+    """A valid spoken segment: a tone of ``seconds`` and a jaw track that opens to ``opening``."""
+    n = int(RATE * seconds)
+    pcm = (np.sin(np.arange(n) * 2 * np.pi * 220 / RATE) * 12000).astype("<i2").tobytes()
+    jaw = [opening] * int(seconds * 100)
+    return p.encode(p.Speech(turn, seq, f"sentence {seq}", RATE, 2, 1, len(pcm), 100, jaw), pcm)
+
+
+# --- a host that never says done -------------------------------------------------------------
+
+def _speaking_machine() -> TalkMachine:
+    mc = TalkMachine()
+    for event in (Connected(), ButtonDown(), AckListen(1), ButtonUp()):
+        mc.handle(event)
+    mc.handle(SegmentArrived(1, _segment(0)))
+    assert mc.state is State.SPEAKING
+    return mc
+
+
+def _segment(seq: int) -> ReplySegment:
+    return ReplySegment(1, seq, "hi", np.zeros(160, np.float32), RATE, np.zeros(1, np.float32), 100)
+
+
+def test_the_machine_ends_a_turn_the_host_never_finishes():
+    mc = _speaking_machine()
+    assert mc.handle(Drained()) == [] and mc.waiting_for_done
+    assert mc.handle(ReplyTimeout(1, after_segments=1)) == [JawClose(), Led(LedPattern.OFF), TurnEnd(1, "no done")]
+    assert mc.state is State.IDLE
+
+
+def test_the_done_wait_starts_again_with_each_segment_and_the_reply_timeout_does_not_cut_a_reply():
+    mc = _speaking_machine()
+    mc.handle(Drained())
+    mc.handle(SegmentArrived(1, _segment(1)))  # the host was slow, not gone
+    assert mc.handle(ReplyTimeout(1, after_segments=1)) == [] and mc.state is State.SPEAKING
+    assert mc.handle(ReplyTimeout(1)) == []  # the whole-reply timeout while the reply still plays
+    mc.handle(Drained())
+    assert mc.handle(ReplyTimeout(1, after_segments=2))[-1] == TurnEnd(1, "no done")
+
+
+def test_done_timeout_s_is_validated():
+    with pytest.raises(ConfigError, match="done_timeout_s"):
+        build(LinkConfig, {"done_timeout_s": 0.1}, "skull.toml", "link")
+
+
+async def _scripted_host(on_stop, sent: list, errors: tuple = ()):
+    """A host that welcomes, acknowledges ``listen`` and ``stop``, and after ``stop`` sends
+    whatever ``on_stop(turn)`` returns (lists of frames), noting each send time in ``sent``.
+    ``errors``: ``error`` messages sent right after the welcome."""
+    async def handler(ws):
+        await ws.recv()  # hello
+        await ws.send(welcome())
+        for code, message in errors:
+            await ws.send(json.dumps({"type": "error", "code": code, "message": message}))
+        async for frame in ws:
+            if isinstance(frame, bytes):
+                continue
+            msg = json.loads(frame)
+            if msg["type"] in ("listen", "stop"):
+                await ws.send(p.encode(p.Ack(msg["turn"], msg["type"]))[0])
+            if msg["type"] == "stop":
+                for frames in on_stop(msg["turn"]):
+                    for f in frames:
+                        await ws.send(f)
+                    sent.append(time.monotonic())
+    return await serve(handler, "127.0.0.1", 0, max_size=p.TRANSPORT_MAX_BYTES)
+
+
+def test_a_host_that_never_sends_done_cannot_keep_the_skull_waiting(caplog):
+    """Two sentences, then nothing: the turn ends done_timeout_s after the last of them played,
+    jaw shut, LED off, idle, with a warning that names the reason and the key; the next turn
+    is taken."""
+    async def go():
+        sent: list = []
+        server = await _scripted_host(lambda turn: [speech(turn, 0, 0.5), speech(turn, 1, 0.5)], sent)
+        cfg = skull_config(server.sockets[0].getsockname()[1], done_timeout_s=1.0)
+        body = sim_body(cfg, speed=1.0)
+        agent = Agent(cfg, body)
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE, timeout=10)
+            pin = body.panel.button.pin
+            agent.turn_ended.clear()
+            pin.drive_low()
+            await asyncio.sleep(0.5)
+            pin.drive_high()
+            await asyncio.wait_for(agent.turn_ended.wait(), 20)
+            ended = time.monotonic()
+            await asyncio.sleep(0.1)
+            state, jaw, led = agent.state, body.jaw.opening, agent.led
+            agent.turn_ended.clear()
+            pin.drive_low()  # the skull takes the next turn
+            await wait_for(lambda: agent.state is State.LISTENING, timeout=5)
+            return agent.finished[-1], ended - sent[-1], state, jaw, led
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            await server.wait_closed()
+    with caplog.at_level(logging.WARNING, logger="skull"):
+        rec, waited, state, jaw, led = asyncio.run(go())
+    assert rec.outcome == "no done" and len(rec.segments) == 2
+    # both sentences (0.5 s each, sent together) played, the skull waited 1.0 s for more, then gave up
+    assert 1.8 <= waited <= 3.5, waited  # not before the wait, and nowhere near the 90 s reply timeout
+    assert state is State.IDLE and jaw == 0.0 and led is LedPattern.OFF
+    said = [r.getMessage() for r in caplog.records]
+    assert any("no more speech and no done within 1 s" in m and "[link] done_timeout_s" in m for m in said), said
+
+
+# --- `skull run` as a show runs it -------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def skull_run(url: str, folder: Path, config: str = "", record: bool = False):
+    """A real `skull run --sim` process against ``url``; yields (process, stderr lines so far)."""
+    args = [sys.executable, "-m", "skull", "-v", "run", "--sim", "--no-audio", "--url", url,
+            "--mic-file", str(bundled("question.wav")), "--image", str(bundled("snapshot.jpg"))]
+    if config:
+        (folder / "skull.toml").write_text(config)
+        args += ["--config", str(folder / "skull.toml")]
+    if record:
+        args += ["--record", str(folder / "turns")]
+    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT, cwd=folder,
+                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+
+    async def read():
+        async for line in proc.stdout:
+            lines.append(line.decode("utf-8", errors="backslashreplace"))
+    reader = asyncio.create_task(read())
+    try:
+        yield proc, lines
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+        await asyncio.wait_for(reader, 5)
+
+
+FORGED = "2001-01-01 00:00:00,000 INFO skull.agent: turn 7 answered"
+ANSI = "\x1b[2J\x1b[31mthe host owns your terminal\x1b[0m"
+
+
+def test_a_hosts_error_text_is_escaped_on_the_console_and_in_the_log(tmp_path):
+    """ANSI escapes, CR and LF in a host's ``error`` reach the operator as visible escapes: the
+    terminal is not cleared or recoloured and no forged log line appears."""
+    async def go():
+        server = await _scripted_host(lambda turn: [], [], errors=[("bad\x1b[5m", f"{ANSI}\r\n{FORGED}\u202e")])
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            async with skull_run(url, tmp_path) as (proc, lines):
+                await wait_for(lambda: any("host: " in ln for ln in lines), timeout=30)
+                await asyncio.sleep(0.3)
+                return "".join(lines)
+        finally:
+            server.close()
+            await server.wait_closed()
+    out = asyncio.run(go())
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
+    assert not any(line.startswith(FORGED) for line in out.splitlines())
+    line = next(ln for ln in out.splitlines() if "host: " in ln)
+    assert "host: bad\\x1b[5m: \\x1b[2J\\x1b[31mthe host owns your terminal\\x1b[0m\\r\\n" + FORGED + "\\u202e" in line
+
+
+def test_shown_cuts_long_text_and_says_so():
+    assert shown("a" * 1000) == "a" * 300 + "... (700 more characters)"
+    assert shown("fine, plain text") == "fine, plain text"
+
+
+# --- a fuzzing host against `skull run` --------------------------------------------------------
+
+FUZZ_FRAMES = 3000
+NON_FATAL_CLOSES = (1000, 1001, 1011, 4000, 4999)  # 4400, 4401 and 4426 are the documented fatal ones
+
+
+class FuzzHost:
+    """A host that answers each connection with a seeded mix of what a broken or hostile host
+    sends: bad welcomes (garbage, binary, wrong types, nesting, oversized, a close instead),
+    then bursts of garbage text and bytes, JSON that is no message, messages with wrong, huge
+    or missing fields, valid messages out of order and for other turns, speech without its
+    payload or with the wrong one, oversized frames, and real speech for the skull's current
+    turn (so the jaw moves). After each burst it pings the skull and notes whether it answered."""
+
+    def __init__(self, seed: int, frames: int):
+        import random
+        self.rng = random.Random(seed)
+        self.budget = frames
+        self.sent = self.malformed = self.connections = self.welcomed = 0
+        self.pongs, self.missed_pongs = 0, 0
+        self.calm_pongs = 0  # pongs on a connection after the fuzzing
+        self.turn = 0
+        self.transport_overflow_left = 1  # one frame past the transport limit: the skull drops the link
+
+    # frames ---------------------------------------------------------------------------------
+
+    def _text(self) -> str:
+        r = self.rng
+        alphabet = "{}[]\":,0123456789abcdeftrunl \\\x1b\r\n\x00\u202e\u00e9\U0001f480"
+        return "".join(r.choice(alphabet) for _ in range(r.randrange(0, 300)))
+
+    def _valid(self, turn: int) -> dict:
+        r = self.rng
+        kind = r.choice(["welcome", "ack", "heard", "done", "error", "speech"])
+        return {"welcome": {"type": "welcome", "protocol": 1, "host": "h", "session": "x", "max_record_s": 15},
+                "ack": {"type": "ack", "turn": turn, "of": r.choice(["listen", "stop"])},
+                "heard": {"type": "heard", "turn": turn, "transcript": "hat\x1b[31m", "caption": "skull"},
+                "done": {"type": "done", "turn": turn, "segments": 1, "reply": "ok",
+                         "timings_ms": {"stt": 1, "tts": "slow", "x\r\ny": 2}},
+                "error": {"type": "error", "code": "stage_failed", "message": ANSI + "\r\nforged", "turn": turn},
+                "speech": {"type": "speech", "turn": turn, "seq": 0, "text": "hi", "rate": RATE, "width": 2,
+                           "channels": 1, "bytes": 320, "jaw_fps": 100, "jaw": [0.5]}}[kind]
+
+    def _spoiled(self, msg: dict) -> str:
+        """``msg`` with one field made wrong in a way a decoder must survive."""
+        r = self.rng
+        key = r.choice([k for k in msg if k != "type"] or ["type"])
+        bad = r.choice(["drop", "-5", "9" * 5000, "NaN", "Infinity", "1e999", "[[[[[[]]]]]]", "\"\\ud800\"", "true",
+                        "null", "{}", "\"" + "x" * 1000 + "\"", "[2.0, -1, \"x\"]", "1.5"])
+        if bad == "drop":
+            msg = {k: v for k, v in msg.items() if k != key}
+            return json.dumps(msg)
+        body = json.dumps({k: v for k, v in msg.items() if k != key})
+        return body[:-1] + (", " if len(body) > 2 else "") + f"\"{key}\": {bad}}}"
+
+    def burst(self, turn: int) -> list[list]:
+        """One hostile item: a list of frames sent back to back."""
+        r = self.rng
+        kind = r.choices(["garbage_text", "garbage_binary", "not_object", "spoiled", "nested", "valid_other_turn",
+                          "speech", "speech_no_payload", "speech_wrong_payload", "mutated", "oversized_text",
+                          "oversized_binary", "transport_overflow"],
+                         weights=[10, 10, 4, 20, 2, 10, 12, 4, 4, 12, 1, 0.3, 0.05])[0]
+        if kind == "transport_overflow" and not self.transport_overflow_left:
+            kind = "garbage_binary"
+        malformed = kind not in ("valid_other_turn", "speech")
+        if kind == "garbage_text":
+            frames = [self._text()]
+        elif kind == "garbage_binary":
+            frames = [r.randbytes(r.randrange(0, 3000))]
+        elif kind == "not_object":
+            frames = [r.choice(["[]", "1", "\"welcome\"", "null", "true", "[{\"type\":\"ack\"}]"])]
+        elif kind == "spoiled":
+            frames = [self._spoiled(self._valid(turn))]
+        elif kind == "nested":
+            frames = ["[" * r.randrange(500, 100_000)]
+        elif kind == "valid_other_turn":
+            msg = self._valid(r.choice([turn - 1, turn + 1, turn + 1000, 0]))
+            frames = [json.dumps(msg)] + ([b"\0" * 320] if msg["type"] == "speech" else [])
+            malformed = msg["type"] == "speech" and msg["turn"] < 0
+        elif kind == "speech":
+            frames = speech(turn, r.randrange(0, 5), r.uniform(0.05, 0.3), r.uniform(0.0, 1.0)) if turn >= 0 else []
+        elif kind == "speech_no_payload":
+            frames = [speech(turn, 0, 0.1)[0], json.dumps(self._valid(turn))]
+        elif kind == "speech_wrong_payload":
+            frames = [speech(turn, 0, 0.1)[0], r.randbytes(r.randrange(0, 5000))]
+        elif kind == "mutated":
+            text = json.dumps(self._valid(turn))
+            i = r.randrange(len(text))
+            frames = [text[:i] + r.choice(["", "\"", "}", "\\", "\x00", "{"]) + text[i + 1:]]
+        elif kind == "oversized_text":
+            frames = [json.dumps({"type": "error", "code": "x", "message": "y" * (p.MAX_TEXT_BYTES + 10)})]
+        elif kind == "oversized_binary":
+            frames = [bytes(p.MAX_BINARY_BYTES + 1)]
+        else:
+            self.transport_overflow_left -= 1
+            frames = [bytes(p.TRANSPORT_MAX_BYTES + 1)]
+        self.malformed += malformed
+        return frames
+
+    def bad_welcome(self):
+        """A reply to hello that is not a welcome the skull can use (a frame, or a close code)."""
+        r = self.rng
+        return r.choice([self._text(), r.randbytes(64), json.dumps(self._valid(1) | {"type": "ack"}),
+                         self._spoiled(self._valid(1) | {"type": "welcome", "protocol": 1, "host": "h",
+                                                          "session": "s", "max_record_s": 15}),
+                         "[" * 50_000, json.dumps({"type": "welcome", "session": "s" * p.MAX_TEXT_BYTES}),
+                         r.choice(NON_FATAL_CLOSES)])
+
+    # the connection ---------------------------------------------------------------------------
+
+    async def handler(self, ws):
+        self.connections += 1
+        r, lock = self.rng, asyncio.Lock()
+        try:
+            await ws.recv()  # hello
+            if self.budget <= 0:  # the fuzzing is over: a calm host
+                await ws.send(welcome())
+                listener = asyncio.create_task(self._listen(ws, lock))
+                await asyncio.wait_for(await ws.ping(), 15)
+                self.calm_pongs += 1
+                await listener
+                return
+            if r.random() < 0.2:
+                bad = self.bad_welcome()
+                self.sent += 1
+                if isinstance(bad, int):
+                    await ws.close(bad, "fuzz")
+                else:
+                    await ws.send(bad)
+                    await asyncio.wait_for(ws.wait_closed(), 15)
+                return
+            await ws.send(welcome(f"fuzz-{self.connections}\x1b[2J"))
+            self.welcomed += 1
+            listener = asyncio.create_task(self._listen(ws, lock))
+            try:
+                for _ in range(r.randrange(1, 4)):
+                    for _ in range(r.randrange(20, 300)):
+                        if self.budget <= 0:
+                            break
+                        frames = self.burst(self.turn)
+                        async with lock:
+                            for f in frames:
+                                await ws.send(f)
+                        self.budget -= 1
+                        self.sent += 1
+                        if r.random() < 0.05:
+                            await asyncio.sleep(r.uniform(0, 0.1))
+                    try:
+                        await asyncio.wait_for(await ws.ping(), 15)
+                        self.pongs += 1
+                    except asyncio.TimeoutError:
+                        self.missed_pongs += 1
+                        return
+            finally:
+                listener.cancel()
+            if r.random() < 0.5:
+                await ws.close(r.choice(NON_FATAL_CLOSES), "fuzz")
+            else:
+                await ws.close()
+        except Exception:  # the skull dropped the link (a transport overflow, a bad welcome): it reconnects
+            return
+
+    async def _listen(self, ws, lock):
+        """Acknowledge most of the skull's listen and stop; follow its turn number."""
+        async for frame in ws:
+            if isinstance(frame, bytes):
+                continue
+            msg = json.loads(frame)
+            if msg["type"] in ("listen", "stop"):
+                self.turn = msg["turn"]
+                if self.rng.random() < 0.8:
+                    async with lock:
+                        await ws.send(p.encode(p.Ack(msg["turn"], msg["type"]))[0])
+
+
+def test_skull_run_survives_a_fuzzing_host(tmp_path):
+    """3,000 hostile frames and welcomes against a real `skull run --sim` whose button is
+    pressed and released all along: it never exits, never prints a traceback, keeps
+    reconnecting and answering pings, logs malformed frames a few per connection (not one line
+    per frame), escapes what the host says, and its jaw stays inside the calibrated range."""
+    fuzz = FuzzHost(seed=13, frames=FUZZ_FRAMES)
+
+    async def go():
+        server = await serve(fuzz.handler, "127.0.0.1", 0, max_size=p.TRANSPORT_MAX_BYTES)
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        config = "[link]\nreconnect_min_s = 0.05\nreconnect_max_s = 0.3\ndone_timeout_s = 0.5\n"
+        started = time.monotonic()
+        try:
+            async with skull_run(url, tmp_path, config, record=True) as (proc, lines):
+                while fuzz.budget > 0 and proc.returncode is None and time.monotonic() - started < 50:
+                    proc.stdin.write(b"\n")  # the button goes down, or up
+                    await proc.stdin.drain()
+                    await asyncio.sleep(fuzz.rng.uniform(0.2, 1.0))
+                # after the storm, a calm host: the skull connects again and answers its ping
+                await wait_for(lambda: fuzz.calm_pongs or proc.returncode is not None, timeout=15)
+                await asyncio.sleep(0.5)
+                alive = proc.returncode is None
+                return alive, "".join(lines), time.monotonic() - started
+        finally:
+            server.close()
+            await server.wait_closed()
+    alive, out, took = asyncio.run(go())
+    tail = out[-3000:]
+    assert fuzz.budget <= 0, f"only {FUZZ_FRAMES - fuzz.budget} frames sent in {took:.0f} s"
+    assert alive, tail
+    assert "Traceback" not in out, out[out.find("Traceback") - 500:][:4000]
+    assert fuzz.missed_pongs == 0 and fuzz.pongs >= fuzz.welcomed - 1
+    assert fuzz.connections >= 10, fuzz.connections  # it kept reconnecting after every close and bad welcome
+    logged = out.count("malformed frame from host ignored")
+    assert logged <= 3 * fuzz.welcomed and logged < fuzz.malformed / 5, (logged, fuzz.malformed)
+    assert "\x1b" not in out and "\r" not in out
+    # a flood of the host's error messages is not a flood of log lines
+    assert out.count("host: stage_failed") <= 5 * (took / 10 + 1), out.count("host: stage_failed")
+    openings = []
+    for csv in (tmp_path / "turns").glob("turn-*/commands.csv"):
+        openings += [float(row.split(",")[2]) for row in csv.read_text().splitlines()[1:]]
+    assert openings and max(openings) > 0.1, "the jaw never moved: no speech reached it"
+    assert all(0.0 <= o <= 1.0 for o in openings)
+    assert took < 60
