@@ -200,6 +200,59 @@ def test_the_certificate_authority_file_verifies_the_host(tls_config, backends, 
     assert link.connects == 1 and link.welcome is not None
 
 
+async def _tls_proxy(cert, key, to_port: int):
+    """A TLS-terminating proxy on loopback, as Caddy or nginx would stand in front of the host:
+    wss:// outside, the host's plain ws:// behind it."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+
+    async def pipe(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass  # the other side went away: the connection ends
+        finally:
+            writer.close()
+
+    async def forward(reader, writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    return await asyncio.start_server(forward, "127.0.0.1", 0, ssl=ctx)
+
+
+def test_a_turn_is_answered_through_a_tls_proxy_in_front_of_a_plain_host(host_config, backends, certs, caplog):
+    """Setup 2 of docs/internet.md: the host on 127.0.0.1 (no certificate, nothing logged about
+    clear text), the proxy holds the certificate, the skull verifies it against tls_ca."""
+    cert, key, _ = certs["host"]
+
+    async def go():
+        with caplog.at_level(logging.WARNING, logger="host.server"):
+            host = await start_host(dataclasses.replace(
+                host_config, server=dataclasses.replace(host_config.server, token=TOKEN)), backends)
+        proxy = await _tls_proxy(cert, key, host.port)
+        port = proxy.sockets[0].getsockname()[1]
+        cfg = _skull(port, f"wss://localhost:{port}", tls_ca=str(cert))
+        agent = Agent(cfg, sim_body(cfg))
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE, timeout=10)
+            rec = await ask(agent)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await host.stop()
+            proxy.close()
+        return rec
+
+    rec = asyncio.run(go())
+    assert rec.outcome == "answered" and "costume" in rec.transcript and rec.segments
+    assert "in clear" not in caplog.text
+
+
 def test_a_host_beyond_loopback_without_tls_says_the_token_travels_in_clear(caplog):
     with caplog.at_level(logging.WARNING, logger="host.server"):
         assert tls_context(ServerConfig(bind="0.0.0.0", token="x")) is None
