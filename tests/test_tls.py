@@ -292,3 +292,13 @@ def test_skull_host_prints_the_fingerprint_openssl_gives(certs):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == fingerprint
     assert re.fullmatch(r"sha256:([0-9A-F]{2}:){31}[0-9A-F]{2}", fingerprint)
+
+
+def test_skull_run_refuses_a_pin_on_a_plain_url_before_it_starts(certs):
+    fingerprint = certs["host"][2]
+    out = subprocess.run([sys.executable, "-m", "skull", "run", "--sim", "--no-audio", "--url", "ws://127.0.0.1:9",
+                          "--tls-fingerprint", fingerprint], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL, env=os.environ)
+    assert out.returncode == 2, out.stderr
+    assert "skull run [link]: tls_fingerprint" in out.stderr and "applies to a wss:// url only" in out.stderr
+    assert "Traceback" not in out.stderr
