@@ -29,9 +29,22 @@ class ServerConfig:
     hello_timeout_s: float = 10.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 10.0
+    tls_cert: str = ""
+    """a PEM certificate (chain) file: the host serves wss:// with it; empty: plain ws:// (put a
+    TLS proxy in front of a host reached over the internet, docs/internet.md)"""
+    tls_key: str = ""
+    """the PEM private key of tls_cert (may be the same file)"""
 
     def check(self, where: str) -> None:
         need(0 <= self.port <= 65535, where, "port", self.port, "must be 0..65535 (0 picks a free port)")
+        need(bool(self.tls_cert) == bool(self.tls_key), where, "tls_key" if self.tls_cert else "tls_cert",
+             self.tls_key if self.tls_cert else self.tls_cert,
+             "tls_cert and tls_key go together: set both (the certificate and its private key) or neither")
+        for key in ("tls_cert", "tls_key"):
+            value = getattr(self, key)
+            need(not value or Path(value).is_file(), where, key, value,
+                 "no such file (a path relative to the folder the host runs in, or absolute); make a "
+                 "self-signed pair as docs/internet.md shows")
         need(1 <= self.max_record_s <= 300, where, "max_record_s", self.max_record_s, "must be 1..300 s")
         need(0.1 <= self.max_image_mp <= 250, where, "max_image_mp", self.max_image_mp, "must be 0.1..250 megapixels")
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import hmac
 import logging
 import re
+import ssl
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from skull.core.faults import FaultLog
 
 from . import events as ev
 from .build import build_backends
-from .config import HostConfig, is_loopback
+from .config import HostConfig, ServerConfig, is_loopback
 from .filter import FamilyFilter
 from .turn import Backends, Turn
 
@@ -47,6 +49,46 @@ def _describe(frame) -> str:
         return f"a {len(frame)}-byte binary frame"
     m = re.search(r'"type"\s*:\s*"([a-z_]{1,20})"', frame[:200])
     return f"a {m.group(1)!r} message" if m else "a text frame"
+
+
+def cert_fingerprint(path: str) -> str:
+    """The SHA-256 fingerprint of the first certificate in a PEM file, as a skull pins it:
+    ``sha256:AB:CD:...`` (the same digits ``openssl x509 -noout -fingerprint -sha256`` prints)."""
+    try:
+        text = open(path, encoding="ascii", errors="replace").read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the certificate {path}: {exc.strerror or exc}") from None
+    m = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
+    if m is None:
+        raise ConfigError(f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give tls_cert the "
+                          f"certificate file, not the key")
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(m.group(0))).hexdigest().upper()
+    return "sha256:" + ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+
+
+def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context that makes the host serve wss:// ([server] tls_cert and tls_key), or None
+    for plain ws://. The certificate's fingerprint is logged for skulls that pin it; a host bound
+    beyond this machine without TLS is logged too: its token travels in clear."""
+    if not server.tls_cert:
+        if not is_loopback(server.bind):
+            log.warning("serving plain ws:// on %s: the token and every question travel in clear. Across a "
+                        "network you do not own, give the host a certificate (--tls-cert/--tls-key) or put a TLS "
+                        "proxy in front of it (docs/internet.md)", server.bind)
+        return None
+    if not server.tls_key:
+        raise ConfigError(f"tls_cert {server.tls_cert} needs its private key: set tls_key (--tls-key) too")
+    fingerprint = cert_fingerprint(server.tls_cert)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(server.tls_cert, server.tls_key, password=b"")  # never prompts for a passphrase
+    except OSError as exc:  # a missing file, a key that does not match, a key with a passphrase
+        raise ConfigError(f"cannot serve TLS with tls_cert {server.tls_cert} and tls_key {server.tls_key}: "
+                          f"{exc.strerror or exc}; the key must be the certificate's "
+                          f"own, in PEM, without a passphrase (docs/internet.md)") from None
+    log.info("serving wss:// with the certificate %s, fingerprint %s", server.tls_cert, fingerprint)
+    return ctx
 
 
 @dataclass
@@ -214,8 +256,9 @@ class Host:
         # backend calls run on the host's own pool (the loop's default executor is left to others
         # sharing the loop); sized so a slow server does not starve the other skulls
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="host-backend")
-        self.server = await serve(self._connection, s.bind, s.port, max_size=p.TRANSPORT_MAX_BYTES,
-                                  ping_interval=s.ping_interval_s, ping_timeout=s.ping_timeout_s,
+        self.server = await serve(self._connection, s.bind, s.port, ssl=tls_context(s),
+                                  max_size=p.TRANSPORT_MAX_BYTES, ping_interval=s.ping_interval_s,
+                                  ping_timeout=s.ping_timeout_s,
                                   compression=None, logger=logging.getLogger("host.websockets"))
         b = self.backends
         log.info("host listening on ws://%s:%d (stt=%s vision=%s reply=%s tts=%s, %s)", s.bind, self.port,

@@ -39,7 +39,7 @@ def cmd_host(args) -> int:
     from host.build import build_backends
     from host.check import all_up, check_backends, render
     from host.config import load_host_config
-    from host.server import Host
+    from host.server import Host, cert_fingerprint
 
     cfg = load_host_config(args.config)
     if args.check:
@@ -51,14 +51,26 @@ def cmd_host(args) -> int:
     server = cfg.server
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", server.token)
     server = dataclasses.replace(server, bind=args.bind or server.bind,
-                                 port=args.port if args.port is not None else server.port, token=token)
+                                 port=args.port if args.port is not None else server.port, token=token,
+                                 tls_cert=args.tls_cert or server.tls_cert, tls_key=args.tls_key or server.tls_key)
+    if args.print_fingerprint:
+        if not server.tls_cert:
+            raise SkullError("no certificate to fingerprint: give --tls-cert (or [server] tls_cert in host.toml)")
+        print(cert_fingerprint(server.tls_cert), flush=True)
+        return 0
+    server.check("skull host [server]")  # the flags are held to host.toml's rules
     cfg = dataclasses.replace(cfg, server=server)
 
     async def main():
         _log_unhandled()
         host = Host(cfg)  # refuses a non-loopback bind without a token
         await host.start()
-        print(f"skull host listening on ws://{server.bind}:{host.port}", flush=True)
+        if server.tls_cert:
+            fingerprint = cert_fingerprint(server.tls_cert)
+            print(f"skull host listening on wss://{server.bind}:{host.port}\ncertificate {fingerprint}: a skull "
+                  f"trusting this self-signed certificate sets [link] tls_fingerprint = \"{fingerprint}\"", flush=True)
+        else:
+            print(f"skull host listening on ws://{server.bind}:{host.port}", flush=True)
         for ln in await asyncio.to_thread(check_backends, cfg, host.backends):  # name the dead ones at once
             level = logging.INFO if ln.status in ("up", "-") else logging.WARNING
             logging.getLogger("host").log(level, "%s backend %s: %s%s", ln.stage, ln.backend, ln.status,
@@ -80,7 +92,10 @@ def _skull_config(args):
     cfg = load_skull_config(args.config, calibration=getattr(args, "calibration", None))
     link = cfg.link
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", link.token)
-    link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name)
+    link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name,
+                               tls_fingerprint=getattr(args, "tls_fingerprint", None) or link.tls_fingerprint,
+                               tls_ca=getattr(args, "tls_ca", None) or link.tls_ca)
+    link.check(f"skull {args.command} [link]")  # the flags are held to skull.toml's rules
     return dataclasses.replace(cfg, link=link)
 
 
@@ -172,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--port", type=int, help="port (default 8765)")
     h.add_argument("--token", help="shared secret skulls must send (default: $SKULL_TOKEN)")
     h.add_argument("--config", help="host.toml (examples in host/examples/)")
+    h.add_argument("--tls-cert", help="serve wss:// with this PEM certificate (chain) file (docs/internet.md)")
+    h.add_argument("--tls-key", help="the certificate's PEM private key file")
+    h.add_argument("--print-fingerprint", action="store_true", help="print the certificate's SHA-256 "
+                                                                    "fingerprint (for [link] tls_fingerprint) and exit")
     h.add_argument("--check", action="store_true", help="check every configured backend (up/down, model, "
                                                         "round trip) and exit: 0 when all are up, 1 if not")
     h.set_defaults(func=cmd_host)
@@ -182,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--url", help="host websocket URL (default ws://127.0.0.1:8765)")
     r.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
     r.add_argument("--name", help="this skull's name")
+    r.add_argument("--tls-fingerprint", help="wss:// only: trust exactly the host certificate with this SHA-256 "
+                                             "fingerprint (sha256:AB:CD:..., from skull host --print-fingerprint)")
+    r.add_argument("--tls-ca", help="wss:// only: a PEM file of certificate authorities to trust instead of the "
+                                    "system's")
     r.add_argument("--config", help="skull.toml")
     r.add_argument("--mic-file", help="a WAV played as the microphone on each press")
     r.add_argument("--image", help="a picture used as the camera")

@@ -20,6 +20,14 @@ from .core.validate import build, need, read_toml
 
 # --- the skull (agent) ---------------------------------------------------------------------
 
+def fingerprint_hex(text: str) -> str | None:
+    """The 64 hex digits of a SHA-256 certificate fingerprint written as ``sha256:AB:CD:...``
+    (``skull host`` prints it so), ``SHA256 Fingerprint=AB:CD:...`` (openssl) or bare hex, in
+    upper case; None when ``text`` is not one."""
+    digits = re.sub(r"^(sha256(\s*fingerprint)?\s*[:=]\s*)", "", text.strip(), flags=re.I).replace(":", "")
+    return digits.upper() if re.fullmatch(r"[0-9A-Fa-f]{64}", digits) else None
+
+
 @dataclass(frozen=True)
 class LinkConfig:
     url: str = "ws://127.0.0.1:8765"
@@ -36,9 +44,25 @@ class LinkConfig:
     """once everything the host sent has played, how long the skull waits for more speech or the
     host's ``done`` before it ends the turn itself (jaw shut, idle), seconds; longer than the
     longest pause the host's backends leave between two sentences"""
+    tls_fingerprint: str = ""
+    """wss:// only: trust exactly the host certificate with this SHA-256 fingerprint
+    ("sha256:AB:CD:...", printed by ``skull host --print-fingerprint``), e.g. a self-signed one;
+    checked before the token is sent. Empty: the certificate must verify against tls_ca or the
+    system's certificate authorities, for the URL's host name"""
+    tls_ca: str = ""
+    """wss:// only: a PEM file of the certificate authorities to trust instead of the system's"""
 
     def check(self, where: str) -> None:
         need(self.url.startswith(("ws://", "wss://")), where, "url", self.url, "must start with ws:// or wss://")
+        need(not self.tls_fingerprint or fingerprint_hex(self.tls_fingerprint) is not None, where, "tls_fingerprint",
+             self.tls_fingerprint, "a SHA-256 fingerprint: 'sha256:' and 32 pairs of hex digits, as skull host "
+             "--print-fingerprint shows it")
+        need(not self.tls_ca or Path(self.tls_ca).is_file(), where, "tls_ca", self.tls_ca,
+             "no such file: a PEM file of certificate authorities (a path relative to the folder the skull runs "
+             "in, or absolute)")
+        for key in ("tls_fingerprint", "tls_ca"):
+            need(not getattr(self, key) or self.url.startswith("wss://"), where, key, getattr(self, key),
+                 f"applies to a wss:// url only, and url is {self.url!r}: use wss:// to reach a host that serves TLS")
         need(0 < self.reconnect_min_s <= self.reconnect_max_s <= 60, where, "reconnect_max_s", self.reconnect_max_s,
              "0 < reconnect_min_s <= reconnect_max_s <= 60")
         need(self.ping_interval_s > 0 and self.ping_timeout_s > 0, where, "ping_interval_s", self.ping_interval_s,

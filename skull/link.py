@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
+import ssl
 from typing import Awaitable, Callable
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidURI
 
 from .core import protocol as p
-from .config import LinkConfig
+from .config import LinkConfig, fingerprint_hex
 from .core.errors import ProtocolError, SkullError
 from .core.faults import FaultLog
 from .supervisor import backoff_delays
@@ -33,6 +35,69 @@ FATAL_CLOSE_CODES = {p.CLOSE_UNAUTHORIZED: "the host refused the token",
 
 class LinkFatal(SkullError, ConnectionError):
     """The host refused this skull in a way that retrying cannot fix."""
+
+
+class TlsRefused(SkullError, ConnectionError):
+    """The host's certificate is not the one this skull trusts: nothing was sent to it. Retried
+    with the reconnect backoff (the host may be mid-change), and said once."""
+
+
+def _colons(hex_digits: str) -> str:
+    return "sha256:" + ":".join(hex_digits[i:i + 2] for i in range(0, len(hex_digits), 2))
+
+
+def tls_context(config: LinkConfig) -> ssl.SSLContext | None:
+    """How a wss:// link checks the host: the system's certificate authorities (or [link] tls_ca)
+    and the URL's host name; with [link] tls_fingerprint and no tls_ca, the pinned certificate
+    alone (checked by :func:`check_pin` before hello). None for ws://."""
+    if not config.url.startswith("wss://"):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=config.tls_ca or None)
+    except (OSError, ValueError) as exc:
+        raise LinkFatal(f"[link] tls_ca {config.tls_ca} is not a PEM file of certificate authorities: {exc}") from None
+    if config.tls_fingerprint and not config.tls_ca:  # a self-signed certificate: its fingerprint is the trust
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def check_pin(ws, config: LinkConfig) -> None:
+    """Refuse a host whose certificate is not the pinned one ([link] tls_fingerprint), right
+    after the TLS handshake: before hello, so the token never reaches it."""
+    pinned = fingerprint_hex(config.tls_fingerprint) if config.tls_fingerprint else None
+    if pinned is None:
+        return
+    tls = ws.transport.get_extra_info("ssl_object")
+    der = tls.getpeercert(binary_form=True) if tls is not None else None
+    if der is None:
+        raise TlsRefused(f"the host at {config.url} showed no certificate, and [link] tls_fingerprint pins one; "
+                         f"nothing was sent to it")
+    seen = hashlib.sha256(der).hexdigest().upper()
+    if seen != pinned:
+        raise TlsRefused(f"the host's certificate is {_colons(seen)}, not the pinned {_colons(pinned)}; if the "
+                         f"host's certificate changed, update [link] tls_fingerprint (skull host "
+                         f"--print-fingerprint shows it). The token was not sent")
+
+
+def tls_problem(exc: BaseException, url: str, opened: bool) -> str | None:
+    """What a failure to open the link says about TLS, for the person setting it up, or None."""
+    if isinstance(exc, TlsRefused):
+        return str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"the host's certificate at {url} failed verification ({exc.verify_message}); for a self-signed "
+                f"certificate pin it with [link] tls_fingerprint = \"sha256:...\" (skull host --print-fingerprint"
+                f" shows it), for a private certificate authority set [link] tls_ca. The token was not sent")
+    if opened:
+        return None
+    if url.startswith("wss://") and isinstance(exc, (ssl.SSLError, ConnectionResetError, EOFError)):
+        return (f"the TLS handshake with {url} failed ({exc or type(exc).__name__}); if the host serves plain "
+                f"ws:// (started without --tls-cert, and no TLS proxy in front of it), use a ws:// url")
+    if url.startswith("ws://") and isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
+        return (f"the host at {url} closed the connection without answering the websocket handshake; if it "
+                f"serves TLS (skull host --tls-cert, or a proxy such as Caddy or nginx in front of it), the url "
+                f"must start with wss://")
+    return None
 
 
 OnMessage = Callable[[p.Message, "bytes | None"], Awaitable[None]]
@@ -77,20 +142,28 @@ class Link:
     async def run(self) -> None:
         """Connect, serve, reconnect; returns only by cancellation, raises LinkFatal."""
         c = self.config
-        delays = None
+        delays, tls, tls_said = None, tls_context(c), None
         while True:
+            opened = False
             try:
                 async with connect(c.url, open_timeout=5, ping_interval=c.ping_interval_s,
                                    ping_timeout=c.ping_timeout_s, close_timeout=2, max_size=p.TRANSPORT_MAX_BYTES,
-                                   compression=None, proxy=None) as ws:
+                                   compression=None, proxy=None, ssl=tls) as ws:
+                    opened = True
+                    check_pin(ws, c)  # before hello: a wrong host never sees the token
+                    tls_said = None
                     await self._serve(ws)
                     delays = None  # it worked for a while: start the backoff afresh
             except LinkFatal:
                 raise
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
-                # the first failure of an outage is a warning; the retries after it are not news
-                log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s); retrying",
-                        c.url, exc or type(exc).__name__)
+                said = tls_problem(exc, c.url, opened)
+                if said is not None:  # a TLS setup problem will not mend by itself: said once, retried quietly
+                    log.log(logging.ERROR if said != tls_said else logging.DEBUG, "%s; retrying", said)
+                    tls_said = said
+                else:  # the first failure of an outage is a warning; the retries after it are not news
+                    log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s); retrying",
+                            c.url, exc or type(exc).__name__)
             except InvalidURI as exc:
                 raise LinkFatal(f"link url {c.url!r} is not a websocket URL: {exc}") from None
             except ProtocolError as exc:  # the host answered hello with something unreadable
