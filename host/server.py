@@ -261,7 +261,8 @@ class Host:
                                   ping_timeout=s.ping_timeout_s,
                                   compression=None, logger=logging.getLogger("host.websockets"))
         b = self.backends
-        log.info("host listening on ws://%s:%d (stt=%s vision=%s reply=%s tts=%s, %s)", s.bind, self.port,
+        log.info("host listening on %s://%s:%d (stt=%s vision=%s reply=%s tts=%s, %s)",
+                 "wss" if s.tls_cert else "ws", s.bind, self.port,
                  b.stt.name, b.vision.name if b.vision else self.config.vision.backend, b.reply.name, b.tts.name,
                  "streaming" if self.config.streaming else "not streaming")
         return self

@@ -292,7 +292,9 @@ def _host(config: SkullConfig, timeout_s: float = 3.0) -> list[Finding]:
     link = config.link
 
     async def hello():
-        async with connect(link.url, open_timeout=timeout_s, close_timeout=1) as ws:
+        from .link import check_pin, tls_context
+        async with connect(link.url, open_timeout=timeout_s, close_timeout=1, ssl=tls_context(link)) as ws:
+            check_pin(ws, link)  # a wss:// host with a pinned certificate: checked before the token goes
             await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, link.name + "-doctor", link.token))[0])
             return await asyncio.wait_for(ws.recv(), timeout_s)
     try:
