@@ -82,7 +82,14 @@ class Link:
                     delays = None  # it worked for a while: start the backoff afresh
             except LinkFatal:
                 raise
-            except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == p.CLOSE_REPLACED:  # not a network fault
+                    log.warning("host %s: %s; retrying", c.url, exc.rcvd.reason or "another skull is using the "
+                                f"name {c.name}")
+                else:
+                    log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s); "
+                            "retrying", c.url, exc or type(exc).__name__)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
                 # the first failure of an outage is a warning; the retries after it are not news
                 log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s); retrying",
                         c.url, exc or type(exc).__name__)
