@@ -287,6 +287,8 @@ class Host:
         self._replaced: dict[str, collections.deque] = {}
         """skull name -> monotonic seconds of its recent replacements (a flapping pair)"""
         self._sweeper: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+        """closes of replaced connections still under way"""
 
     @contextlib.asynccontextmanager
     async def admission(self, turn: Turn, send):
@@ -467,9 +469,14 @@ class Host:
         old = self.sessions.get(name)
         if old is not None:
             self._note_replaced(name, old.peer, peer)
-            await old.ws.close(p.CLOSE_REPLACED, _clip(f"another skull is using the name {name}: a new connection "
-                                                       f"from {peer} took it over; give each skull its own [link] "
-                                                       f"name"))
+            # closed in the background: an old connection that no longer reads must not hold up
+            # the new one's welcome for the close timeout
+            closing = asyncio.create_task(old.ws.close(p.CLOSE_REPLACED, _clip(
+                f"another skull is using the name {name}: a new connection from {peer} took it over; give each "
+                f"skull its own [link] name")), name=f"replace-{name}")
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            old._cancel_turn()
         if not self._room_for(name):
             m = self.config.server.max_skulls
             await ws.close(p.CLOSE_HOST_FULL, f"the host keeps at most {m} skulls and all are connected; raise "
