@@ -34,6 +34,18 @@ class ServerConfig:
     TLS proxy in front of a host reached over the internet, docs/internet.md)"""
     tls_key: str = ""
     """the PEM private key of tls_cert (may be the same file)"""
+    conversation_idle_s: float = 180.0
+    """a conversation with no turn for this long is forgotten: the next visitor is someone else"""
+    max_skulls: int = 64
+    """skulls the host keeps a conversation for; a new name past it replaces the longest idle one
+    that is not connected, or is refused (4429) when all are connected"""
+    max_turns: int = 4
+    """turns answered at once; more wait their turn in a fair queue (first come, first served)"""
+    queue_notice_s: float = 2.0
+    """a turn still queued after this long hears the "one moment" line (in the fallback voice)"""
+    queue_line: str = "One moment, mortal. Other souls are ahead of you."
+    log_failures_per_min: int = 10
+    """log lines per minute about one peer's bad frames or refused hellos; the rest are counted"""
 
     def check(self, where: str) -> None:
         need(0 <= self.port <= 65535, where, "port", self.port, "must be 0..65535 (0 picks a free port)")
@@ -47,6 +59,39 @@ class ServerConfig:
                  "self-signed pair as docs/internet.md shows")
         need(1 <= self.max_record_s <= 300, where, "max_record_s", self.max_record_s, "must be 1..300 s")
         need(0.1 <= self.max_image_mp <= 250, where, "max_image_mp", self.max_image_mp, "must be 0.1..250 megapixels")
+        need(0.1 <= self.conversation_idle_s <= 86400, where, "conversation_idle_s", self.conversation_idle_s,
+             "must be 0.1..86400 s")
+        need(1 <= self.max_skulls <= 10000, where, "max_skulls", self.max_skulls, "must be 1..10000")
+        need(1 <= self.max_turns <= 1000, where, "max_turns", self.max_turns, "must be 1..1000")
+        need(0 <= self.queue_notice_s <= 60, where, "queue_notice_s", self.queue_notice_s, "must be 0..60 s")
+        need(1 <= self.log_failures_per_min <= 10000, where, "log_failures_per_min", self.log_failures_per_min,
+             "must be 1..10000")
+
+
+@dataclass(frozen=True)
+class SkullEntry:
+    """[skulls.NAME]: one skull's own credential. A name with a table accepts only its own
+    token (the shared [server] token is refused for it), so no other token holder can take the
+    name over; a name without one accepts the shared token."""
+    token: str = ""
+
+    def check(self, where: str) -> None:
+        need(len(self.token) >= 8, where, "token", "***", "a skull's own token must be at least 8 characters")
+
+
+def load_skulls(table, source: str) -> dict:
+    """The [skulls] table: skull name -> :class:`SkullEntry`, each name checked as hello checks it."""
+    from skull.core.protocol import name_problem
+    if not isinstance(table, dict):
+        raise ValidationError(f"{source}: skulls = {table!r} must be a table: write [skulls.NAME]"[:300], "skulls",
+                              "type")
+    skulls = {}
+    for name, entry in table.items():
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValidationError(f"{where_of(source, 'skulls')}: skull name {name[:70]!r} {problem}", name, "range")
+        skulls[name] = build(SkullEntry, entry, source, f"skulls.{name}")
+    return skulls
 
 
 STAGE_TIMEOUT_S = {"stt": 20.0, "vision": 10.0, "reply": 20.0, "tts": 20.0}
@@ -217,6 +262,8 @@ class HostConfig:
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     shape: JawShape = field(default_factory=JawShape)
+    skulls: dict = field(default_factory=dict)
+    """skull name -> :class:`SkullEntry` (from [skulls.NAME] tables)"""
     history_turns: int = 6
     """how many earlier question/reply pairs each skull's conversation remembers"""
     streaming: bool = True
@@ -227,6 +274,8 @@ class HostConfig:
 def load_host_config(path: str | Path | None = None) -> HostConfig:
     data, source = read_toml(path)
     stages = {stage: load_stage(stage, data.pop(stage), source) for stage in registry.STAGES if stage in data}
+    if "skulls" in data:
+        stages["skulls"] = load_skulls(data.pop("skulls"), source)
     return replace(build(HostConfig, data, source), **stages)
 
 

@@ -208,6 +208,7 @@ class TurnTimings(Subscriber):
       speech to text only the tail since the visitor's last pause is left by then);
     * ``stt_tail_audio``: milliseconds of question audio transcribed after the release;
     * ``reply``: how long the reply took to write;
+    * ``tts``: the total synthesis time of the turn's sentences (added up, fallback voice included);
     * ``llm_first_token``, ``llm_first_sentence``, ``tts_first_segment``: after the button release
       (from :class:`FirstPiece`, the first :class:`Sentence`, the first :class:`SegmentSent`);
     * ``total``: from the button release to :meth:`finish` (the moment ``done`` is sent).
@@ -235,6 +236,8 @@ class TurnTimings(Subscriber):
             stopped[0] = time.monotonic()
         elif isinstance(event, StageFinished) and event.stage in self.STAGES:
             t[event.stage] = event.ms
+        elif isinstance(event, StageFinished) and event.stage == "tts":
+            t["tts"] = round(t.get("tts", 0.0) + event.ms, 1)
         elif isinstance(event, Hearing):
             t["stt_tail_audio"] = round(event.tail_audio_s * 1000.0, 1)
         elif isinstance(event, FirstPiece):
@@ -243,6 +246,10 @@ class TurnTimings(Subscriber):
             t.setdefault("llm_first_sentence", event.at_ms)
         elif isinstance(event, SegmentSent):
             t.setdefault("tts_first_segment", event.at_ms)
+
+    def forget(self, skull: str) -> None:
+        """Drop what is kept for ``skull`` (the host forgot its conversation)."""
+        self._turns.pop(skull, None)
 
     def of(self, skull: str, turn: int) -> dict:
         """The timings collected so far for this turn (empty if it is not the skull's latest)."""

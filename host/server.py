@@ -21,6 +21,7 @@ import hmac
 import logging
 import re
 import ssl
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,14 +90,50 @@ def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
                           f"own, in PEM, without a passphrase (docs/internet.md)") from None
     log.info("serving wss:// with the certificate %s, fingerprint %s", server.tls_cert, fingerprint)
     return ctx
+def _shown(text: str, limit: int = 64) -> str:
+    """A client-supplied string as a log line may show it: control characters, line breaks and
+    lone surrogates escaped (no forged lines, no terminal escapes), cut at ``limit`` characters."""
+    shown = repr(text[:limit])[1:-1]
+    return shown if len(text) <= limit else f"{shown}...(+{len(text) - limit} chars)"
+
+
+class PeerLog:
+    """Log lines about one peer's failures (bad frames, refused hellos), at most ``per_min`` a
+    minute per peer address; the rest are counted and the count is logged once the minute is
+    over. Keeps at most ``peers`` addresses (the oldest is forgotten first)."""
+
+    def __init__(self, logger: logging.Logger, per_min: int, peers: int = 1024):
+        self.log, self.per_min, self.peers = logger, per_min, peers
+        self._seen: collections.OrderedDict[str, list] = collections.OrderedDict()
+        """peer -> [minute start (monotonic s), lines logged, lines held back]"""
+
+    def __call__(self, peer: str, line: str) -> None:
+        now = time.monotonic()
+        entry = self._seen.get(peer)
+        if entry is None or now - entry[0] >= 60.0:
+            if entry is not None and entry[2]:
+                self.log.warning("%s: %d more failures in the minute before were not logged", peer, entry[2])
+            entry = [now, 0, 0]
+            self._seen[peer] = entry
+            self._seen.move_to_end(peer)
+            while len(self._seen) > self.peers:
+                self._seen.popitem(last=False)
+        if entry[1] < self.per_min:
+            entry[1] += 1
+            self.log.warning("%s: %s", peer, line)
+        else:
+            entry[2] += 1
 
 
 @dataclass
 class Conversation:
-    """What one skull and its visitors have said, kept across reconnects."""
+    """What one skull and its visitors have said, kept across reconnects until it has been idle
+    for ``[server] conversation_idle_s``."""
     skull: str
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=6))
     turns: int = 0
+    last_s: float = field(default_factory=time.monotonic)
+    """monotonic seconds of the last turn (or of the connection that made it)"""
 
 
 class SkullSession:
@@ -115,7 +152,11 @@ class SkullSession:
         self.turn: Turn | None = None
         self.task: asyncio.Task | None = None
         self._send_lock = asyncio.Lock()
-        self._warned_long = False
+        self._ended_by_host = False
+        """the host ended the current turn's recording at max_record_s (the skull's stop is late)"""
+        self.name = _shown(conversation.skull)
+        """the skull's name as log lines show it"""
+        self.peer = ws.remote_address[0] if ws.remote_address else "?"
 
     async def send(self, msg: p.Message, payload: bytes | None = None) -> None:
         frames = p.encode(msg, payload)
@@ -124,24 +165,36 @@ class SkullSession:
                 await self.ws.send(frame)
 
     async def run(self) -> None:
-        skull = self.conversation.skull
         try:
             async for frame in self.ws:
-                try:
-                    await self._handle(frame)
-                except ProtocolError as exc:
-                    log.warning("%s: %s: %s", skull, exc.code, exc)
-                    await self.send(p.Error(exc.code, str(exc)))
-                except ConnectionClosed:
-                    raise
-                except Exception as exc:  # a fault in the host: this frame is lost, the skull is not
-                    what = _describe(frame)
-                    self.host.faults(f"{skull}: handling {what}", exc)
-                    await self.send(p.Error(p.E_INTERNAL, f"the host hit an unexpected fault handling {what} "
-                                                          f"({type(exc).__name__}); it is logged on the host. "
-                                                          f"Carry on; if a turn was starting, press again"))
+                await self._guarded(frame)
         finally:
             self._cancel_turn()
+
+    async def _guarded(self, frame, msg: p.Message | None = None) -> None:
+        """Handle one frame (or, given ``msg``, that already read message); whatever is wrong
+        with it is answered with ``error`` and the connection stays open."""
+        skull = self.conversation.skull
+        try:
+            if msg is not None:
+                await self._on_message(msg)
+            else:
+                await self._handle(frame)
+        except p.PayloadMissing as exc:  # the announced payload is lost, the text frame is not
+            self.host.peer_failure(self.peer, f"{skull}: {exc.code}: {exc}")
+            await self.send(p.Error(exc.code, str(exc)))
+            await self._guarded(frame, exc.message)
+        except ProtocolError as exc:
+            self.host.peer_failure(self.peer, f"{skull}: {exc.code}: {exc}")
+            await self.send(p.Error(exc.code, str(exc)))
+        except ConnectionClosed:
+            raise
+        except Exception as exc:  # a fault in the host: this frame is lost, the skull is not
+            what = _describe(frame)
+            self.host.faults(f"{skull}: handling {what}", exc)
+            await self.send(p.Error(p.E_INTERNAL, f"the host hit an unexpected fault handling {what} "
+                                                  f"({type(exc).__name__}); it is logged on the host. "
+                                                  f"Carry on; if a turn was starting, press again"))
 
     def _cancel_turn(self) -> None:
         if self.task is not None and not self.task.done():
@@ -153,16 +206,21 @@ class SkullSession:
         if isinstance(frame, bytes):
             msg, data = self.reader.read_binary(frame)
             return await self._on_payload(msg, data)
-        msg = self.reader.read_text(frame)
+        await self._on_message(self.reader.read_text(frame))
+
+    async def _on_message(self, msg: p.Message) -> None:
         if isinstance(msg, p.Hello):
             raise ProtocolError(p.E_BAD_STATE, "hello was already received on this connection")
         if isinstance(msg, p.Listen):
             self._cancel_turn()  # a new press abandons whatever turn was running
-            host = self.host
+            host, conv = self.host, self.conversation
+            if time.monotonic() - conv.last_s > host.config.server.conversation_idle_s:
+                conv.history.clear()  # a new visitor: no callbacks to the last one's hat
+            conv.last_s = time.monotonic()
             self.turn = Turn(msg.turn, host.backends, host.config, skull=self.conversation.skull, events=host.events,
                              timings=host.timings, executor=host.executor, history=tuple(self.conversation.history),
                              play_rate=self.play_rate, filter=host.filter, shape=self.shape)
-            self.task, self._warned_long = None, False
+            self.task, self._ended_by_host = None, False
             host.events.emit(ev.TurnStarted(self.conversation.skull, msg.turn))
             await self.send(p.Ack(msg.turn, "listen"))
             return
@@ -172,10 +230,16 @@ class SkullSession:
         turn = self._current(msg.turn, msg.type)
         if isinstance(msg, p.Stop):
             if self.task is not None:
+                if self._ended_by_host:  # the host ended this recording at max_record_s already
+                    return
                 raise ProtocolError(p.E_BAD_STATE, f"turn {msg.turn} was already stopped")
-            await self.send(p.Ack(msg.turn, "stop"))
-            self.task = asyncio.create_task(self._answer(turn), name=f"turn-{msg.turn}")
+            await self._stop(turn)
         # image and audio_start are kept by the reader until their binary frames arrive
+
+    async def _stop(self, turn: Turn) -> None:
+        """The recording of ``turn`` is over: ``ack`` it and start answering."""
+        await self.send(p.Ack(turn.turn, "stop"))
+        self.task = asyncio.create_task(self._answer(turn), name=f"turn-{turn.turn}")
 
     def _current(self, turn_id: int, what: str) -> Turn:
         if self.turn is None or self.turn.turn != turn_id:
@@ -189,16 +253,26 @@ class SkullSession:
             turn.on_image(data)
         elif isinstance(msg, p.AudioStart):
             if self.task is not None:
+                if self._ended_by_host:  # audio still in flight after the host ended the recording
+                    return
                 raise ProtocolError(p.E_BAD_STATE, f"audio for turn {msg.turn} after its stop; dropped")
-            if not turn.on_audio(msg, data) and not self._warned_long:
-                self._warned_long = True
-                await self.send(p.Error(p.E_TOO_LARGE, f"recording is longer than {self.host.config.server.max_record_s} s;"
-                                                       f" the rest of turn {msg.turn} is ignored", msg.turn))
+            if not turn.on_audio(msg, data):
+                # a stuck button or a skull that never sends stop: the host ends the recording
+                # itself and answers what it has; the skull's late stop and audio are accepted
+                self._ended_by_host = True
+                limit_s = self.host.config.server.max_record_s
+                log.info("%s: turn %d reached max_record_s = %g s; the host ends the recording and answers",
+                         self.name, msg.turn, limit_s)
+                await self.send(p.Error(p.E_TOO_LARGE, f"recording is longer than {limit_s:g} s (max_record_s); "
+                                                       f"the host ended turn {msg.turn}'s recording there and "
+                                                       f"answers what it heard", msg.turn))
+                await self._stop(turn)
 
     async def _answer(self, turn: Turn) -> None:
         skull = self.conversation.skull
         try:
-            await turn.run(self.send)
+            async with self.host.admission(turn, self.send):
+                await turn.run(self.send)
         except ConnectionClosed:
             log.info("%s: connection closed during turn %d", skull, turn.turn)
             return
@@ -216,6 +290,7 @@ class SkullSession:
             return
         self.conversation.history.append((turn.transcript, turn.reply))
         self.conversation.turns += 1
+        self.conversation.last_s = time.monotonic()
 
 
 class Host:
@@ -246,6 +321,49 @@ class Host:
         self.timings = ev.TurnTimings().attach(self.events)
         self.turn_log = ev.TurnLog().attach(self.events)
         self.faults = FaultLog(log, "; the host goes on")
+        self.peer_failure = PeerLog(log, s.log_failures_per_min)
+        self._turns = asyncio.Semaphore(s.max_turns)
+        """admission: turns answered at once; waiters are served first come, first served"""
+        self._replaced: dict[str, collections.deque] = {}
+        """skull name -> monotonic seconds of its recent replacements (a flapping pair)"""
+        self._sweeper: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+        """closes of replaced connections still under way"""
+
+    @contextlib.asynccontextmanager
+    async def admission(self, turn: Turn, send):
+        """Hold one of ``[server] max_turns`` places while ``turn`` is answered; a turn that waits
+        longer than ``queue_notice_s`` hears the "one moment" line first (the fallback voice)."""
+        s = self.config.server
+        notice = None
+        if self._turns.locked():
+            log.info("%s: turn %d waits for a place (%d turns answered at once)", turn.skull, turn.turn,
+                     s.max_turns)
+
+            async def one_moment():
+                await asyncio.sleep(s.queue_notice_s)
+                try:
+                    await turn.notice(send, s.queue_line)
+                except Exception as exc:  # the notice is a courtesy: the turn still goes on
+                    log.warning("%s: turn %d: the one-moment line was not spoken: %s", turn.skull, turn.turn, exc)
+            notice = asyncio.create_task(one_moment(), name=f"one-moment-{turn.turn}")
+        try:
+            await self._turns.acquire()
+        except BaseException:
+            if notice is not None:
+                notice.cancel()
+            raise
+        try:
+            if notice is not None:
+                if notice.done() or turn.notices:
+                    await notice
+                else:
+                    notice.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await notice
+            yield
+        finally:
+            self._turns.release()
 
     @property
     def port(self) -> int:
@@ -256,6 +374,7 @@ class Host:
         # backend calls run on the host's own pool (the loop's default executor is left to others
         # sharing the loop); sized so a slow server does not starve the other skulls
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="host-backend")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="host-conversation-sweeper")
         self.server = await serve(self._connection, s.bind, s.port, ssl=tls_context(s),
                                   max_size=p.TRANSPORT_MAX_BYTES, ping_interval=s.ping_interval_s,
                                   ping_timeout=s.ping_timeout_s,
@@ -270,6 +389,9 @@ class Host:
     async def stop(self) -> None:
         """Close every connection and the server, write pending turn lines, close the thread pool
         (without waiting for a backend call that hangs; abandoned streamed replies stop on their own)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -284,8 +406,60 @@ class Host:
     async def __aexit__(self, *exc):
         await self.stop()
 
+    def forget_idle(self) -> int:
+        """Forget every conversation idle past ``conversation_idle_s`` whose skull is not
+        connected; how many were forgotten."""
+        idle_s, now = self.config.server.conversation_idle_s, time.monotonic()
+        gone = [name for name, conv in self.conversations.items()
+                if name not in self.sessions and now - conv.last_s > idle_s]
+        for name in gone:
+            self._forget(name)
+        return len(gone)
+
+    def _forget(self, name: str) -> None:
+        del self.conversations[name]
+        self._replaced.pop(name, None)
+        self.timings.forget(name)
+
+    async def _sweep_forever(self) -> None:
+        period_s = min(60.0, max(0.5, self.config.server.conversation_idle_s / 2))
+        while True:
+            await asyncio.sleep(period_s)
+            self.forget_idle()
+
+    def _room_for(self, name: str) -> bool:
+        """Make room for a conversation of ``name`` within ``max_skulls``: forget idle ones, then
+        the longest idle one not connected; False when every kept skull is connected."""
+        if name in self.conversations or len(self.conversations) < self.config.server.max_skulls:
+            return True
+        self.forget_idle()
+        if len(self.conversations) < self.config.server.max_skulls:
+            return True
+        offline = [(conv.last_s, n) for n, conv in self.conversations.items() if n not in self.sessions]
+        if not offline:
+            return False
+        self._forget(min(offline)[1])
+        return True
+
+    def _credential(self, hello: p.Hello) -> str | None:
+        """Why ``hello``'s token is refused, or None when it is accepted: a skull with its own
+        [skulls.NAME] token must send that one; any other name, the shared [server] token."""
+        own = self.config.skulls.get(hello.skull)
+        if own is not None:
+            if hmac.compare_digest(hello.token.encode(), own.token.encode()):
+                return None
+            what = "missing token" if not hello.token else "wrong token"
+            return (f"{what}: skull {hello.skull} has its own token on the host ([skulls.{hello.skull}]); "
+                    f"set this skull's token to it (SKULL_TOKEN)")
+        shared = self.config.server.token
+        if not shared or hmac.compare_digest(hello.token.encode(), shared.encode()):
+            return None
+        what = "missing token" if not hello.token else "wrong token"
+        return f"{what}: set the skull's token to the host's (SKULL_TOKEN)"
+
     async def _handshake(self, ws: ServerConnection) -> p.Hello | None:
         s = self.config.server
+        peer = ws.remote_address[0] if ws.remote_address else "?"
         try:
             first = await asyncio.wait_for(ws.recv(), s.hello_timeout_s)
         except asyncio.TimeoutError:
@@ -296,16 +470,17 @@ class Host:
                 raise ProtocolError(p.E_UNEXPECTED_BINARY, "the first message must be a hello text frame")
             hello = p.decode_text(first, {"hello": p.Hello})
         except ProtocolError as exc:
-            await ws.close(p.CLOSE_BAD_HELLO, f"bad hello: {exc}"[:120])
+            self.peer_failure(peer, f"refused a hello: {_shown(str(exc), 200)}")
+            await ws.close(p.CLOSE_BAD_HELLO, _clip(f"bad hello: {exc}"))
             return None
         if hello.protocol not in p.SUPPORTED_VERSIONS:
             await ws.close(p.CLOSE_UNSUPPORTED_PROTOCOL, f"protocol {hello.protocol} is not supported; this host "
                                                          f"speaks {', '.join(map(str, p.SUPPORTED_VERSIONS))}")
             return None
-        if s.token and not hmac.compare_digest(hello.token.encode(), s.token.encode()):
-            what = "missing token" if not hello.token else "wrong token"
-            await ws.close(p.CLOSE_UNAUTHORIZED, f"{what}: set the skull's token to the host's (SKULL_TOKEN)")
-            log.warning("refused %s from %s: %s", hello.skull, ws.remote_address, what)
+        refused = self._credential(hello)
+        if refused is not None:
+            await ws.close(p.CLOSE_UNAUTHORIZED, _clip(refused))
+            self.peer_failure(peer, f"refused {hello.skull}: {refused.split(':')[0]}")
             return None
         return hello
 
@@ -319,24 +494,56 @@ class Host:
             with contextlib.suppress(Exception):
                 await ws.close(1011, "unexpected fault on the host; it is logged there, reconnect")
 
+    def _note_replaced(self, name: str, old_peer: str, new_peer: str) -> None:
+        """A flapping pair (two skulls under one name replacing each other) is logged as such."""
+        now = time.monotonic()
+        times = self._replaced.setdefault(name, collections.deque(maxlen=4))
+        times.append(now)
+        if len(times) == times.maxlen and now - times[0] < 60.0:
+            self.peer_failure(new_peer, f"another skull is using the name {name}: connections from {old_peer} and "
+                                        f"{new_peer} keep replacing each other; give each skull its own [link] name")
+
     async def _serve_skull(self, ws: ServerConnection) -> None:
         hello = await self._handshake(ws)
         if hello is None:
             return
-        old = self.sessions.get(hello.skull)
+        name, peer = hello.skull, (ws.remote_address[0] if ws.remote_address else "?")
+        old = self.sessions.get(name)
         if old is not None:
-            await old.ws.close(p.CLOSE_REPLACED, "replaced by a new connection from the same skull")
-        conv = self.conversations.get(hello.skull)
+            self._note_replaced(name, old.peer, peer)
+            # closed in the background: an old connection that no longer reads must not hold up
+            # the new one's welcome for the close timeout
+            closing = asyncio.create_task(old.ws.close(p.CLOSE_REPLACED, _clip(
+                f"another skull is using the name {name}: a new connection from {peer} took it over; give each "
+                f"skull its own [link] name")), name=f"replace-{name}")
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            old._cancel_turn()
+        if not self._room_for(name):
+            m = self.config.server.max_skulls
+            await ws.close(p.CLOSE_HOST_FULL, f"the host keeps at most {m} skulls and all are connected; raise "
+                                              f"[server] max_skulls on the host, or retry later")
+            self.peer_failure(peer, f"refused {name}: {m} skulls (max_skulls) are connected")
+            return
+        conv = self.conversations.get(name)
+        if conv is not None and time.monotonic() - conv.last_s > self.config.server.conversation_idle_s:
+            self._forget(name)
+            conv = None
         if conv is None:
-            conv = self.conversations[hello.skull] = Conversation(
-                hello.skull, collections.deque(maxlen=self.config.history_turns))
-        session = self.sessions[hello.skull] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
+            conv = self.conversations[name] = Conversation(name, collections.deque(maxlen=self.config.history_turns))
+        session = self.sessions[name] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
         await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
                                      self.config.server.max_record_s))
-        log.info("skull %s connected from %s", hello.skull, ws.remote_address)
+        log.info("skull %s connected from %s", name, ws.remote_address)
         try:
             await session.run()
         finally:
-            if self.sessions.get(hello.skull) is session:
-                del self.sessions[hello.skull]
-            log.info("skull %s disconnected", hello.skull)
+            if self.sessions.get(name) is session:
+                del self.sessions[name]
+            log.info("skull %s disconnected", name)
+
+
+def _clip(reason: str) -> str:
+    """A close reason within the 123 bytes a websocket close frame holds."""
+    data = reason.encode("utf-8")
+    return reason if len(data) <= 123 else data[:120].decode("utf-8", "ignore") + "..."

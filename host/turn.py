@@ -129,6 +129,8 @@ class Turn:
     reply: str = ""
     segments: int = 0
     """speech segments sent to the skull"""
+    notices: int = 0
+    """of which "one moment" lines spoken while the turn waited for a place (not the reply)"""
     spoken: list = field(default_factory=list)
     """the text of each segment sent, in order"""
     t_stop: float = 0.0
@@ -513,6 +515,15 @@ class Turn:
     def _skipped(self, sentence: str) -> None:
         why = "a segment could not be sent" if self._unsent else f"the reply is past {REPLY_MAX_S:g} s of speech"
         log.info("%s: turn %d: not spoken (%s): %.80r", self.skull, self.turn, why, sentence)
+    async def notice(self, send: Send, line: str) -> None:
+        """Speak ``line`` in the fallback voice as the next segment while the turn waits for its
+        place (admission); it is not part of the reply and adds no stage timings."""
+        speech = await self._fallback_voice(self.filter.clean(line))
+        msg, pcm = speech_segment(self.turn, self.segments, line, speech.samples, speech.rate,
+                                  self.shape or self.config.shape, self.play_rate)
+        await send(msg, pcm)
+        self.segments += 1
+        self.notices += 1
 
     async def _fallback_voice(self, text: str) -> Speech:
         voice, timeout_s = self.backends.fallback_voice, self.config.fallback.timeout_s
@@ -525,7 +536,7 @@ class Turn:
 
     async def _finish(self, voice: "Voice") -> None:
         await voice.drain()
-        if not self.segments and not self._unsent and self.backends.fallback_voice is not None:
+        if self.segments == self.notices and not self._unsent and self.backends.fallback_voice is not None:
             # the voice failed for the whole answer: the skull still speaks, in the fallback voice
             self._emit(ev.Fallback, stage="tts", line=self.config.fallback.tts)
             await self.speak(self.config.fallback.tts, fallback_voice=True)
@@ -546,7 +557,7 @@ class Turn:
                    f"{str(fault)[:200]}); it is logged on the host, ask again")
         self._emit(ev.TurnError, stage="turn", message=message)
         await self.send(p.Error(p.E_INTERNAL, message, self.turn), None)
-        if not self.segments:
+        if self.segments == self.notices:
             line = self.config.fallback.reply
             self._emit(ev.Fallback, stage="turn", line=line)
             try:

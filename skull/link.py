@@ -157,8 +157,12 @@ class Link:
             except LinkFatal:
                 raise
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
-                said = tls_problem(exc, c.url, opened)
-                if said is not None:  # a TLS setup problem will not mend by itself: said once, retried quietly
+                rcvd = getattr(exc, "rcvd", None) if isinstance(exc, ConnectionClosed) else None
+                said = None if rcvd is not None else tls_problem(exc, c.url, opened)
+                if rcvd is not None and rcvd.code == p.CLOSE_REPLACED:  # not a network fault
+                    log.warning("host %s: %s; retrying", c.url, rcvd.reason or f"another skull is using the name "
+                                                                             f"{c.name}")
+                elif said is not None:  # a TLS setup problem will not mend by itself: said once, retried quietly
                     log.log(logging.ERROR if said != tls_said else logging.DEBUG, "%s; retrying", said)
                     tls_said = said
                 else:  # the first failure of an outage is a warning; the retries after it are not news

@@ -172,7 +172,9 @@ def test_a_subscriber_sees_every_stage_of_a_turn_in_order(host_config, backends)
     t = answer.done.timings_ms
     assert t == collected
     assert set(t) == {"stt", "stt_tail_audio", "vision", "reply", "llm_first_token", "llm_first_sentence",
-                      "tts_first_segment", "total"}
+                      "tts_first_segment", "tts", "total"}
+    tts = [e.ms for e in seen if isinstance(e, ev.StageFinished) and e.stage == "tts"]
+    assert t["tts"] == pytest.approx(sum(tts), abs=0.5)  # the turn's total synthesis time
     hearing = seen[at(ev.Hearing)]
     assert at(ev.StageStarted, "stt") < at(ev.Hearing) < at(ev.StageFinished, "stt")
     assert hearing.segments >= 1 and t["stt_tail_audio"] == hearing.tail_audio_s * 1000 <= hearing.audio_s * 1000

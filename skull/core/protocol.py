@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -37,6 +38,7 @@ CLOSE_BAD_HELLO = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_REPLACED = 4409
+CLOSE_HOST_FULL = 4429
 CLOSE_UNSUPPORTED_PROTOCOL = 4426
 
 # Error codes carried by ``error`` messages.
@@ -58,6 +60,34 @@ MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
 
 def _fail(code: str, message: str) -> ProtocolError:
     return ProtocolError(code, message)
+
+
+class PayloadMissing(ProtocolError):
+    """A text frame came where an announced binary frame belonged: the announced payload is
+    lost (``code`` bad_state), but the text frame itself was read and is ``message``, for the
+    caller to handle as usual (a ``stop`` or ``done`` must not be lost with the payload)."""
+
+    def __init__(self, text: str, message: "Message"):
+        super().__init__(E_BAD_STATE, text)
+        self.message = message
+
+
+#: A skull's name: 1..64 characters, letters, digits, '-', '_' and '.', starting with a letter
+#: or a digit (it names log lines, files and config tables).
+MAX_NAME_CHARS = 64
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (MAX_NAME_CHARS - 1))
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a skull's name, or None when it is fine."""
+    if _NAME.fullmatch(name):
+        return None
+    if not name:
+        return "is empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"is {len(name)} characters long; at most {MAX_NAME_CHARS}"
+    return ("may hold only letters, digits, '-', '_' and '.', and must start with a letter or a digit, "
+            "e.g. 'mr-bones'")
 
 
 @dataclass(frozen=True)
@@ -112,8 +142,9 @@ class Hello(Message):
     jaw tracks with it"""
 
     def validate(self) -> None:
-        if not self.skull.strip():
-            raise _fail(E_BAD_FIELD, "field 'skull' must name the skull, got an empty string")
+        problem = name_problem(self.skull)
+        if problem is not None:
+            raise _fail(E_BAD_FIELD, f"field 'skull' {problem}; set the skull's [link] name")
         if self.play_rate != 0 and not 8000 <= self.play_rate <= 192000:
             raise _fail(E_BAD_FIELD, f"field 'play_rate' must be 0 or 8000..192000 Hz, got {self.play_rate}")
         self.shape()
@@ -339,7 +370,9 @@ class FrameReader:
     ``read_text`` returns a message; when that message announces a payload, the next binary
     frame is its payload and ``read_binary`` returns ``(message, payload)``. Between
     ``audio_start`` and ``stop`` binary frames are microphone audio: ``(AudioStart, chunk)``.
-    Anything else raises ProtocolError; the reader stays usable afterwards.
+    Anything else raises ProtocolError; the reader stays usable afterwards. A text frame where an
+    announced payload belongs raises :class:`PayloadMissing`, which carries that text frame's
+    message so the caller can still handle it.
     """
 
     def __init__(self, registry: dict[str, type[Message]]):
@@ -353,8 +386,9 @@ class FrameReader:
             self.awaiting = None
             msg = decode_text(text, self.registry)  # still decode, so nothing valid is lost
             self._track(msg)
-            raise ProtocolError(E_BAD_STATE, f"{missing.type} announced a {missing.bytes}-byte binary frame "
-                                             f"but a {msg.type} text frame came first; the {missing.type} is dropped")
+            raise PayloadMissing(f"{missing.type} announced a {missing.bytes}-byte binary frame but a {msg.type} "
+                                 f"text frame came first; the {missing.type} is dropped and the {msg.type} handled",
+                                 msg)
         msg = decode_text(text, self.registry)
         self._track(msg)
         return msg
