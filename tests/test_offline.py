@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,21 +57,23 @@ def _demo(tmp_path: Path, prefix: list[str]) -> tuple[subprocess.CompletedProces
     return out, log.read_text()
 
 
-def test_the_embedded_turn_never_reaches_for_the_network(tmp_path):
-    out, attempts = _demo(tmp_path, [])
+def _namespace() -> tuple[list[str], str]:
+    """The command prefix that runs a program in a network namespace with only loopback up (and
+    ''), or [] and why this machine allows no namespace."""
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    if not shutil.which("unshare") or not os.path.exists(ip):
+        return [], "unshare or ip is missing"
+    probe = subprocess.run(["unshare", "-rn", ip, "link", "set", "lo", "up"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return [], probe.stderr.strip() or f"unshare exited {probe.returncode}"
+    return ["unshare", "-rn", "sh", "-c", f'{ip} link set lo up && exec "$@"', "demo"], ""
+
+
+def test_the_embedded_turn_answers_with_the_network_cut(tmp_path):
+    prefix, why = _namespace()
+    out, attempts = _demo(tmp_path, prefix)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "costume" in out.stdout.lower() and "first_audio" in out.stdout
     assert attempts == "", f"the embedded turn tried to reach the network: {attempts}"
-
-
-def test_the_embedded_turn_answers_in_a_network_namespace_with_only_loopback(tmp_path):
-    ip = shutil.which("ip") or "/usr/sbin/ip"
-    probe = subprocess.run(["unshare", "-rn", ip, "link", "set", "lo", "up"], capture_output=True, text=True) \
-        if shutil.which("unshare") and os.path.exists(ip) else None
-    if probe is None or probe.returncode != 0:
-        pytest.skip(f"no network namespace here ({probe.stderr.strip() if probe else 'unshare or ip missing'}); the "
-                    f"guard test above still cuts the network")
-    out, attempts = _demo(tmp_path, ["unshare", "-rn", "sh", "-c", f'{ip} link set lo up && exec "$@"', "demo"])
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "costume" in out.stdout.lower() and "first_audio" in out.stdout
-    assert attempts == ""
+    if why:  # the guard alone cut the network; say so in the test report
+        print(f"no network namespace here ({why}): the connection guard alone cut the network")
