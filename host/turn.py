@@ -146,6 +146,7 @@ class Turn:
     """why a segment could not be sent ('' while every one went out): the turn then ends"""
     _cancels: list = field(default_factory=list, init=False, repr=False)
     _heard: dict = field(default_factory=dict, init=False, repr=False)
+    _abandoned: bool = field(default=False, init=False, repr=False)
     """segment start -> task transcribing it while the visitor talks"""
 
     # --- collecting the question ---------------------------------------------------------
@@ -208,7 +209,7 @@ class Turn:
 
     def _segment_ended(self, seg, samples: np.ndarray) -> None:
         """A stretch of speech ended while the visitor talks: transcribe it now (segmented)."""
-        if not self.config.stt.segmented or self.t_stop:
+        if not self.config.stt.segmented or self.t_stop or self._abandoned:
             return
         previous = self._heard[max(self._heard)] if self._heard else None
         self._heard[seg.start] = asyncio.create_task(self._interim(seg, samples, previous),
@@ -234,6 +235,7 @@ class Turn:
             event.set()
         if self.caption_task is not None:
             self.caption_task.cancel()
+        self._abandoned = True
         for task in self._heard.values():
             task.cancel()
         if self.listener is not None:

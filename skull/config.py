@@ -54,6 +54,9 @@ class LinkConfig:
 
     def check(self, where: str) -> None:
         need(self.url.startswith(("ws://", "wss://")), where, "url", self.url, "must start with ws:// or wss://")
+        from .core.protocol import name_problem
+        problem = name_problem(self.name)
+        need(problem is None, where, "name", self.name[:70], f"{problem} (the host refuses any other name)")
         need(not self.tls_fingerprint or fingerprint_hex(self.tls_fingerprint) is not None, where, "tls_fingerprint",
              self.tls_fingerprint, "a SHA-256 fingerprint: 'sha256:' and 32 pairs of hex digits, as skull host "
              "--print-fingerprint shows it")

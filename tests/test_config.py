@@ -21,6 +21,7 @@ def test_defaults_without_a_file():
     ("[calibration]\nopen_us = 3000\n", ["[calibration]: open_us = 3000.0", "500..2500"]),
     ("[calibration]\nclosed_us = 'low'\n", ["[calibration]: closed_us = 'low'", "wrong type"]),
     ("[link]\nurl = 'http://x'\n", ["[link]: url = 'http://x'", "ws://"]),
+    ("[link]\nname = 'Mr Bones'\n", ["[link]: name = 'Mr Bones'", "letters, digits", "the host refuses"]),
     ("[pins]\nbutton = 18\n", ["[pins]: button", "three different pins"]),
     ("[jaw]\nframe_rate = 50\n", ["[jaw]: unknown key 'frame_rate'", "frame_hz"]),
     ("[jaww]\n", ["unknown key 'jaww'"]),
