@@ -223,6 +223,16 @@ class _WyomingClient:
         return BackendError(self.stage, f"{self.where} answered something that is not a Wyoming event: {text!r}; "
                                         f"is {self.table} url the address of a Wyoming server?")
 
+    def programs(self, info, kind: str, what: str) -> list:
+        """The server's programs of ``kind`` ('asr', 'tts') from its ``info``; BackendError saying
+        what it offers instead when it has none."""
+        programs = getattr(info, kind)
+        if not programs:
+            offers = [k for k in ("asr", "tts", "wake", "intent", "handle") if k != kind and getattr(info, k)]
+            raise BackendError(self.stage, f"{self.where} has no {what} program (it offers "
+                                           f"{', '.join(offers) or 'nothing'}); fix {self.table} url")
+        return programs
+
     def run(self, exchange) -> object:
         """Run ``exchange(session)`` on a fresh connection, in a private event loop, within the
         stage's timeout; every way it can fail comes out as a BackendError naming the server."""
@@ -333,11 +343,7 @@ class WyomingSTT(_WyomingClient):
 
     def check(self) -> str:
         info = self.run(self.info)
-        programs = info.asr
-        if not programs:
-            offers = [kind for kind in ("tts", "wake", "intent", "handle") if getattr(info, kind)]
-            raise BackendError(self.stage, f"{self.where} has no speech-to-text program (it offers "
-                                           f"{', '.join(offers) or 'nothing'}); fix {self.table} url")
+        programs = self.programs(info, "asr", "speech-to-text")
         program = programs[0]
         models = _names(program.models)
         if self.language:
@@ -412,11 +418,7 @@ class WyomingTTS(_WyomingClient):
 
     def check(self) -> str:
         info = self.run(self.info)
-        programs = info.tts
-        if not programs:
-            offers = [kind for kind in ("asr", "wake", "intent", "handle") if getattr(info, kind)]
-            raise BackendError(self.stage, f"{self.where} has no text-to-speech program (it offers "
-                                           f"{', '.join(offers) or 'nothing'}); fix {self.table} url")
+        programs = self.programs(info, "tts", "text-to-speech")
         program = programs[0]
         voices = {v.name: v for p in programs for v in p.voices}
         names = _names(voices.values())
