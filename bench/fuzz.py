@@ -7,13 +7,15 @@ connections and sends a seeded mix of frames: valid messages with hostile field 
 nested past the decoder's depth, integers of thousands of digits, lone surrogates, unknown
 types, binary frames nobody announced, announced payloads replaced by text, names too long or
 with line breaks, hellos with wrong tokens. Every few hundred frames each open connection must
-still answer a ping. At the end it prints one line:
+still answer a ping. Then a calm skull asks the bundled question and must hear an answer. At
+the end it prints one line:
 
-    frames=N tracebacks=T exits=E rss_growth_mb=G
+    frames=N tracebacks=T exits=E rss_growth_mb=G answered=1
 
 ``tracebacks``: "Traceback" lines the host wrote to its log; ``exits``: 1 when the host process
-ended; ``rss_growth_mb``: the host's resident memory at the end minus after the first connections.
-Exit status 1 when either count is not 0.
+ended; ``rss_growth_mb``: the host's resident memory at the end minus after the first connections;
+``answered``: 1 when the calm skull's turn ended with ``done`` and spoken segments. Exit status 1
+when either count is not 0, a connection stopped answering pings, or the calm turn went unanswered.
 """
 from __future__ import annotations
 
@@ -131,7 +133,31 @@ async def attack(port: int, frames: int, seed: int, pid: int) -> tuple[int, floa
             print(f"# {sent} frames sent", file=sys.stderr, flush=True)
         if base is None:
             base = _rss_mb(pid)
-    return sent, _rss_mb(pid) - (base or 0.0), unanswered
+    return sent, _rss_mb(pid) - (base or 0.0), unanswered, await calm_turn(url)
+
+
+async def calm_turn(url: str) -> int:
+    """1 when a well-behaved skull, after the storm, asks the bundled question and hears an answer."""
+    from websockets.asyncio.client import connect
+    from skull.core.data import bundled
+    from skull.core.wav import read_wav, to_mono_rate, to_pcm16
+    audio = to_pcm16(to_mono_rate(read_wav(bundled("question.wav")), 16000))
+    try:
+        async with connect(url, max_size=None, open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "hello", "protocol": 1, "skull": "calm", "token": TOKEN}))
+            await ws.send(json.dumps({"type": "listen", "turn": 1}))
+            await ws.send(json.dumps({"type": "audio_start", "turn": 1, "rate": 16000, "width": 2, "channels": 1}))
+            for i in range(0, min(len(audio), 16000 * 2 * 2 - 3200), 3200):  # within max_record_s
+                await ws.send(audio[i:i + 3200])
+            await ws.send(json.dumps({"type": "stop", "turn": 1}))
+            async with asyncio.timeout(60):
+                async for frame in ws:
+                    msg = json.loads(frame) if isinstance(frame, str) else {}
+                    if msg.get("type") == "done":
+                        return int(msg.get("segments", 0) >= 1)
+    except Exception as exc:  # noqa: BLE001 - any failure of the calm turn is the figure
+        print(f"# the calm turn failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 0
 
 
 async def _drain(ws) -> None:
@@ -166,7 +192,7 @@ def main() -> int:
                 print("frames=0 tracebacks=0 exits=1 rss_growth_mb=0")
                 return 1
             t0 = time.monotonic()
-            sent, growth, unanswered = asyncio.run(attack(port, args.frames, args.seed, child.pid))
+            sent, growth, unanswered, answered = asyncio.run(attack(port, args.frames, args.seed, child.pid))
             exits = 0 if child.poll() is None else 1
         finally:
             if child.poll() is None:
@@ -180,8 +206,8 @@ def main() -> int:
         print(text[max(0, i - 500):i + 3000], file=sys.stderr)
     print(f"# {time.monotonic() - t0:.1f} s, host log {len(text)} bytes", file=sys.stderr)
     print(f"frames={sent} tracebacks={tracebacks} exits={exits} rss_growth_mb={growth:.1f}"
-          f"{f' unanswered_pings={unanswered}' if unanswered else ''}")
-    return 0 if tracebacks == 0 and exits == 0 and unanswered == 0 else 1
+          f" answered={answered}{f' unanswered_pings={unanswered}' if unanswered else ''}")
+    return 0 if tracebacks == 0 and exits == 0 and unanswered == 0 and answered else 1
 
 
 if __name__ == "__main__":

@@ -463,7 +463,7 @@ class Host:
         try:
             first = await asyncio.wait_for(ws.recv(), s.hello_timeout_s)
         except asyncio.TimeoutError:
-            await ws.close(p.CLOSE_HELLO_TIMEOUT, f"no hello within {s.hello_timeout_s:g} s")
+            await _refuse(ws, p.CLOSE_HELLO_TIMEOUT, f"no hello within {s.hello_timeout_s:g} s")
             return None
         try:
             if isinstance(first, bytes):
@@ -471,15 +471,15 @@ class Host:
             hello = p.decode_text(first, {"hello": p.Hello})
         except ProtocolError as exc:
             self.peer_failure(peer, f"refused a hello: {_shown(str(exc), 200)}")
-            await ws.close(p.CLOSE_BAD_HELLO, _clip(f"bad hello: {exc}"))
+            await _refuse(ws, p.CLOSE_BAD_HELLO, _clip(f"bad hello: {exc}"))
             return None
         if hello.protocol not in p.SUPPORTED_VERSIONS:
-            await ws.close(p.CLOSE_UNSUPPORTED_PROTOCOL, f"protocol {hello.protocol} is not supported; this host "
+            await _refuse(ws, p.CLOSE_UNSUPPORTED_PROTOCOL, f"protocol {hello.protocol} is not supported; this host "
                                                          f"speaks {', '.join(map(str, p.SUPPORTED_VERSIONS))}")
             return None
         refused = self._credential(hello)
         if refused is not None:
-            await ws.close(p.CLOSE_UNAUTHORIZED, _clip(refused))
+            await _refuse(ws, p.CLOSE_UNAUTHORIZED, _clip(refused))
             self.peer_failure(peer, f"refused {hello.skull}: {refused.split(':')[0]}")
             return None
         return hello
@@ -492,7 +492,7 @@ class Host:
         except Exception as exc:  # never handed to websockets: logged here, the skull reconnects
             self.faults(f"connection from {ws.remote_address}", exc)
             with contextlib.suppress(Exception):
-                await ws.close(1011, "unexpected fault on the host; it is logged there, reconnect")
+                await _refuse(ws, 1011, "unexpected fault on the host; it is logged there, reconnect")
 
     def _note_replaced(self, name: str, old_peer: str, new_peer: str) -> None:
         """A flapping pair (two skulls under one name replacing each other) is logged as such."""
@@ -521,7 +521,7 @@ class Host:
             old._cancel_turn()
         if not self._room_for(name):
             m = self.config.server.max_skulls
-            await ws.close(p.CLOSE_HOST_FULL, f"the host keeps at most {m} skulls and all are connected; raise "
+            await _refuse(ws, p.CLOSE_HOST_FULL, f"the host keeps at most {m} skulls and all are connected; raise "
                                               f"[server] max_skulls on the host, or retry later")
             self.peer_failure(peer, f"refused {name}: {m} skulls (max_skulls) are connected")
             return
@@ -541,6 +541,21 @@ class Host:
             if self.sessions.get(name) is session:
                 del self.sessions[name]
             log.info("skull %s disconnected", name)
+
+
+async def _refuse(ws: ServerConnection, code: int, reason: str) -> None:
+    """Close ``ws``, reading and dropping whatever the peer still sends meanwhile: a peer that
+    sent more frames than the incoming queue holds would otherwise have its close reply sit
+    unread behind them, and the connection would linger for the whole close timeout."""
+    async def discard() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+    draining = asyncio.create_task(discard())
+    try:
+        await ws.close(code, reason)
+    finally:
+        draining.cancel()
 
 
 def _clip(reason: str) -> str:

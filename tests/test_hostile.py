@@ -7,6 +7,8 @@ import gc
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -209,6 +211,7 @@ def test_two_thousand_names_leave_memory_and_log_bounded(host_config, backends):
     assert kept <= 50 and timings <= 50
     assert after - before < 20, f"RSS grew from {before:.0f} MB to {after:.0f} MB"
     log_bytes = sum(len(line) + 1 for line in lines)
+    print(f"# RSS {before:.0f} -> {after:.0f} MB, log {log_bytes} bytes in {len(lines)} lines")  # for notes (-s)
     assert log_bytes < 400_000, f"{log_bytes} bytes of log for 2,000 connections"
     assert max(len(line) for line in lines) < 400
 
@@ -359,3 +362,40 @@ def test_done_carries_tts_total_and_the_doc_names_everything_the_code_sends(host
     codes = {getattr(p, n) for n in dir(p) if n.startswith("CLOSE_")}
     assert {c for c in codes if f"| {c} |" not in doc} == set()
 
+
+
+def test_a_refused_peer_that_kept_sending_is_closed_at_once(host_config, backends):
+    """A peer that sent more frames than the incoming queue holds before its hello was refused:
+    its close reply sits behind them. The host reads them away, so the connection ends at once
+    instead of lingering (and pinging unanswered) for the whole close timeout."""
+    async def go():
+        host = await Host(_config(host_config), backends).start()
+        try:
+            ws = await connect(f"ws://127.0.0.1:{host.port}", max_size=None, ping_interval=None)
+            await ws.send(json.dumps({"type": "hello", "protocol": 1, "skull": "x" * 70_000, "token": ""}))
+            for _ in range(40):
+                await ws.send(json.dumps({"type": "listen", "turn": 1}))
+            t0 = time.monotonic()
+            code, _ = await _closed(ws)
+            await ws.wait_closed()
+            return code, time.monotonic() - t0
+        finally:
+            await host.stop()
+    code, took_s = asyncio.run(go())
+    assert code == p.CLOSE_BAD_HELLO
+    assert took_s < 3, f"the refused connection lingered {took_s:.1f} s"
+
+
+def test_fuzzed_frames_leave_the_host_process_answering():
+    """bench/fuzz.py, shortened: a host in its own process takes a few thousand seeded hostile
+    frames over many connections (bad hellos, undecodable JSON, unannounced binary, turns cut
+    short); no traceback, the process lives, every connection answers pings, and a calm skull
+    afterwards still hears an answer."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "fuzz.py"), "--frames", "4000", "--seed", "7"],
+                         capture_output=True, text=True, timeout=120)
+    line = run.stdout.strip().splitlines()[-1]
+    figures = dict(item.split("=") for item in line.split())
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert int(figures["frames"]) >= 4000
+    assert figures["tracebacks"] == "0" and figures["exits"] == "0" and figures["answered"] == "1"
+    assert "unanswered_pings" not in figures
