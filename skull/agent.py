@@ -434,11 +434,21 @@ class Agent:
     def _do_led(self, a: m.Led) -> None:
         self._set_led(a.pattern)
 
+    def _record_limit_s(self) -> float:
+        """[audio] max_record_s, or the host's shorter limit from its welcome (the host ends a
+        recording there itself), but never under a second whatever a host says."""
+        own = self.config.audio.max_record_s
+        welcome = self.link.welcome
+        host = welcome.max_record_s if welcome is not None else own
+        if isinstance(host, (int, float)) and not isinstance(host, bool) and math.isfinite(host):
+            return min(own, max(1.0, float(host)))
+        return own
+
     def _do_mic_start(self, a: m.MicStart) -> None:
         mic = self.body.mic
         self.records[a.turn] = TurnRecord(a.turn, self.config.link.name, question_rate=mic.rate)
         self.follower.record = True
-        self._later(self.config.audio.max_record_s, m.RecordLimit(a.turn))
+        self._later(self._record_limit_s(), m.RecordLimit(a.turn))
         if not self.hands_free:
             mic.start(lambda chunk, t=a.turn: self._loop.call_soon_threadsafe(self._mic_chunk, t, chunk))
             return

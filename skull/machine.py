@@ -1,6 +1,6 @@
 """The talk state machine, without I/O: typed events in, typed actions out.
 
-    OFFLINE --Connected--> IDLE --ButtonDown--> LISTENING --ButtonUp / RecordLimit--> THINKING
+    OFFLINE --Connected--> IDLE --ButtonDown--> LISTENING --ButtonUp / RecordLimit / AckStop--> THINKING
     THINKING --SegmentArrived--> SPEAKING --HostDone and Drained--> IDLE
     SPEAKING --ReplyTimeout after the last segment played, no done--> IDLE (a host that never finishes)
     THINKING/SPEAKING --ButtonDown--> LISTENING (interrupt: stop audio, close jaw, new turn)
@@ -270,6 +270,16 @@ class TalkMachine:
                 self.state = State.THINKING
                 reason = "released" if isinstance(event, ButtonUp) else "max_length"
                 return [MicStop(self.turn), SendStop(self.turn, reason)]
+            # the host ended the recording itself (its max_record_s came first): listen no more
+            # and take its answer
+            if isinstance(event, AckStop):
+                self.state = State.THINKING
+                return [MicStop(self.turn), Led(LedPattern.OFF)]
+            if isinstance(event, SegmentArrived):
+                return [MicStop(self.turn), *self._segment(event)]
+            if isinstance(event, HostDone):
+                self.done, self.state = True, State.THINKING
+                return [MicStop(self.turn), *self._end_turn("no reply")]
             return []
         if isinstance(event, AckStop):
             return [Led(LedPattern.OFF)]

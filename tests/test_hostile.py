@@ -399,3 +399,36 @@ def test_fuzzed_frames_leave_the_host_process_answering():
     assert int(figures["frames"]) >= 4000
     assert figures["tracebacks"] == "0" and figures["exits"] == "0" and figures["answered"] == "1"
     assert "unanswered_pings" not in figures
+
+
+def test_a_skull_held_past_the_hosts_limit_hears_the_answer(host_config, backends):
+    """The host's max_record_s (1 s) is shorter than the skull's own (15 s) and the button stays
+    down: the recording ends at the host's limit and the skull speaks the answer, button held.
+    The simulated mic runs 3 times faster than real time, so the host's limit comes before the
+    skull's own timer and its ack of the stop is what ends the skull's recording."""
+    from conftest import sim_body, skull_config, start_host, wait_for
+    from skull.agent import Agent
+    from skull.machine import State
+
+    async def go():
+        host = await start_host(_config(host_config, max_record_s=1.0), backends)
+        cfg = skull_config(host.port)
+        agent = Agent(cfg, sim_body(cfg, speed=3.0))
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE)
+            agent.turn_ended.clear()
+            t0 = time.monotonic()
+            agent.body.panel.button.pin.drive_low()  # and never released
+            await asyncio.wait_for(agent.turn_ended.wait(), 30)
+            took_s = time.monotonic() - t0
+            agent.body.panel.button.pin.drive_high()
+            return agent.finished[-1], took_s
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await host.stop()
+    rec, took_s = asyncio.run(go())
+    assert rec.outcome == "answered" and rec.segments, rec.outcome
+    assert len(rec.question) / 2 / rec.question_rate < 1.6  # the recording ended at about the host's limit
+    assert took_s < 20

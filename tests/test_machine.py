@@ -74,6 +74,27 @@ def test_release_or_length_limit_stops_recording(event, reason):
     assert mc.state is State.THINKING
 
 
+def test_the_host_ending_the_recording_first_moves_on_to_its_answer():
+    """The host ends a recording at its max_record_s and answers; its ack may come before the
+    skull's own limit does. The skull listens no more, plays the answer and ends the turn."""
+    mc = at(State.LISTENING)
+    assert mc.handle(AckStop(1)) == [MicStop(1), Led(OFF)]
+    assert mc.state is State.THINKING
+    assert mc.handle(RecordLimit(1)) == [] and mc.handle(ButtonUp()) == []  # nothing more to stop
+    assert mc.handle(SegmentArrived(1, S0)) == [Play(1, S0)]
+    mc.handle(HostDone(1))
+    assert mc.handle(Drained()) == [JawClose(), Led(OFF), TurnEnd(1, "answered")]
+
+
+def test_speech_or_done_while_still_listening_is_taken_not_dropped():
+    mc = at(State.LISTENING)
+    assert mc.handle(SegmentArrived(1, S0)) == [MicStop(1), Play(1, S0)]
+    assert mc.state is State.SPEAKING
+    mc = at(State.LISTENING)
+    assert mc.handle(HostDone(1)) == [MicStop(1), JawClose(), Led(OFF), TurnEnd(1, "no reply")]
+    assert mc.state is State.IDLE
+
+
 def test_ack_stop_turns_led_off():
     mc = at(State.THINKING)
     assert mc.handle(AckStop(1)) == [Led(OFF)]

@@ -237,7 +237,8 @@ class Welcome(Message):
     host: str
     session: str
     max_record_s: float
-    """the host ignores microphone audio past this many seconds of a turn"""
+    """the host ends a recording after this many seconds of audio and answers it; the skull ends
+    its own recordings no later"""
 
 
 @dataclass(frozen=True)
