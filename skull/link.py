@@ -220,12 +220,16 @@ class Link:
                             continue  # its payload is the next frame
                         payload = None
                 except ProtocolError as exc:  # the first few are logged, the rest counted: never one line per frame
+                    msg, payload = (exc.message, None) if isinstance(exc, p.PayloadMissing) else (None, None)
+                    if msg is not None and msg.has_payload:  # that text frame announces a payload in turn
+                        msg = None
                     n = sum(ignored.values()) + 1
                     if n <= MALFORMED_LOGGED:
                         log.warning("malformed frame from host ignored: %s%s", exc, "" if n < MALFORMED_LOGGED else
                                     " (further ones on this connection are counted and summed up when it closes)")
                     ignored[exc.code] += 1
-                    continue
+                    if msg is None:
+                        continue  # else: the speech is lost, the done or error that came in its place is not
                 try:
                     await self.on_message(msg, payload)
                 except Exception as exc:  # one message must not end the link

@@ -146,6 +146,40 @@ def test_a_host_that_never_sends_done_cannot_keep_the_skull_waiting(caplog):
     assert any("no more speech and no done within 1 s" in m and "[link] done_timeout_s" in m for m in said), said
 
 
+def test_a_done_in_place_of_a_speech_payload_still_ends_the_turn():
+    """The host announces a sentence, then sends ``done`` where its audio belonged: the sentence
+    is lost (and logged), the ``done`` is not, so the turn ends at once with the sentence before
+    it played, instead of waiting out [link] done_timeout_s."""
+    def reply(turn):
+        announced = speech(turn, 1)[0]  # the text frame alone; its binary frame never comes
+        done = p.encode(p.Done(turn, 2, "sentence 0 sentence 1"))[0]
+        return [speech(turn, 0), [announced, done]]
+
+    async def go():
+        sent: list = []
+        server = await _scripted_host(reply, sent)
+        cfg = skull_config(server.sockets[0].getsockname()[1], done_timeout_s=10.0)
+        body = sim_body(cfg, speed=1.0)
+        agent = Agent(cfg, body)
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE, timeout=10)
+            agent.turn_ended.clear()
+            body.panel.button.pin.drive_low()
+            await asyncio.sleep(0.3)
+            body.panel.button.pin.drive_high()
+            await asyncio.wait_for(agent.turn_ended.wait(), 20)
+            return agent.finished[-1], time.monotonic() - sent[-1]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            await server.wait_closed()
+    rec, waited = asyncio.run(go())
+    assert rec.outcome == "answered" and [s.seq for s in rec.segments] == [0]
+    assert waited < 3, f"the turn ended {waited:.1f} s after done: the done was lost"
+
+
 # --- `skull run` as a show runs it -------------------------------------------------------------
 
 @contextlib.asynccontextmanager
