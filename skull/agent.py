@@ -56,6 +56,10 @@ HOST_ERRORS_LOGGED = 5
 HOST_ERRORS_WINDOW_S = 10.0
 """at most HOST_ERRORS_LOGGED of the host's error messages are logged per HOST_ERRORS_WINDOW_S"""
 
+REPLY_MAX_S = 180.0
+"""the most speech one turn plays (a host caps its replies at 150 s): sentences past it are
+dropped, so a host that never stops sending cannot fill the skull's memory"""
+
 VIEW_HZ = 10.0
 """how often jaw and level events are sampled for views (only changes are published)"""
 
@@ -114,6 +118,7 @@ class Agent:
         self.recorded: list[Path] = []
         self.last_error = ""
         self._host_errors = (0.0, 0, 0)  # (window start, logged in it, not logged since the last line)
+        self._reply_s = (0, 0.0)  # (turn, seconds of its speech taken so far)
         self.led = m.LedPattern.OFF
         self._streaming: int | None = None  # turn whose mic audio goes to the host
         self._mic_dbfs = -120.0
@@ -391,6 +396,17 @@ class Agent:
                 rec.transcript, rec.caption = msg.transcript, msg.caption
             self.events.emit(ev.Heard(msg.turn, msg.transcript, msg.caption))
         elif isinstance(msg, p.Speech):
+            if msg.turn != self.machine.turn:
+                return  # an old turn's late sentence
+            turn, taken = self._reply_s if self._reply_s[0] == msg.turn else (msg.turn, 0.0)
+            seconds = len(payload or b"") / max(1, msg.width * msg.channels * msg.rate)
+            if taken + seconds > REPLY_MAX_S:
+                if taken <= REPLY_MAX_S:
+                    log.warning("turn %d: the host sent more than %g s of speech; the rest of the reply is dropped",
+                                msg.turn, REPLY_MAX_S)
+                self._reply_s = (turn, REPLY_MAX_S + 1.0)
+                return
+            self._reply_s = (turn, taken + seconds)
             segment = ReplySegment.from_speech(msg, payload)  # decoded once: played and recorded
             if rec and msg.turn == self.machine.turn:
                 rec.segments.append(segment)

@@ -180,6 +180,44 @@ def test_a_done_in_place_of_a_speech_payload_still_ends_the_turn():
     assert waited < 3, f"the turn ended {waited:.1f} s after done: the done was lost"
 
 
+def test_a_host_that_never_stops_talking_is_cut_at_the_reply_limit(caplog):
+    """250 s of speech for one turn: the skull takes REPLY_MAX_S of it, says so once, and
+    drops the rest instead of queueing it all (a host could otherwise fill its memory)."""
+    from skull.agent import REPLY_MAX_S
+
+    async def go():
+        sent: list = []
+        server = await _scripted_host(lambda turn: [speech(turn, k, 10.0) for k in range(25)], sent)
+        cfg = skull_config(server.sockets[0].getsockname()[1])
+        body = sim_body(cfg, speed=1.0)
+        agent = Agent(cfg, body)
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for(lambda: agent.state is State.IDLE, timeout=10)
+            pin = body.panel.button.pin
+            pin.drive_low()
+            await asyncio.sleep(0.3)
+            pin.drive_high()
+            await wait_for(lambda: len(sent) == 25, timeout=20)
+            await asyncio.sleep(0.5)
+            agent.turn_ended.clear()
+            pin.drive_low()  # the visitor interrupts
+            await asyncio.wait_for(agent.turn_ended.wait(), 10)
+            pin.drive_high()
+            return agent.finished[-1]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            await server.wait_closed()
+    with caplog.at_level(logging.WARNING, logger="skull"):
+        rec = asyncio.run(go())
+    taken = sum(len(s.samples) / s.rate for s in rec.segments)
+    assert 170 <= taken <= REPLY_MAX_S, taken
+    said = [r.getMessage() for r in caplog.records if "the rest of the reply is dropped" in r.getMessage()]
+    assert len(said) == 1 and f"more than {REPLY_MAX_S:g} s" in said[0]
+
+
 # --- `skull run` as a show runs it -------------------------------------------------------------
 
 @contextlib.asynccontextmanager
