@@ -204,6 +204,7 @@ class Subscriber(abc.ABC):
 class TurnTimings(Subscriber):
     """Builds each turn's ``done.timings_ms`` from its events, all in milliseconds:
 
+    * ``queued``: how long the turn waited for a place (``[server] max_turns``), when it waited;
     * ``stt``, ``vision``: how long those stages took (``stt``: after the release; with segmented
       speech to text only the tail since the visitor's last pause is left by then);
     * ``stt_tail_audio``: milliseconds of question audio transcribed after the release;
@@ -217,7 +218,7 @@ class TurnTimings(Subscriber):
     before, so events of an abandoned turn that arrive late change nothing.
     """
 
-    STAGES = ("stt", "vision", "reply")
+    STAGES = ("queued", "stt", "vision", "reply")
 
     def __init__(self):
         super().__init__()

@@ -238,6 +238,7 @@ class SkullSession:
 
     async def _stop(self, turn: Turn) -> None:
         """The recording of ``turn`` is over: ``ack`` it and start answering."""
+        turn.stopped()
         await self.send(p.Ack(turn.turn, "stop"))
         self.task = asyncio.create_task(self._answer(turn), name=f"turn-{turn.turn}")
 
@@ -335,7 +336,7 @@ class Host:
         """Hold one of ``[server] max_turns`` places while ``turn`` is answered; a turn that waits
         longer than ``queue_notice_s`` hears the "one moment" line first (the fallback voice)."""
         s = self.config.server
-        notice = None
+        notice, asked = None, time.monotonic()
         if self._turns.locked():
             log.info("%s: turn %d waits for a place (%d turns answered at once)", turn.skull, turn.turn,
                      s.max_turns)
@@ -353,6 +354,8 @@ class Host:
             if notice is not None:
                 notice.cancel()
             raise
+        if notice is not None:  # done.timings_ms names the wait
+            turn._emit(ev.StageFinished, stage="queued", ms=round((time.monotonic() - asked) * 1000, 1))
         try:
             if notice is not None:
                 if notice.done() or turn.notices:

@@ -303,14 +303,21 @@ class Turn:
 
     # --- answering ------------------------------------------------------------------------
 
+    def stopped(self) -> None:
+        """The recording is over (``stop`` came, or the host ended it at its limit): the clock of
+        every after-the-release timing starts here, before any wait for a place to answer it."""
+        if self.t_stop:
+            return
+        self.t_stop = time.monotonic()
+        bytes_per_s = self.stream.width * self.stream.channels * self.stream.rate if self.stream else 0
+        self._emit(ev.Stopped, audio_s=round(len(self.audio) / bytes_per_s, 3) if bytes_per_s else 0.0)
+
     async def run(self, send: Send) -> None:
         """Everything after ``stop``: ends with ``done`` whatever a stage does. An unexpected
         fault (a bug, not a failing backend) is raised; the caller logs it and calls
         :meth:`recover`, which still ends the turn with speech and ``done``."""
         self.send = send
-        self.t_stop = time.monotonic()
-        bytes_per_s = self.stream.width * self.stream.channels * self.stream.rate if self.stream else 0
-        self._emit(ev.Stopped, audio_s=round(len(self.audio) / bytes_per_s, 3) if bytes_per_s else 0.0)
+        self.stopped()
         voice = Voice(self)
         try:
             try:

@@ -334,6 +334,9 @@ def test_turns_past_max_turns_wait_in_line_and_hear_one_moment(host_config, back
     speech, done = seen[waited[0]]
     assert len(speech) >= 2 and "Welcome" in done["reply"] and "One moment" not in done["reply"]
     assert done["segments"] == len(speech)
+    other = seen["b" if waited[0] == "a" else "a"][1]
+    assert done["timings_ms"]["queued"] >= 1000 and "queued" not in other["timings_ms"]  # the wait is named
+    assert done["timings_ms"]["total"] >= done["timings_ms"]["queued"]
 
 
 def test_done_carries_tts_total_and_the_doc_names_everything_the_code_sends(host_config, backends):
