@@ -41,8 +41,9 @@ def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
             return CheckLine(stage, name, "-", what)
         http = getattr(backend, "http", None)  # a backend on a model server talks to it through its Http
         url = http.url if http is not None else getattr(backend, "url", "")
-        if http is not None:
-            http.wait_loading = False
+        client = http if http is not None else backend if hasattr(backend, "wait_loading") else None
+        if client is not None:  # a check reports a server that is starting as it is, without waiting
+            client.wait_loading = False
         t0 = time.monotonic()
         try:
             detail = backend.check()
@@ -50,8 +51,8 @@ def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
             status = "loading" if "still loading" in str(exc) else "down"
             return CheckLine(stage, name, status, _not_yet(str(exc).split(": ", 1)[-1]), url=url)
         finally:
-            if http is not None:
-                http.wait_loading = True
+            if client is not None:
+                client.wait_loading = True
         return CheckLine(stage, name, "up", detail, round((time.monotonic() - t0) * 1000, 1), url)
 
     with ThreadPoolExecutor(len(jobs)) as pool:

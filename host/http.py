@@ -73,6 +73,36 @@ def _table(stage: str, backend: str) -> str:
     return f'[{stage}."{backend}"]' if "." in backend else f"[{stage}.{backend}]"
 
 
+class Refusals:
+    """When to ask again a server that refuses connections. A server that is starting binds its
+    port in a moment, so a request asks again with a backoff for up to ``REFUSED_WAIT_S``, and
+    never past shortly before its deadline. One that refused a whole request that way is taken
+    for down for ``REFUSED_HOLD_S``: the next requests try once, so it is used the moment it
+    listens, but a turn of several sentences does not wait out the timeout for each of them.
+    Shared by the HTTP and the Wyoming clients; thread-safe enough (one float, last writer wins)."""
+
+    def __init__(self):
+        self._down_at = float("-inf")
+        """monotonic seconds when a request last gave up on a server that kept refusing"""
+
+    def answered(self) -> None:
+        """The server took a connection: it is up."""
+        self._down_at = float("-inf")
+
+    def pause(self, tries: int, first_refused: float, deadline: float) -> float | None:
+        """Seconds to wait before connecting again, ``tries`` retries after the request was first
+        refused at ``first_refused`` (monotonic), or None: give up."""
+        now = time.monotonic()
+        if now - self._down_at < REFUSED_HOLD_S and not tries:
+            return None
+        deadline = min(deadline, first_refused + REFUSED_WAIT_S + REFUSED_MARGIN_S)
+        pause = min(REFUSED_MAX_S, REFUSED_FIRST_S * 2 ** tries, deadline - REFUSED_MARGIN_S - now)
+        if pause <= 0:
+            self._down_at = now
+            return None
+        return pause
+
+
 class Http:
     """Requests to one server for one stage, with the stage's timeout as a deadline."""
 
@@ -90,8 +120,7 @@ class Http:
         self.wait_loading = True
         """wait while the server starts (refuses connections) or loads its model (a turn does; a
         health check only reports it)"""
-        self._down_at = float("-inf")
-        """monotonic seconds when a request last gave up on a server that kept refusing"""
+        self.refusals = Refusals()
         self._local = threading.local()
 
     @property
@@ -125,7 +154,7 @@ class Http:
                 if reason == "connection refused" and self.wait_loading:
                     if refused is None:
                         refused = time.monotonic()
-                    pause = self._refused_pause(tries, min(deadline, refused + REFUSED_WAIT_S + REFUSED_MARGIN_S))
+                    pause = self.refusals.pause(tries, refused, deadline)
                     if pause is not None:  # not listening yet: a server that is starting binds its port soon
                         tries += 1
                         time.sleep(pause)
@@ -139,7 +168,7 @@ class Http:
             except requests.exceptions.RequestException as exc:
                 raise BackendError(self.stage, f"request to {self.where(path)} failed ({_reason(exc)})",
                                    retryable=True) from None
-            self._down_at = float("-inf")  # it answered: it is up
+            self.refusals.answered()
             if is_loading(resp) and self.wait_loading and time.monotonic() + LOADING_POLL_S < deadline:
                 resp.close()
                 time.sleep(LOADING_POLL_S)  # wait for the model to finish loading
@@ -147,22 +176,6 @@ class Http:
             if resp.status_code not in ok:
                 raise self.failure(resp, path)
             return resp
-
-    def _refused_pause(self, tries: int, deadline: float) -> float | None:
-        """Seconds to wait before connecting again to a server that refused, or None: give up.
-        A server that is starting binds its port in a moment, so a request asks again with a
-        backoff for up to ``REFUSED_WAIT_S``, and never past shortly before its deadline. One that refused a whole request that way
-        is taken for down for ``REFUSED_HOLD_S``: the next requests try once, so it is used the
-        moment it listens, but a turn of several sentences does not wait out the timeout for
-        each of them."""
-        now = time.monotonic()
-        if now - self._down_at < REFUSED_HOLD_S and not tries:
-            return None
-        pause = min(REFUSED_MAX_S, REFUSED_FIRST_S * 2 ** tries, deadline - REFUSED_MARGIN_S - now)
-        if pause <= 0:
-            self._down_at = now
-            return None
-        return pause
 
     def _unreachable(self, reason: str) -> str:
         if reason == "connection refused" and not self.wait_loading:  # a health check: as it is now

@@ -39,10 +39,10 @@ class WyomingServer:
     own thread and event loop. ``handler(reader, writer)`` makes one AsyncEventHandler per
     connection, as the real servers do."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, port: int = 0):
         self.handler = handler
         self.loop = asyncio.new_event_loop()
-        self.server = AsyncServer.from_uri("tcp://127.0.0.1:0")
+        self.server = AsyncServer.from_uri(f"tcp://127.0.0.1:{port}")
         self.port = 0
         self._thread = threading.Thread(target=self.loop.run_forever, name="wyoming-test-server", daemon=True)
 
@@ -185,8 +185,8 @@ def espeak_voices():
 def servers():
     started = []
 
-    def start(handler) -> WyomingServer:
-        started.append(WyomingServer(handler).start())
+    def start(handler, port: int = 0) -> WyomingServer:
+        started.append(WyomingServer(handler, port).start())
         return started[-1]
     yield start
     for server in started:
@@ -271,16 +271,35 @@ def test_check_reports_what_the_servers_describe(ears_server, voice_server, ears
 
 # --- failures -----------------------------------------------------------------------------------
 
+def test_a_server_that_starts_listening_during_the_request_is_asked_again(servers, ears):
+    """A Wyoming server still starting refuses connections: the request asks again with a
+    backoff and is answered once the server listens, 1.5 s later."""
+    port, heard = free_port(), []
+    late = threading.Timer(1.5, lambda: servers(lambda r, w: EarsHandler(ears, heard, r, w), port))
+    stt = make("stt", f"tcp://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    late.start()
+    try:
+        text = stt.transcribe(QUESTION, 16000)
+    finally:
+        late.cancel()
+        late.join()
+    assert time.monotonic() - t0 > 1.5 and len(heard) == 1
+    assert "costume" in text.lower() and text == heard[0][0], text
+
+
 def test_a_dead_address_is_named_with_the_server_to_start():
     url = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
     with pytest.raises(BackendError) as e:
-        make("stt", url).transcribe(QUESTION, 16000)
+        make("stt", url, timeout_s=1.0).transcribe(QUESTION, 16000)
+    assert 0.5 < time.monotonic() - t0 < 1.0  # asked again until shortly before the stage's timeout
     assert e.value.retryable and e.value.stage == "stt"
-    assert f"wyoming at {url} is not reachable (connection refused)" in str(e.value)
+    assert f"wyoming at {url} is not reachable (connection refused, tried for" in str(e.value)
     assert "start it, e.g. 'wyoming-faster-whisper --uri tcp://0.0.0.0:10300" in str(e.value)
     assert "or fix [stt.wyoming] url in host.toml" in str(e.value)
     with pytest.raises(BackendError) as e:
-        make("tts", url).synthesize("Boo!")
+        make("tts", url, timeout_s=1.0).synthesize("Boo!")
     assert e.value.retryable and url in str(e.value)
     assert "start it, e.g. 'wyoming-piper --uri tcp://0.0.0.0:10200" in str(e.value)
     with pytest.raises(BackendError, match="is not reachable"):

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlparse
@@ -36,6 +37,7 @@ from skull.core.errors import BackendError
 from skull.core.validate import need
 from skull.core.wav import resample, to_pcm16
 
+from ..http import Refusals
 from . import Speech
 from .registry import BackendContext, backend
 
@@ -212,6 +214,10 @@ class _WyomingClient:
         self.table = f"[{ctx.stage}.wyoming]"
         """where this server's settings live in host.toml"""
         self.where = f"wyoming at {self.url}"
+        self.refusals = Refusals()
+        self.wait_loading = True
+        """ask again, with a backoff, while the server refuses connections (one that is starting;
+        a turn does; a health check reports it as it is)"""
 
     def absent(self, why: str) -> BackendError:
         """The server is not there: say so, how to start it, and where its address is set."""
@@ -264,12 +270,27 @@ class _WyomingClient:
         raise last or OSError(f"no address for {self.host}")
 
     async def _connected(self, exchange):
-        try:
-            sock = await asyncio.wait_for(self._connect(), min(self.connect_timeout_s, self.timeout_s))
-        except asyncio.TimeoutError:
-            raise self.absent(f"did not accept the connection within {self.connect_timeout_s:g} s") from None
-        except OSError as exc:
-            raise self.absent(f"is not reachable ({_reason(exc)})") from None
+        deadline = time.monotonic() + self.timeout_s
+        refused, tries = None, 0  # when the server first refused, and how often since
+        while True:
+            try:
+                sock = await asyncio.wait_for(self._connect(), min(self.connect_timeout_s, self.timeout_s))
+                break
+            except asyncio.TimeoutError:
+                raise self.absent(f"did not accept the connection within {self.connect_timeout_s:g} s") from None
+            except OSError as exc:
+                reason = _reason(exc)
+                if reason == "connection refused" and self.wait_loading:
+                    refused = time.monotonic() if refused is None else refused
+                    pause = self.refusals.pause(tries, refused, deadline)
+                    if pause is not None:  # not listening yet: a server that is starting binds its port soon
+                        tries += 1
+                        await asyncio.sleep(pause)
+                        continue
+                    reason += (f", tried for {time.monotonic() - refused:.1f} s" if tries
+                               else ", as throughout the last request")
+                raise self.absent(f"is not reachable ({reason})") from None
+        self.refusals.answered()
         session = _Session(self, sock)
         try:
             return await exchange(session)
