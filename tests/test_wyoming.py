@@ -303,7 +303,7 @@ def test_a_dead_address_is_named_with_the_server_to_start():
     assert e.value.retryable and url in str(e.value)
     assert "start it, e.g. 'wyoming-piper --uri tcp://0.0.0.0:10200" in str(e.value)
     with pytest.raises(BackendError, match="is not reachable"):
-        make("tts", url).check()
+        make("tts", url, timeout_s=1.0).check()
 
 
 def test_error_events_come_back_with_the_servers_text(ears_server, voice_server):
