@@ -7,42 +7,24 @@ jaw inside its calibrated range and no traceback."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from websockets.asyncio.server import serve
 
+from bench.fuzz import ANSI, RATE, FuzzHost, jaw_openings, skull_run, speech, storm_skull, welcome
 from conftest import sim_body, skull_config, wait_for
 from skull.agent import Agent, shown
 from skull.config import LinkConfig
 from skull.core import protocol as p
-from skull.core.data import bundled
 from skull.core.errors import ConfigError
 from skull.core.validate import build
 from skull.machine import (AckListen, ButtonDown, ButtonUp, Connected, Drained, JawClose, Led, LedPattern,
                            ReplyTimeout, SegmentArrived, State, TalkMachine, TurnEnd)
 from skull.segment import ReplySegment
-
-RATE = 16000
-
-
-def welcome(session: str = "s1") -> str:
-    return p.encode(p.Welcome(p.PROTOCOL_VERSION, "hostile", session, 15.0))[0]
-
-
-def speech(turn: int, seq: int, seconds: float = 0.3, opening: float = 0.8) -> list:
-    """A valid spoken segment: a tone of ``seconds`` and a jaw track that opens to ``opening``."""
-    n = int(RATE * seconds)
-    pcm = (np.sin(np.arange(n) * 2 * np.pi * 220 / RATE) * 12000).astype("<i2").tobytes()
-    jaw = [opening] * int(seconds * 100)
-    return p.encode(p.Speech(turn, seq, f"sentence {seq}", RATE, 2, 1, len(pcm), 100, jaw), pcm)
 
 
 # --- a host that never says done -------------------------------------------------------------
@@ -220,36 +202,7 @@ def test_a_host_that_never_stops_talking_is_cut_at_the_reply_limit(caplog):
 
 # --- `skull run` as a show runs it -------------------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def skull_run(url: str, folder: Path, config: str = "", record: bool = False):
-    """A real `skull run --sim` process against ``url``; yields (process, stderr lines so far)."""
-    args = [sys.executable, "-m", "skull", "-v", "run", "--sim", "--no-audio", "--url", url,
-            "--mic-file", str(bundled("question.wav")), "--image", str(bundled("snapshot.jpg"))]
-    if config:
-        (folder / "skull.toml").write_text(config)
-        args += ["--config", str(folder / "skull.toml")]
-    if record:
-        args += ["--record", str(folder / "turns")]
-    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT, cwd=folder,
-                                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: list[str] = []
-
-    async def read():
-        async for line in proc.stdout:
-            lines.append(line.decode("utf-8", errors="backslashreplace"))
-    reader = asyncio.create_task(read())
-    try:
-        yield proc, lines
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
-        await asyncio.wait_for(reader, 5)
-
-
 FORGED = "2001-01-01 00:00:00,000 INFO skull.agent: turn 7 answered"
-ANSI = "\x1b[2J\x1b[31mthe host owns your terminal\x1b[0m"
 
 
 def test_a_hosts_error_text_is_escaped_on_the_console_and_in_the_log(tmp_path):
@@ -281,205 +234,16 @@ def test_shown_cuts_long_text_and_says_so():
 # --- a fuzzing host against `skull run` --------------------------------------------------------
 
 FUZZ_FRAMES = 3000
-NON_FATAL_CLOSES = (1000, 1001, 1011, 4000, 4999)  # 4400, 4401 and 4426 are the documented fatal ones
-
-
-class FuzzHost:
-    """A host that answers each connection with a seeded mix of what a broken or hostile host
-    sends: bad welcomes (garbage, binary, wrong types, nesting, oversized, a close instead),
-    then bursts of garbage text and bytes, JSON that is no message, messages with wrong, huge
-    or missing fields, valid messages out of order and for other turns, speech without its
-    payload or with the wrong one, oversized frames, and real speech for the skull's current
-    turn (so the jaw moves). After each burst it pings the skull and notes whether it answered."""
-
-    def __init__(self, seed: int, frames: int):
-        import random
-        self.rng = random.Random(seed)
-        self.budget = frames
-        self.sent = self.malformed = self.connections = self.welcomed = 0
-        self.pongs, self.missed_pongs = 0, 0
-        self.calm_pongs = 0  # pongs on a connection after the fuzzing
-        self.turn = 0
-        self.transport_overflow_left = 1  # one frame past the transport limit: the skull drops the link
-
-    # frames ---------------------------------------------------------------------------------
-
-    def _text(self) -> str:
-        r = self.rng
-        alphabet = "{}[]\":,0123456789abcdeftrunl \\\x1b\r\n\x00\u202e\u00e9\U0001f480"
-        return "".join(r.choice(alphabet) for _ in range(r.randrange(0, 300)))
-
-    def _valid(self, turn: int) -> dict:
-        r = self.rng
-        kind = r.choice(["welcome", "ack", "heard", "done", "error", "speech"])
-        return {"welcome": {"type": "welcome", "protocol": 1, "host": "h", "session": "x", "max_record_s": 15},
-                "ack": {"type": "ack", "turn": turn, "of": r.choice(["listen", "stop"])},
-                "heard": {"type": "heard", "turn": turn, "transcript": "hat\x1b[31m", "caption": "skull"},
-                "done": {"type": "done", "turn": turn, "segments": 1, "reply": "ok",
-                         "timings_ms": {"stt": 1, "tts": "slow", "x\r\ny": 2}},
-                "error": {"type": "error", "code": "stage_failed", "message": ANSI + "\r\nforged", "turn": turn},
-                "speech": {"type": "speech", "turn": turn, "seq": 0, "text": "hi", "rate": RATE, "width": 2,
-                           "channels": 1, "bytes": 320, "jaw_fps": 100, "jaw": [0.5]}}[kind]
-
-    def _spoiled(self, msg: dict) -> str:
-        """``msg`` with one field made wrong in a way a decoder must survive."""
-        r = self.rng
-        key = r.choice([k for k in msg if k != "type"] or ["type"])
-        bad = r.choice(["drop", "-5", "9" * 5000, "NaN", "Infinity", "1e999", "[[[[[[]]]]]]", "\"\\ud800\"", "true",
-                        "null", "{}", "\"" + "x" * 1000 + "\"", "[2.0, -1, \"x\"]", "1.5"])
-        if bad == "drop":
-            msg = {k: v for k, v in msg.items() if k != key}
-            return json.dumps(msg)
-        body = json.dumps({k: v for k, v in msg.items() if k != key})
-        return body[:-1] + (", " if len(body) > 2 else "") + f"\"{key}\": {bad}}}"
-
-    def burst(self, turn: int) -> list[list]:
-        """One hostile item: a list of frames sent back to back."""
-        r = self.rng
-        kind = r.choices(["garbage_text", "garbage_binary", "not_object", "spoiled", "nested", "valid_other_turn",
-                          "speech", "speech_no_payload", "speech_wrong_payload", "mutated", "oversized_text",
-                          "oversized_binary", "transport_overflow"],
-                         weights=[10, 10, 4, 20, 2, 10, 12, 4, 4, 12, 1, 0.3, 0.05])[0]
-        if kind == "transport_overflow" and not self.transport_overflow_left:
-            kind = "garbage_binary"
-        malformed = kind not in ("valid_other_turn", "speech")
-        if kind == "garbage_text":
-            frames = [self._text()]
-        elif kind == "garbage_binary":
-            frames = [r.randbytes(r.randrange(0, 3000))]
-        elif kind == "not_object":
-            frames = [r.choice(["[]", "1", "\"welcome\"", "null", "true", "[{\"type\":\"ack\"}]"])]
-        elif kind == "spoiled":
-            frames = [self._spoiled(self._valid(turn))]
-        elif kind == "nested":
-            frames = ["[" * r.randrange(500, 100_000)]
-        elif kind == "valid_other_turn":
-            msg = self._valid(r.choice([turn - 1, turn + 1, turn + 1000, 0]))
-            frames = [json.dumps(msg)] + ([b"\0" * 320] if msg["type"] == "speech" else [])
-            malformed = msg["type"] == "speech" and msg["turn"] < 0
-        elif kind == "speech":
-            frames = speech(turn, r.randrange(0, 5), r.uniform(0.05, 0.3), r.uniform(0.0, 1.0)) if turn >= 0 else []
-        elif kind == "speech_no_payload":
-            frames = [speech(turn, 0, 0.1)[0], json.dumps(self._valid(turn))]
-        elif kind == "speech_wrong_payload":
-            frames = [speech(turn, 0, 0.1)[0], r.randbytes(r.randrange(0, 5000))]
-        elif kind == "mutated":
-            text = json.dumps(self._valid(turn))
-            i = r.randrange(len(text))
-            frames = [text[:i] + r.choice(["", "\"", "}", "\\", "\x00", "{"]) + text[i + 1:]]
-        elif kind == "oversized_text":
-            frames = [json.dumps({"type": "error", "code": "x", "message": "y" * (p.MAX_TEXT_BYTES + 10)})]
-        elif kind == "oversized_binary":
-            frames = [bytes(p.MAX_BINARY_BYTES + 1)]
-        else:
-            self.transport_overflow_left -= 1
-            frames = [bytes(p.TRANSPORT_MAX_BYTES + 1)]
-        self.malformed += malformed
-        return frames
-
-    def bad_welcome(self):
-        """A reply to hello that is not a welcome the skull can use (a frame, or a close code)."""
-        r = self.rng
-        return r.choice([self._text(), r.randbytes(64), json.dumps(self._valid(1) | {"type": "ack"}),
-                         self._spoiled(self._valid(1) | {"type": "welcome", "protocol": 1, "host": "h",
-                                                          "session": "s", "max_record_s": 15}),
-                         "[" * 50_000, json.dumps({"type": "welcome", "session": "s" * p.MAX_TEXT_BYTES}),
-                         r.choice(NON_FATAL_CLOSES)])
-
-    # the connection ---------------------------------------------------------------------------
-
-    async def handler(self, ws):
-        self.connections += 1
-        r, lock = self.rng, asyncio.Lock()
-        try:
-            await ws.recv()  # hello
-            if self.budget <= 0:  # the fuzzing is over: a calm host
-                await ws.send(welcome())
-                listener = asyncio.create_task(self._listen(ws, lock))
-                await asyncio.wait_for(await ws.ping(), 15)
-                self.calm_pongs += 1
-                await listener
-                return
-            if r.random() < 0.2:
-                bad = self.bad_welcome()
-                self.sent += 1
-                if isinstance(bad, int):
-                    await ws.close(bad, "fuzz")
-                else:
-                    await ws.send(bad)
-                    await asyncio.wait_for(ws.wait_closed(), 15)
-                return
-            await ws.send(welcome(f"fuzz-{self.connections}\x1b[2J"))
-            self.welcomed += 1
-            listener = asyncio.create_task(self._listen(ws, lock))
-            try:
-                for _ in range(r.randrange(1, 4)):
-                    for _ in range(r.randrange(20, 300)):
-                        if self.budget <= 0:
-                            break
-                        frames = self.burst(self.turn)
-                        async with lock:
-                            for f in frames:
-                                await ws.send(f)
-                        self.budget -= 1
-                        self.sent += 1
-                        if r.random() < 0.05:
-                            await asyncio.sleep(r.uniform(0, 0.1))
-                    try:
-                        await asyncio.wait_for(await ws.ping(), 15)
-                        self.pongs += 1
-                    except asyncio.TimeoutError:
-                        self.missed_pongs += 1
-                        return
-            finally:
-                listener.cancel()
-            if r.random() < 0.5:
-                await ws.close(r.choice(NON_FATAL_CLOSES), "fuzz")
-            else:
-                await ws.close()
-        except Exception:  # the skull dropped the link (a transport overflow, a bad welcome): it reconnects
-            return
-
-    async def _listen(self, ws, lock):
-        """Acknowledge most of the skull's listen and stop; follow its turn number."""
-        async for frame in ws:
-            if isinstance(frame, bytes):
-                continue
-            msg = json.loads(frame)
-            if msg["type"] in ("listen", "stop"):
-                self.turn = msg["turn"]
-                if self.rng.random() < 0.8:
-                    async with lock:
-                        await ws.send(p.encode(p.Ack(msg["turn"], msg["type"]))[0])
 
 
 def test_skull_run_survives_a_fuzzing_host(tmp_path):
-    """3,000 hostile frames and welcomes against a real `skull run --sim` whose button is
-    pressed and released all along: it never exits, never prints a traceback, keeps
-    reconnecting and answering pings, logs malformed frames a few per connection (not one line
-    per frame), escapes what the host says, and its jaw stays inside the calibrated range."""
+    """3,000 hostile frames and welcomes (bench/fuzz.py's FuzzHost) against a real `skull run
+    --sim` whose button is pressed and released all along: it never exits, never prints a
+    traceback, keeps reconnecting and answering pings, logs malformed frames a few per
+    connection (not one line per frame), escapes what the host says, and its jaw stays inside
+    the calibrated range."""
     fuzz = FuzzHost(seed=13, frames=FUZZ_FRAMES)
-
-    async def go():
-        server = await serve(fuzz.handler, "127.0.0.1", 0, max_size=p.TRANSPORT_MAX_BYTES)
-        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        config = "[link]\nreconnect_min_s = 0.05\nreconnect_max_s = 0.3\ndone_timeout_s = 0.5\n"
-        started = time.monotonic()
-        try:
-            async with skull_run(url, tmp_path, config, record=True) as (proc, lines):
-                while fuzz.budget > 0 and proc.returncode is None and time.monotonic() - started < 50:
-                    proc.stdin.write(b"\n")  # the button goes down, or up
-                    await proc.stdin.drain()
-                    await asyncio.sleep(fuzz.rng.uniform(0.2, 1.0))
-                # after the storm, a calm host: the skull connects again and answers its ping
-                await wait_for(lambda: fuzz.calm_pongs or proc.returncode is not None, timeout=15)
-                await asyncio.sleep(0.5)
-                alive = proc.returncode is None
-                return alive, "".join(lines), time.monotonic() - started
-        finally:
-            server.close()
-            await server.wait_closed()
-    alive, out, took = asyncio.run(go())
+    alive, out, took, _ = asyncio.run(storm_skull(fuzz, tmp_path, max_s=50))
     tail = out[-3000:]
     assert fuzz.budget <= 0, f"only {FUZZ_FRAMES - fuzz.budget} frames sent in {took:.0f} s"
     assert alive, tail
@@ -493,9 +257,7 @@ def test_skull_run_survives_a_fuzzing_host(tmp_path):
     assert "\x1b" not in out and "\r" not in out
     # a flood of the host's error messages is not a flood of log lines
     assert out.count("host: stage_failed") <= 5 * (took / 10 + 1), out.count("host: stage_failed")
-    openings = []
-    for csv in (tmp_path / "turns").glob("turn-*/commands.csv"):
-        openings += [float(row.split(",")[2]) for row in csv.read_text().splitlines()[1:]]
+    openings = jaw_openings(tmp_path)
     assert openings and max(openings) > 0.02, "the jaw never moved: no speech reached it"
     assert all(0.0 <= o <= 1.0 for o in openings)
     assert took < 60
