@@ -17,7 +17,7 @@ demo: bootstrap
 
 test: firmware-test
 	@VENV=$(VENV) EXTRAS=test,ears,wake,voice bash scripts/bootstrap.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # the firmware's logic, compiled and unit-tested on this machine (g++ only), and the
 # simulator the serial driver's tests talk to over a pseudo-terminal

@@ -243,7 +243,7 @@ def test_skull_run_survives_a_fuzzing_host(tmp_path):
     connection (not one line per frame), escapes what the host says, and its jaw stays inside
     the calibrated range."""
     fuzz = FuzzHost(seed=13, frames=FUZZ_FRAMES)
-    alive, out, took, _ = asyncio.run(storm_skull(fuzz, tmp_path, max_s=50))
+    alive, out, took, _ = asyncio.run(storm_skull(fuzz, tmp_path, max_s=80))
     tail = out[-3000:]
     assert fuzz.budget <= 0, f"only {FUZZ_FRAMES - fuzz.budget} frames sent in {took:.0f} s"
     assert alive, tail
@@ -260,4 +260,4 @@ def test_skull_run_survives_a_fuzzing_host(tmp_path):
     openings = jaw_openings(tmp_path)
     assert openings and max(openings) > 0.02, "the jaw never moved: no speech reached it"
     assert all(0.0 <= o <= 1.0 for o in openings)
-    assert took < 60
+    assert took < 100  # 10 s alone on this machine; the limit leaves room for a busy one
