@@ -478,7 +478,7 @@ class Host:
             return None
         if hello.protocol not in p.SUPPORTED_VERSIONS:
             await _refuse(ws, p.CLOSE_UNSUPPORTED_PROTOCOL, f"protocol {hello.protocol} is not supported; this host "
-                                                         f"speaks {', '.join(map(str, p.SUPPORTED_VERSIONS))}")
+                                                        f"speaks {', '.join(map(str, p.SUPPORTED_VERSIONS))}")
             return None
         refused = self._credential(hello)
         if refused is not None:
@@ -525,7 +525,7 @@ class Host:
         if not self._room_for(name):
             m = self.config.server.max_skulls
             await _refuse(ws, p.CLOSE_HOST_FULL, f"the host keeps at most {m} skulls and all are connected; raise "
-                                              f"[server] max_skulls on the host, or retry later")
+                                             f"[server] max_skulls on the host, or retry later")
             self.peer_failure(peer, f"refused {name}: {m} skulls (max_skulls) are connected")
             return
         conv = self.conversations.get(name)
