@@ -1,0 +1,378 @@
+"""A show night in fast motion: a simulated skull, a host that is killed now and then, a network
+that drops and stalls, model servers that fail, and nobody touching anything.
+
+    python bench/show.py                 # 1,000 turns, about 30 minutes here
+    python bench/show.py --turns 60 --kill-every 20
+
+The host runs as its own process (``skull host``) against the standard fake workload with its
+delays scaled down and failures switched on (each server fails 10 % of its calls, drops the
+connection mid-answer on 2 %, scales every wait by 0.7..1.3 and pays a warm-up on its first
+call). Between the skull and the host sits :class:`FlakyProxy`, a TCP proxy that now and then
+cuts every connection at once (as a switch or Wi-Fi does) and now and then forwards nothing for
+``--stall-s`` seconds (a link that hangs without closing). Every ``--kill-every`` turns (±20 %)
+the host process gets SIGKILL mid-answer and a new one starts a moment later, so a few presses
+find no host at all. The skull (this process; its agent is what a ``skull run`` runs) has a
+simulated body: MockFactory button, LED and servo, the workload's question as its microphone
+played ``--speed`` times faster than real time, and a speaker as fast.
+
+Visitors press, speak, release and listen to the whole answer. A turn counts as *spoken* when the
+skull played something: the answer, a fallback line or, with no host, a line of its own. After
+every link loss (a cut, a stall the skull noticed, a host killed) the bench measures how long
+the jaw took to close, from the loss (the cut or the kill; for a stall, the moment the skull
+noticed it).
+
+Last line:
+
+    turns=… spoken=… answered=… fallbacks=… offline_lines=… mute=… skull_exits=… host_restarts=…
+    link_cuts=… stalls=… jaw_closed_after_loss_ms_max=… rss_growth_pct=… host_rss_growth_pct=… fds_growth=…
+
+``rss_growth_pct``: this process (the skull) from turn 100 (or a tenth of the run when shorter)
+to the end; ``host_rss_growth_pct``: the host's RSS at the end of its last life against the end
+of its first (each life serves about the same number of turns); ``fds_growth``: the skull's
+open files, same two points. Exit status 1 unless mute=0, skull_exits=0, every jaw closed
+within 250 ms of a loss, both RSS growths < 5 % and fds_growth <= 2.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import HostProcess, skull  # noqa: E402
+
+from host.config import FallbackConfig  # noqa: E402
+from host.fakes.workload import Workload, question_wav  # noqa: E402
+from skull.machine import State  # noqa: E402
+
+JAW_CLOSED_MAX_MS = 250.0
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class FlakyProxy:
+    """A TCP proxy on loopback in front of ``upstream_port`` (changeable while it runs: a
+    restarted host listens elsewhere). :meth:`cut` aborts every connection at once;
+    :meth:`stall` forwards nothing, either way, for a while, leaving the connections open."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.cuts = self.stalls = 0
+
+    async def start(self) -> "FlakyProxy":
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        self.cuts += 1
+        for a, b in list(self._pairs):
+            a.transport.abort()
+            b.transport.abort()
+        self._pairs.clear()
+
+    async def stall(self, seconds: float) -> None:
+        self.stalls += 1
+        self._flowing.clear()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._flowing.set()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:  # no host right now: the skull sees its connection refused-like close
+            writer.transport.abort()
+            return
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            self._pairs.discard(pair)
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+class JawWatch:
+    """How long the jaw took to close after a link loss: polls the servo every 2 ms."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.closed_after_ms: list[float] = []
+
+    async def after_loss(self, lost_at: float, give_up_s: float = 5.0) -> float:
+        jaw = self.agent.body.jaw
+        while time.monotonic() - lost_at < give_up_s:
+            if not jaw.attached or jaw.opening <= 0.0:
+                ms = max(0.0, (time.monotonic() - lost_at) * 1000.0)
+                self.closed_after_ms.append(ms)
+                return ms
+            await asyncio.sleep(0.002)
+        self.closed_after_ms.append(give_up_s * 1000.0)
+        return give_up_s * 1000.0
+
+
+class Night:
+    """The show: turns, and the trouble scheduled between and inside them."""
+
+    def __init__(self, args, work: Workload, host: HostProcess, proxy: FlakyProxy, workdir: Path, config_text: str):
+        self.args, self.work, self.host, self.proxy = args, work, host, proxy
+        self.workdir, self.config_text = workdir, config_text
+        self.rng = random.Random(args.seed)
+        self.stats = collections.Counter()
+        self.fallbacks = set(vars(FallbackConfig()).values())
+        self.host_rss_at_life_end: list[int] = []
+        self.lives = 0
+        self.played_s = 0.0
+
+    def next_kill(self, now: int) -> int:
+        k = self.args.kill_every
+        return now + max(2, round(k * self.rng.uniform(0.8, 1.2)))
+
+    async def restart_host(self, agent, watch: JawWatch) -> None:
+        """SIGKILL the host (mid-answer if one plays), measure the jaw, start a new host later."""
+        self.host_rss_at_life_end.append(self.host.rss_kib())
+        lost_at = time.monotonic()
+        self.host.proc.kill()
+        self.host.proc.wait()
+        self.host.log.close()
+        self.stats["host_restarts"] += 1
+        closing = asyncio.create_task(watch.after_loss(lost_at))
+        # a visitor or two press while there is no host
+        await asyncio.sleep(0.3)
+        for _ in range(self.rng.randint(1, 2)):
+            await self.offline_press(agent)
+        await closing
+        self.lives += 1
+        self.host = await asyncio.to_thread(HostProcess, self.config_text, self.workdir, f"host-{self.lives}")
+        self.proxy.upstream_port = self.host.port
+
+    async def offline_press(self, agent) -> None:
+        """A press with no host: the skull must say something (a line of its own)."""
+        self.stats["turns"] += 1
+        self.stats["offline_presses"] += 1
+        heard = await self.press(agent, offline=True)
+        if heard:
+            self.stats["spoken"] += 1
+            self.stats["offline_lines"] += 1
+        else:
+            self.stats["mute"] += 1
+
+    async def press(self, agent, offline: bool = False):
+        """Press, speak the question, release; wait for the answer to finish (or, offline, for
+        the skull's own line). Returns what was played: the turn record, True for a line of its
+        own, or None when the skull stayed mute."""
+        pin = agent.body.panel.button.pin
+        spoken = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
+        played_before = self.played_s
+        ended_before = len(agent.finished)
+        pin.drive_low()
+        try:
+            await asyncio.wait_for(spoken.wait(), 20)
+        except asyncio.TimeoutError:
+            pass
+        pin.drive_high()
+        if offline:
+            await asyncio.sleep(1.0)
+            return self.played_s > played_before
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            if len(agent.finished) > ended_before and agent.state is not State.THINKING:
+                return agent.finished[-1]
+            if agent.state is State.OFFLINE:
+                return None
+            await asyncio.sleep(0.01)
+        return None
+
+    def count_playing(self, agent) -> None:
+        """Count the seconds of sound the skull queues for its speaker, whatever queues it."""
+        timeline = agent.body.player.timeline
+        add = timeline.add
+
+        def counting(samples, rate, *more, **named):
+            self.played_s += len(samples) / rate
+            return add(samples, rate, *more, **named)
+        timeline.add = counting
+
+    async def run(self, agent) -> None:
+        self.count_playing(agent)
+        watch = JawWatch(agent)
+        self.watch = watch
+        kill_at = self.next_kill(0)
+        turn = 0
+        self.samples = {}
+        while turn < self.args.turns:
+            while agent.state is not State.IDLE:
+                await asyncio.sleep(0.02)
+            turn += 1
+            self.stats["turns"] += 1
+            trouble = None
+            if turn == kill_at:
+                trouble, kill_at = "kill", self.next_kill(turn)
+            elif self.rng.random() < self.args.cut_rate:
+                trouble = "cut"
+            elif self.rng.random() < self.args.stall_rate:
+                trouble = "stall"
+            mid = asyncio.create_task(self.trouble_mid_answer(agent, trouble, watch)) if trouble else None
+            rec = await self.press(agent)
+            if mid is not None:
+                await mid
+            spoken = [seg.text for seg in rec.in_order()] if rec else []
+            if rec is not None and spoken:
+                self.stats["spoken"] += 1
+                if any(text in self.fallbacks for text in spoken):
+                    self.stats["fallbacks"] += 1
+                elif rec.outcome == "answered":
+                    self.stats["answered"] += 1
+            elif trouble is None:
+                self.stats["mute"] += 1
+            else:
+                self.stats["cut_before_a_word"] += 1  # the link went before the answer: no host, no line yet
+                self.stats["mute"] += 1
+            if turn == max(1, min(100, self.args.turns // 10)):
+                self.samples["start"] = (_rss_kib(os.getpid()), _fds(os.getpid()))
+            if turn % self.args.report_every == 0:
+                print(f"  {turn:5d} turns  spoken {self.stats['spoken']}  mute {self.stats['mute']}  "
+                      f"host restarts {self.stats['host_restarts']}  jaw closed within "
+                      f"{max(watch.closed_after_ms, default=0):.0f} ms  skull RSS {_rss_kib(os.getpid())} KiB",
+                      flush=True)
+        self.samples["end"] = (_rss_kib(os.getpid()), _fds(os.getpid()))
+        self.host_rss_at_life_end.append(self.host.rss_kib())
+
+    async def trouble_mid_answer(self, agent, trouble: str, watch: JawWatch) -> None:
+        """Wait for the answer's first sound, then let the trouble happen a moment into it."""
+        deadline = time.monotonic() + 20
+        while agent.state is not State.SPEAKING and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(self.rng.uniform(0.0, 0.3))
+        if trouble == "kill":
+            await self.restart_host(agent, watch)
+        elif trouble == "cut":
+            lost_at = time.monotonic()
+            self.proxy.cut()
+            await watch.after_loss(lost_at)
+        else:
+            stall = asyncio.create_task(self.proxy.stall(self.args.stall_s))
+            while agent.state is not State.OFFLINE and not stall.done():
+                await asyncio.sleep(0.005)
+            if agent.state is State.OFFLINE:
+                await watch.after_loss(time.monotonic())
+            await stall
+
+
+async def night(args, work, host, workdir, config_text) -> tuple[Night, bool]:
+    proxy = await FlakyProxy(host.port).start()
+    agent = skull(proxy.port, "showskull", mic_speed=args.speed, play_speed=args.speed,
+                  question=workdir / "question.wav")
+    show = Night(args, work, host, proxy, workdir, config_text)
+    task = asyncio.create_task(agent.run())
+    try:
+        while agent.state is not State.IDLE:
+            await asyncio.sleep(0.02)
+        await show.run(agent)
+        exited = task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await proxy.stop()
+    show.stats["link_cuts"], show.stats["stalls"] = proxy.cuts, proxy.stalls
+    return show, exited
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--turns", type=int, default=1000)
+    ap.add_argument("--kill-every", type=int, default=100, help="SIGKILL the host about every N turns (default 100)")
+    ap.add_argument("--cut-rate", type=float, default=0.02, help="share of turns whose link is cut mid-answer")
+    ap.add_argument("--stall-rate", type=float, default=0.01, help="share of turns whose link stalls mid-answer")
+    ap.add_argument("--stall-s", type=float, default=10.0, help="how long a stalled link forwards nothing")
+    ap.add_argument("--speed", type=float, default=8.0, help="the question and the answer play this much faster")
+    ap.add_argument("--scale", type=float, default=0.25, help="multiply every fake server delay by this")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--report-every", type=int, default=50)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("skull").setLevel(logging.CRITICAL if not os.environ.get("SHOW_DEBUG") else logging.INFO)
+    work = Workload(jitter=0.3, failure_rate=0.1, crash_rate=0.02, warmup_s=2.0, seed=args.seed).scaled(args.scale)
+    servers = work.start()
+    t0 = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            question_wav(workdir / "question.wav")
+            config_text = Workload.host_toml(servers, streaming=True, timeout_s=5.0)
+            host = HostProcess(config_text, workdir, "host-0")
+            try:
+                print(f"show: {args.turns} turns, host killed about every {args.kill_every}, link cut on "
+                      f"{args.cut_rate:.0%} and stalled {args.stall_s:g} s on {args.stall_rate:.0%} of turns, fake "
+                      f"servers failing {work.failure_rate:.0%} / crashing {work.crash_rate:.0%}", flush=True)
+                show, exited = asyncio.run(night(args, work, host, workdir, config_text))
+            finally:
+                show_host = locals().get("show")
+                (show_host.host if show_host else host).stop()
+    finally:
+        for s in servers.values():
+            s.stop()
+    s = show.stats
+    (rss0, fds0), (rss1, fds1) = show.samples.get("start", show.samples["end"]), show.samples["end"]
+    lives = show.host_rss_at_life_end
+    host_growth = 100.0 * (lives[-1] - lives[0]) / lives[0] if len(lives) > 1 and lives[0] else 0.0
+    jaw_max = max(show.watch.closed_after_ms, default=0.0)
+    figures = dict(turns=s["turns"], spoken=s["spoken"], answered=s["answered"], fallbacks=s["fallbacks"],
+                   offline_lines=s["offline_lines"], mute=s["mute"], skull_exits=int(exited),
+                   host_restarts=s["host_restarts"], link_cuts=s["link_cuts"], stalls=s["stalls"],
+                   jaw_closed_after_loss_ms_max=round(jaw_max), rss_growth_pct=round(100.0 * (rss1 - rss0) / rss0, 1),
+                   host_rss_growth_pct=round(host_growth, 1), fds_growth=fds1 - fds0)
+    print(f"# {time.monotonic() - t0:.0f} s; host RSS at the end of each life (KiB): {lives}; "
+          f"mute presses with no host: {s['offline_presses'] - s['offline_lines']} of {s['offline_presses']}, "
+          f"links lost before a word: {s['cut_before_a_word']}", flush=True)
+    print(" ".join(f"{k}={v}" for k, v in figures.items()))
+    ok = (figures["mute"] == 0 and not exited and jaw_max <= JAW_CLOSED_MAX_MS and figures["rss_growth_pct"] < 5
+          and host_growth < 5 and figures["fds_growth"] <= 2)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
