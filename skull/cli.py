@@ -35,12 +35,14 @@ def _log_unhandled() -> None:
     asyncio.get_running_loop().set_exception_handler(loop_hook)
 
 
-def _config_file(filename: str, explicit: str | None) -> Path | None:
-    """The config file by the lookup order (skull.core.places), announced on stderr."""
+def _config_file(filename: str, explicit: str | None, announce: bool = True):
+    """The config file by the lookup order (a skull.core.places.ConfigChoice), announced on
+    stderr unless ``announce`` is False (the caller announces it once it has started)."""
     from .core.places import find_config
     choice = find_config(filename, explicit)
-    print(choice.line(), file=sys.stderr, flush=True)
-    return choice.path
+    if announce:
+        print(choice.line(), file=sys.stderr, flush=True)
+    return choice
 
 
 def _until_terminated(main):
@@ -66,7 +68,7 @@ def cmd_host(args) -> int:
     from host.server import Host, cert_fingerprint
     from host.status import HostKeeper, check_skulls
 
-    cfg = load_host_config(_config_file("host.toml", args.config))
+    cfg = load_host_config(_config_file("host.toml", args.config).path)
     if args.check:
         lines = check_backends(cfg, build_backends(cfg))
         print(render(lines), flush=True)
@@ -118,9 +120,10 @@ def cmd_host(args) -> int:
     return 0
 
 
-def _skull_config(args):
+def _skull_config(args, announce: bool = True):
     from .config import load_skull_config
-    cfg = load_skull_config(_config_file("skull.toml", args.config), calibration=getattr(args, "calibration", None))
+    args.config_choice = _config_file("skull.toml", args.config, announce)
+    cfg = load_skull_config(args.config_choice.path, calibration=getattr(args, "calibration", None))
     link = cfg.link
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", link.token)
     link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name,
@@ -134,8 +137,9 @@ def cmd_run(args) -> int:
     from .agent import Agent
     from .runtime import build_body
 
-    cfg = _skull_config(args)
+    cfg = _skull_config(args, announce=False)
     body = build_body(cfg, sim=args.sim, mic_file=args.mic_file, image=args.image, audio=not args.no_audio)
+    print(args.config_choice.line(), file=sys.stderr, flush=True)  # once the skull's devices are open
     agent = Agent(cfg, body, record_dir=args.record)
     if args.sim:
         pin = body.panel.button.pin
@@ -206,7 +210,7 @@ def cmd_demo(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import cmd_calibrate as run
-    found = _config_file("skull.toml", args.config)  # profiles are saved beside the config found
+    found = _config_file("skull.toml", args.config).path  # profiles are saved beside the config found
     args.config = str(found) if found is not None else None
     return run(args)
 
@@ -214,7 +218,7 @@ def cmd_calibrate(args) -> int:
 def cmd_replay(args) -> int:
     from .config import load_skull_config
     from .replay import cmd_replay as run
-    cfg = load_skull_config(_config_file("skull.toml", args.config), calibration=args.calibration)
+    cfg = load_skull_config(_config_file("skull.toml", args.config).path, calibration=args.calibration)
     return run(args, cfg)
 
 
