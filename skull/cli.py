@@ -234,6 +234,9 @@ def cmd_status(args) -> int:
     return run(args)
 
 
+CONFIG_LOOKUP = "; default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skull/skull.toml, built-in defaults"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="skull", description="The talking skull: an AI animatronic prop.")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -264,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "fingerprint (sha256:AB:CD:..., from skull host --print-fingerprint)")
     r.add_argument("--tls-ca", help="wss:// only: a PEM file of certificate authorities to trust instead of the "
                                     "system's")
-    r.add_argument("--config", help="skull.toml; default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skull/skull.toml, built-in defaults")
+    r.add_argument("--config", help="skull.toml" + CONFIG_LOOKUP)
     r.add_argument("--mic-file", help="a WAV played as the microphone on each press")
     r.add_argument("--image", help="a picture used as the camera")
     r.add_argument("--no-audio", action="store_true", help="no sound devices (needs --mic-file)")
@@ -283,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--travel-ms", type=float, help="servo time from closed to open (default 42: an SG90 at 6 V)")
     c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help="jaw driver to jog (default: "
                                                                                 "skull.toml [board] driver)")
-    c.add_argument("--config", help="skull.toml (board, pins, port); default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skull/skull.toml, built-in defaults")
-    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside --config, or in the current "
-                                 "folder)")
+    c.add_argument("--config", help="skull.toml (board, pins, port)" + CONFIG_LOOKUP)
+    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside the config file, or in the "
+                                 "current folder)")
     c.set_defaults(func=cmd_calibrate)
 
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
@@ -303,12 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score the jaw against what the speaker really played (the sound server's monitor); "
                          "default: whenever the speaker is a real device behind PulseAudio or PipeWire. "
                          "--no-heard: against the sound as scheduled")
-    rp.add_argument("--config", help="skull.toml ([board], [jaw], [shape]); default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skull/skull.toml, built-in defaults")
+    rp.add_argument("--config", help="skull.toml ([board], [jaw], [shape])" + CONFIG_LOOKUP)
     rp.add_argument("--calibration", help="servo profile NAME or path (lead and travel come from it)")
     rp.set_defaults(func=cmd_replay)
 
     dr = sub.add_parser("doctor", help="check the skull's devices, boards, calibration and host, and say what to fix")
-    dr.add_argument("--config", help="skull.toml; default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skull/skull.toml, built-in defaults")
+    dr.add_argument("--config", help="skull.toml" + CONFIG_LOOKUP)
     dr.add_argument("--url", help="host websocket URL (default from skull.toml)")
     dr.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
     dr.add_argument("--name", help="this skull's name")

@@ -305,3 +305,16 @@ def test_nothing_is_sent_without_notify_socket(monkeypatch):
     assert not n.enabled and n.watchdog_interval_s is None
     n.ready("idle")  # no socket, no error
     asyncio.run(asyncio.wait_for(sdnotify.keep_watchdog(n), 1))  # returns at once
+
+
+def test_calibrate_saves_beside_the_config_found_and_run_finds_it_there(places, tmp_path):
+    user, _ = places
+    (user / "skull.toml").write_text("[board]\ndriver = 'sim'\n")
+    r = _skull("calibrate", "--name", "show", "--closed-us", "1200", "--open-us", "1750", "--lead-ms", "40",
+               env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == f"config: {user / 'skull.toml'} (user config)"
+    saved = user / "calibration" / "show.toml"
+    assert saved.is_file() and not (Path.cwd() / "calibration" / "show.toml").exists()
+    cfg = load_skull_config(find_config("skull.toml").path, calibration="show")
+    assert (cfg.calibration.closed_us, cfg.calibration.open_us, cfg.calibration.lead_ms) == (1200.0, 1750.0, 40.0)
