@@ -1,4 +1,4 @@
-"""The `skull` command: host, run, demo, doctor, calibrate, replay."""
+"""The `skull` command: host, run, demo, doctor, calibrate, replay, service, status."""
 from __future__ import annotations
 
 import argparse
@@ -35,19 +35,51 @@ def _log_unhandled() -> None:
     asyncio.get_running_loop().set_exception_handler(loop_hook)
 
 
+def _config_file(filename: str, explicit: str | None, announce: bool = True):
+    """The config file by the lookup order (a skull.core.places.ConfigChoice), announced on
+    stderr unless ``announce`` is False (the caller announces it once it has started)."""
+    from .core.places import find_config
+    choice = find_config(filename, explicit)
+    if announce:
+        print(choice.line(), file=sys.stderr, flush=True)
+    return choice
+
+
+def _until_terminated(main):
+    """Run ``main()`` until it returns or SIGTERM (systemd's stop) cancels it: its finally
+    blocks then run (the hardware is left safe, STOPPING=1 goes out)."""
+    import signal
+
+    async def guarded():
+        task = asyncio.current_task()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await main()
+
+    try:
+        asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+
+
 def cmd_host(args) -> int:
     from host.build import build_backends
     from host.check import all_up, check_backends, render
     from host.config import load_host_config
     from host.server import Host, cert_fingerprint
+    from host.status import HostKeeper, check_skulls
 
-    cfg = load_host_config(args.config)
+    cfg = load_host_config(_config_file("host.toml", args.config).path)
     if args.check:
         lines = check_backends(cfg, build_backends(cfg))
         print(render(lines), flush=True)
         down = [f"{ln.stage} ({ln.backend})" for ln in lines if ln.status in ("down", "loading")]
-        print("all backends up" if all_up(lines) else f"not ready: {', '.join(down)}", flush=True)
-        return 0 if all_up(lines) else 1
+        host_ok, host_lines = check_skulls(args.port if args.port is not None else cfg.server.port)
+        print("\n".join(host_lines), flush=True)
+        if not host_ok:
+            down.append("the running host (stale status)")
+        ok = all_up(lines) and host_ok
+        print("all backends up" if ok else f"not ready: {', '.join(down)}", flush=True)
+        return 0 if ok else 1
     server = cfg.server
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", server.token)
     server = dataclasses.replace(server, bind=args.bind or server.bind,
@@ -71,25 +103,27 @@ def cmd_host(args) -> int:
                   f"trusting this self-signed certificate sets [link] tls_fingerprint = \"{fingerprint}\"", flush=True)
         else:
             print(f"skull host listening on ws://{server.bind}:{host.port}", flush=True)
-        for ln in await asyncio.to_thread(check_backends, cfg, host.backends):  # name the dead ones at once
-            level = logging.INFO if ln.status in ("up", "-") else logging.WARNING
-            logging.getLogger("host").log(level, "%s backend %s: %s%s", ln.stage, ln.backend, ln.status,
-                                          f" ({ln.detail})" if ln.status != "up" else f", {ln.detail}")
+        keeper = HostKeeper(host, f"{'wss' if server.tls_cert else 'ws'}://{server.bind}:{host.port}")
+        kept = asyncio.create_task(keeper.run(), name="host-status")  # READY=1, status file, watchdog
         try:
+            for ln in await asyncio.to_thread(check_backends, cfg, host.backends):  # name the dead ones at once
+                level = logging.INFO if ln.status in ("up", "-") else logging.WARNING
+                logging.getLogger("host").log(level, "%s backend %s: %s%s", ln.stage, ln.backend, ln.status,
+                                              f" ({ln.detail})" if ln.status != "up" else f", {ln.detail}")
             await asyncio.Future()
         finally:
+            kept.cancel()
+            keeper.close()
             await host.stop()
 
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    _until_terminated(main)
     return 0
 
 
-def _skull_config(args):
+def _skull_config(args, announce: bool = True):
     from .config import load_skull_config
-    cfg = load_skull_config(args.config, calibration=getattr(args, "calibration", None))
+    args.config_choice = _config_file("skull.toml", args.config, announce)
+    cfg = load_skull_config(args.config_choice.path, calibration=getattr(args, "calibration", None))
     link = cfg.link
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", link.token)
     link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name,
@@ -103,8 +137,9 @@ def cmd_run(args) -> int:
     from .agent import Agent
     from .runtime import build_body
 
-    cfg = _skull_config(args)
+    cfg = _skull_config(args, announce=False)
     body = build_body(cfg, sim=args.sim, mic_file=args.mic_file, image=args.image, audio=not args.no_audio)
+    print(args.config_choice.line(), file=sys.stderr, flush=True)  # once the skull's devices are open
     agent = Agent(cfg, body, record_dir=args.record)
     if args.sim:
         pin = body.panel.button.pin
@@ -121,10 +156,18 @@ def cmd_run(args) -> int:
         if sys.stdin is not None and sys.stdin.isatty():
             print("simulated skull: press Enter to press the button, Enter again to release it", flush=True)
         threading.Thread(target=keyboard, name="keyboard", daemon=True).start()
+    async def main():
+        from .status import Keeper
+        keeper = Keeper(agent)
+        kept = asyncio.create_task(keeper.run(), name="skull-status")  # READY=1, status file, watchdog
+        try:
+            await agent.run()
+        finally:
+            kept.cancel()
+            keeper.close()
+
     try:
-        asyncio.run(agent.run())
-    except KeyboardInterrupt:
-        pass
+        _until_terminated(main)
     finally:
         agent.close()
     return 0
@@ -167,14 +210,31 @@ def cmd_demo(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import cmd_calibrate as run
+    found = _config_file("skull.toml", args.config).path  # profiles are saved beside the config found
+    args.config = str(found) if found is not None else None
     return run(args)
 
 
 def cmd_replay(args) -> int:
     from .config import load_skull_config
     from .replay import cmd_replay as run
-    cfg = load_skull_config(args.config, calibration=args.calibration)
+    cfg = load_skull_config(_config_file("skull.toml", args.config).path, calibration=args.calibration)
     return run(args, cfg)
+
+
+def cmd_service(args) -> int:
+    from .service import install, uninstall
+    if args.action == "install":
+        return install(args.what, user=args.user, config=args.config, start=not args.no_start, show=args.print)
+    return uninstall(args.what, user=args.user)
+
+
+def cmd_status(args) -> int:
+    from .status import cmd_status as run
+    return run(args)
+
+
+CONFIG_LOOKUP = "; default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skull/skull.toml, built-in defaults"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,13 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--bind", help="address to listen on (default 127.0.0.1; others need a token)")
     h.add_argument("--port", type=int, help="port (default 8765)")
     h.add_argument("--token", help="shared secret skulls must send (default: $SKULL_TOKEN)")
-    h.add_argument("--config", help="host.toml (examples in host/examples/)")
+    h.add_argument("--config", help="host.toml (examples in host/examples/); default: $SKULL_HOST_CONFIG, "
+                                    "~/.config/skull/host.toml, /etc/skull/host.toml, built-in defaults")
     h.add_argument("--tls-cert", help="serve wss:// with this PEM certificate (chain) file (docs/internet.md)")
     h.add_argument("--tls-key", help="the certificate's PEM private key file")
     h.add_argument("--print-fingerprint", action="store_true", help="print the certificate's SHA-256 "
                                                                     "fingerprint (for [link] tls_fingerprint) and exit")
     h.add_argument("--check", action="store_true", help="check every configured backend (up/down, model, "
-                                                        "round trip) and exit: 0 when all are up, 1 if not")
+                                                        "round trip) and the skulls connected to a host running "
+                                                        "on this port, and exit: 0 when all are up, 1 if not")
     h.set_defaults(func=cmd_host)
 
     r = sub.add_parser("run", help="run the skull's agent")
@@ -205,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "fingerprint (sha256:AB:CD:..., from skull host --print-fingerprint)")
     r.add_argument("--tls-ca", help="wss:// only: a PEM file of certificate authorities to trust instead of the "
                                     "system's")
-    r.add_argument("--config", help="skull.toml")
+    r.add_argument("--config", help="skull.toml" + CONFIG_LOOKUP)
     r.add_argument("--mic-file", help="a WAV played as the microphone on each press")
     r.add_argument("--image", help="a picture used as the camera")
     r.add_argument("--no-audio", action="store_true", help="no sound devices (needs --mic-file)")
@@ -224,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--travel-ms", type=float, help="servo time from closed to open (default 42: an SG90 at 6 V)")
     c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help="jaw driver to jog (default: "
                                                                                 "skull.toml [board] driver)")
-    c.add_argument("--config", help="skull.toml (board, pins, port)")
-    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside --config, or in the current "
-                                 "folder)")
+    c.add_argument("--config", help="skull.toml (board, pins, port)" + CONFIG_LOOKUP)
+    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside the config file, or in the "
+                                 "current folder)")
     c.set_defaults(func=cmd_calibrate)
 
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
@@ -244,12 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score the jaw against what the speaker really played (the sound server's monitor); "
                          "default: whenever the speaker is a real device behind PulseAudio or PipeWire. "
                          "--no-heard: against the sound as scheduled")
-    rp.add_argument("--config", help="skull.toml ([board], [jaw], [shape])")
+    rp.add_argument("--config", help="skull.toml ([board], [jaw], [shape])" + CONFIG_LOOKUP)
     rp.add_argument("--calibration", help="servo profile NAME or path (lead and travel come from it)")
     rp.set_defaults(func=cmd_replay)
 
     dr = sub.add_parser("doctor", help="check the skull's devices, boards, calibration and host, and say what to fix")
-    dr.add_argument("--config", help="skull.toml")
+    dr.add_argument("--config", help="skull.toml" + CONFIG_LOOKUP)
     dr.add_argument("--url", help="host websocket URL (default from skull.toml)")
     dr.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
     dr.add_argument("--name", help="this skull's name")
@@ -264,6 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", help="skull.toml")
     d.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml) or a path")
     d.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("service", help="install or remove the systemd unit that runs the host or the skull at "
+                                        "boot (docs/service.md)")
+    svs = sv.add_subparsers(dest="action", required=True)
+    si = svs.add_parser("install", help="write the unit, then systemctl daemon-reload and enable --now")
+    si.add_argument("what", choices=("host", "skull"))
+    si.add_argument("--user", action="store_true", help="a unit of your own user (~/.config/systemd/user/), "
+                                                        "where the sound server runs; default: a system unit "
+                                                        "(/etc/systemd/system/, needs sudo)")
+    si.add_argument("--config", help="the config file the unit runs with (default: the one skull would find now)")
+    si.add_argument("--no-start", action="store_true", help="write the unit only; print the systemctl commands")
+    si.add_argument("--print", action="store_true", help="print the unit and write nothing")
+    su = svs.add_parser("uninstall", help="stop, disable and remove the unit, then systemctl daemon-reload")
+    su.add_argument("what", choices=("host", "skull"))
+    su.add_argument("--user", action="store_true", help="your own user's unit (as installed with --user)")
+    sv.set_defaults(func=cmd_service)
+
+    st = sub.add_parser("status", help="the running skull at a glance; exit 0 when it runs and is connected, "
+                                       "1 when offline or its disk is low, 3 when it is not running")
+    st.add_argument("--name", help="the skull's name (default: the only skull running)")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.add_argument("--min-free-mb", type=float, default=200.0,
+                    help="the record folder's disk is low below this many free megabytes (default 200)")
+    st.set_defaults(func=cmd_status)
     return ap
 
 
