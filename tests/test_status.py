@@ -154,7 +154,7 @@ def test_a_running_host_with_no_skull_is_not_a_problem(env):
     try:
         r = until(env, ["host", "--port", str(port), "--check"], lambda r: "running (pid" in r.stdout, 20)
         assert r.returncode == 0, r.stdout
-        assert f"0 skulls connected; none connected is not a problem" in r.stdout
+        assert "0 skulls connected; none connected is not a problem" in r.stdout
     finally:
         host.terminate()
         host.wait(timeout=20)
