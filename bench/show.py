@@ -164,27 +164,32 @@ class Night:
         self.host_rss_at_life_end: list[int] = []
         self.lives = 0
         self.played_s = 0.0
+        self.host_start_s: list[float] = []
+        self.waits_s: list[float] = []
+        """before each turn, how long the skull took to be idle (reconnecting after trouble)"""
 
     def next_kill(self, now: int) -> int:
         k = self.args.kill_every
         return now + max(2, round(k * self.rng.uniform(0.8, 1.2)))
 
-    async def restart_host(self, agent, watch: JawWatch) -> None:
-        """SIGKILL the host (mid-answer if one plays), measure the jaw, start a new host later."""
+    async def kill_host(self, watch: JawWatch) -> None:
+        """SIGKILL the host (mid-answer), and measure how long the jaw takes to close."""
         self.host_rss_at_life_end.append(self.host.rss_kib())
         lost_at = time.monotonic()
         self.host.proc.kill()
         self.host.proc.wait()
         self.host.log.close()
         self.stats["host_restarts"] += 1
-        closing = asyncio.create_task(watch.after_loss(lost_at))
-        # a visitor or two press while there is no host
-        await asyncio.sleep(0.3)
+        await watch.after_loss(lost_at)
+
+    async def restart_host(self, agent) -> None:
+        """While there is no host a visitor or two press; then a new host starts."""
         for _ in range(self.rng.randint(1, 2)):
             await self.offline_press(agent)
-        await closing
         self.lives += 1
+        t0 = time.monotonic()
         self.host = await asyncio.to_thread(HostProcess, self.config_text, self.workdir, f"host-{self.lives}")
+        self.host_start_s.append(time.monotonic() - t0)
         self.proxy.upstream_port = self.host.port
 
     async def offline_press(self, agent) -> None:
@@ -244,8 +249,10 @@ class Night:
         turn = 0
         self.samples = {}
         while turn < self.args.turns:
+            waited = time.monotonic()
             while agent.state is not State.IDLE:
                 await asyncio.sleep(0.02)
+            self.waits_s.append(time.monotonic() - waited)
             turn += 1
             self.stats["turns"] += 1
             trouble = None
@@ -259,6 +266,8 @@ class Night:
             rec = await self.press(agent)
             if mid is not None:
                 await mid
+            if trouble == "kill":
+                await self.restart_host(agent)
             spoken = [seg.text for seg in rec.in_order()] if rec else []
             if rec is not None and spoken:
                 self.stats["spoken"] += 1
@@ -288,7 +297,7 @@ class Night:
             await asyncio.sleep(0.005)
         await asyncio.sleep(self.rng.uniform(0.0, 0.3))
         if trouble == "kill":
-            await self.restart_host(agent, watch)
+            await self.kill_host(watch)
         elif trouble == "cut":
             lost_at = time.monotonic()
             self.proxy.cut()
@@ -308,6 +317,17 @@ async def night(args, work, host, workdir, config_text) -> tuple[Night, bool]:
                   question=workdir / "question.wav")
     show = Night(args, work, host, proxy, workdir, config_text)
     task = asyncio.create_task(agent.run())
+    if os.environ.get("SHOW_DEBUG"):
+        async def tell():
+            while True:
+                await asyncio.sleep(5)
+                print(f"# state {agent.state.name} turn {agent.machine.turn} connected {agent.link.connected} "
+                      f"proxy->{proxy.upstream_port} host {show.host.port} alive {show.host.alive()}", flush=True)
+                if agent.state is State.IDLE:
+                    for t in asyncio.all_tasks():
+                        if "show.py" in repr(t.get_coro()):
+                            t.print_stack(limit=8)
+        asyncio.create_task(tell())
     try:
         while agent.state is not State.IDLE:
             await asyncio.sleep(0.02)
@@ -367,7 +387,9 @@ def main() -> int:
                    host_rss_growth_pct=round(host_growth, 1), fds_growth=fds1 - fds0)
     print(f"# {time.monotonic() - t0:.0f} s; host RSS at the end of each life (KiB): {lives}; "
           f"mute presses with no host: {s['offline_presses'] - s['offline_lines']} of {s['offline_presses']}, "
-          f"links lost before a word: {s['cut_before_a_word']}", flush=True)
+          f"links lost before a word: {s['cut_before_a_word']}; host starts took "
+          f"{', '.join(f'{x:.1f}' for x in show.host_start_s) or '-'} s; longest wait for an idle skull "
+          f"{max(show.waits_s, default=0):.1f} s", flush=True)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
     ok = (figures["mute"] == 0 and not exited and jaw_max <= JAW_CLOSED_MAX_MS and figures["rss_growth_pct"] < 5
           and host_growth < 5 and figures["fds_growth"] <= 2)
