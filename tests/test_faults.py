@@ -6,6 +6,7 @@ agent, a simulated board (gpiozero's MockFactory: ``pin.drive_low()`` presses th
 real host on loopback whose backends are the standard fake servers.
 """
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -89,25 +90,34 @@ def test_button_settings_are_checked(tmp_path):
 
 # --- the real agent, a simulated board and a real host --------------------------------------
 
+@contextlib.contextmanager
+def fake_servers_host(folder, scale: float = 0.5):
+    """A host config whose backends are the standard fake servers, their delays times ``scale``
+    (running while inside)."""
+    servers = Workload().scaled(scale).start()
+    try:
+        path = folder / "host.toml"
+        path.write_text(Workload.host_toml(servers, streaming=True, timeout_s=5.0))
+        cfg = load_host_config(path)
+        yield dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, port=0, ping_interval_s=1.0,
+                                                                  ping_timeout_s=2.0))
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
 @pytest.fixture(scope="module")
 def workload_host(tmp_path_factory):
-    """A host config whose backends are the standard fake servers at half their delays."""
-    servers = Workload().scaled(0.5).start()
-    path = tmp_path_factory.mktemp("host") / "host.toml"
-    path.write_text(Workload.host_toml(servers, streaming=True, timeout_s=5.0))
-    cfg = load_host_config(path)
-    cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, port=0, ping_interval_s=1.0,
-                                                              ping_timeout_s=2.0))
-    yield cfg
-    for s in servers.values():
-        s.stop()
+    with fake_servers_host(tmp_path_factory.mktemp("host")) as cfg:
+        yield cfg
 
 
 class Skull:
     """A host on loopback and a simulated skull connected to it, as ``async with``."""
 
-    def __init__(self, host_config, *, record_dir=None, disk_usage=None, **sections):
-        self.host_config, self.record_dir, self.disk_usage, self.sections = host_config, record_dir, disk_usage, sections
+    def __init__(self, host_config, *, record_dir=None, disk_usage=None, turn_log=None, **sections):
+        self.host_config, self.record_dir, self.sections = host_config, record_dir, sections
+        self.kw = {k: v for k, v in (("disk_usage", disk_usage), ("turn_log", turn_log)) if v is not None}
         self.events = []
 
     async def __aenter__(self):
@@ -116,8 +126,7 @@ class Skull:
         self.host.events.subscribe(lambda e: self.listens.append(e.turn), TurnStarted)
         cfg = skull_config(self.host.port)
         cfg = dataclasses.replace(cfg, **self.sections)
-        kw = {"disk_usage": self.disk_usage} if self.disk_usage else {}
-        self.agent = Agent(cfg, sim_body(cfg, speed=SPEED), record_dir=self.record_dir, **kw)
+        self.agent = Agent(cfg, sim_body(cfg, speed=SPEED), record_dir=self.record_dir, **self.kw)
         self.agent.events.subscribe(self.events.append)
         self.pin = self.agent.body.panel.button.pin
         self.task = asyncio.create_task(self.agent.run())

@@ -47,7 +47,8 @@ class JsonLines:
                 raise IsADirectoryError(21, "it is a folder")
             self._handler = _Handler(str(self.path), max(1, int(max_mb * 1024 * 1024)), backups, self._failed)
         except OSError as exc:
-            raise ConfigError(f"{key} = {str(path)!r} cannot be opened for writing ({exc.strerror or exc}); give a "
+            named = f"{key} {str(path)!r}" if key.startswith("--") else f"{key} = {str(path)!r}"
+            raise ConfigError(f"{named} cannot be opened for writing ({exc.strerror or exc}); give a "
                               f"file in an existing folder this user may write to, or leave it empty for no turn "
                               f"log") from None
         self._closed = False
