@@ -9,9 +9,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import tempfile
 import time
 from collections import namedtuple
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import sim_body, skull_config, start_host, wait_for
@@ -23,10 +26,11 @@ from skull.agent import Agent
 from skull.button import ButtonGuard, Press, Release
 from skull.config import ButtonConfig, load_skull_config
 from skull.core.errors import ConfigError
+from skull.core.wav import write_wav
 from skull.events import ButtonFreed, ButtonStuck, RecordingPaused, RecordingResumed, StateChanged
 from skull.machine import State
 
-SPEED = 3.0
+SPEED = 8.0
 
 
 # --- the guard alone: literal edges in, literal decisions out --------------------------------
@@ -126,7 +130,8 @@ class Skull:
         self.host.events.subscribe(lambda e: self.listens.append(e.turn), TurnStarted)
         cfg = skull_config(self.host.port)
         cfg = dataclasses.replace(cfg, **self.sections)
-        self.agent = Agent(cfg, sim_body(cfg, speed=SPEED), record_dir=self.record_dir, **self.kw)
+        self.agent = Agent(cfg, sim_body(cfg, question=short_question(), speed=SPEED), record_dir=self.record_dir,
+                           **self.kw)
         self.agent.events.subscribe(self.events.append)
         self.pin = self.agent.body.panel.button.pin
         self.task = asyncio.create_task(self.agent.run())
@@ -155,6 +160,15 @@ class Skull:
         self.pin.drive_high()
         await asyncio.wait_for(agent.turn_ended.wait(), timeout)
         return agent.finished[-1]
+
+
+def short_question() -> Path:
+    """Half a second of a tone as the question (the fake speech to text hears the same words
+    whatever it is given): turns take a second, not five."""
+    path = Path(tempfile.gettempdir()) / "skull-test-short-question.wav"
+    if not path.exists():
+        write_wav(path, 0.3 * np.sin(np.arange(8000) * 2 * np.pi * 220 / 16000).astype(np.float32), 16000)
+    return path
 
 
 def chatter(pin, down: bool, bounces: int = 4, gap_s: float = 0.002) -> None:

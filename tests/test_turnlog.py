@@ -16,7 +16,7 @@ from skull.cli import main as skull_main
 from skull.config import LogConfig
 from skull.core.jsonlog import JsonLines
 from skull.machine import State
-from test_faults import Skull, fake_servers_host
+from test_faults import Skull, fake_servers_host, short_question
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def test_a_real_turn_is_logged_on_both_sides(workload_host, tmp_path):
     async def run():
         host = await start_host(host_cfg, build_backends(host_cfg))
         cfg = skull_config(host.port)
-        agent = Agent(cfg, sim_body(cfg), turn_log=JsonLines(tmp_path / "skull.jsonl"))
+        agent = Agent(cfg, sim_body(cfg, question=short_question(), speed=8.0),
+                      turn_log=JsonLines(tmp_path / "skull.jsonl"))
         task = asyncio.create_task(agent.run())
         try:
             await wait_for(lambda: agent.state is State.IDLE)
