@@ -1,7 +1,9 @@
 """Does the skull's memory grow with the number of turns? A night at a show is hundreds of them.
 
 The host runs as its own process (``skull host``) against the standard fake workload with its
-delays scaled down and no failures; a simulated skull in this process (gpiozero MockFactory
+delays scaled down and no failures, the fake servers in a process of their own (they keep their
+last 100 requests, audio included, which is not the skull's memory); a simulated skull in this
+process (gpiozero MockFactory
 button, LED and servo, the bundled question as its microphone, a simulated speaker) asks the
 question again and again and lets every reply play to its end, so the jaw moves for the whole
 of it. The skull's resident memory (this process's VmRSS) is read after turn 10 (start-up,
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -29,6 +32,20 @@ from latency import HostProcess, skull  # noqa: E402
 
 from host.fakes.workload import Workload  # noqa: E402
 from skull.machine import State  # noqa: E402
+
+
+def serve_workload(scale: float, conn) -> None:
+    """In a child process: the fake servers, until the parent sends anything (or goes away)."""
+    servers = Workload(jitter=0.0, failure_rate=0.0, crash_rate=0.0, warmup_s=0.0, seed=1).scaled(scale).start()
+    try:
+        conn.send(Workload.host_toml(servers, streaming=True, timeout_s=5.0))
+        try:
+            conn.recv()
+        except EOFError:
+            pass
+    finally:
+        for s in servers.values():
+            s.stop()
 
 
 def rss_mb() -> float:
@@ -92,11 +109,14 @@ def main() -> int:
     if args.turns < 10:
         ap.error("--turns must be at least 10 (the first reading is after turn 10)")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    work = Workload(jitter=0.0, failure_rate=0.0, crash_rate=0.0, warmup_s=0.0, seed=1).scaled(args.scale)
-    servers = work.start()
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    fakes = ctx.Process(target=serve_workload, args=(args.scale, child), name="fake-servers", daemon=True)
+    fakes.start()
     try:
+        host_toml = parent.recv()
         with tempfile.TemporaryDirectory() as tmp:
-            host = HostProcess(Workload.host_toml(servers, streaming=True, timeout_s=5.0), Path(tmp), "memory")
+            host = HostProcess(host_toml, Path(tmp), "memory")
             try:
                 time.sleep(1.0)  # the host's start-up check of its backends
                 print(f"memory: {args.turns} turns, delays x{args.scale}, speaker x{args.play_speed}", flush=True)
@@ -104,8 +124,8 @@ def main() -> int:
             finally:
                 host.stop()
     finally:
-        for s in servers.values():
-            s.stop()
+        parent.send("stop")
+        fakes.join(10)
     growth = (end - start) / start * 100.0 if start else 0.0
     print(f"turns={args.turns} rss_start_mb={start:.1f} rss_end_mb={end:.1f} rss_growth_pct={growth:.1f}")
     return 0 if outcomes.get("answered", 0) == args.turns else 1
