@@ -198,14 +198,8 @@ class Agent:
                 if getattr(trigger, "hands_free", False):
                     trigger.on_error = lambda exc, t=trigger: self._loop.call_soon_threadsafe(
                         self._fault, f"the {t.name} trigger", exc)
-                if not getattr(trigger, "hands_free", False):
-                    b = self.config.button
-                    self.guards[trigger] = ButtonGuard(b.debounce_ms / 1000.0, b.stuck_s, now=time.monotonic(),
-                                                       down_at_start=_pressed(trigger))
-                    if self.guards[trigger].down:
-                        log.warning("the %s is down as the skull starts: it starts no turn until it is released",
-                                    trigger.name)
-                    self._guard_later(trigger)
+                else:
+                    self._guard(trigger)
                 trigger.start(*self._edges(trigger))
             self._set_led(m.LedPattern.OFFLINE)
             player.start()
@@ -294,6 +288,15 @@ class Agent:
             self._counted(e)
         else:
             self._guarded(e.trigger, guard.edge(e.down, e.at))
+
+    def _guard(self, trigger: Trigger) -> None:
+        """Put a :class:`ButtonGuard` ([button] debounce_ms, stuck_s) between a button and the machine."""
+        b = self.config.button
+        guard = self.guards[trigger] = ButtonGuard(b.debounce_ms / 1000.0, b.stuck_s, now=time.monotonic(),
+                                                   down_at_start=_pressed(trigger))
+        if guard.down:
+            log.warning("the %s is down as the skull starts: it starts no turn until it is released", trigger.name)
+        self._guard_later(trigger)
 
     def _guarded(self, trigger: Trigger, outcome: list) -> None:
         """What a button's guard decided: presses and releases for the machine, stuck and freed
