@@ -46,6 +46,13 @@ class ServerConfig:
     queue_line: str = "One moment, mortal. Other souls are ahead of you."
     log_failures_per_min: int = 10
     """log lines per minute about one peer's bad frames or refused hellos; the rest are counted"""
+    turn_log: str = ""
+    """a JSON-lines file with one object per finished turn (time, skull, turn, transcript, reply,
+    outcome, timings_ms); empty = none (docs/show.md)"""
+    turn_log_max_mb: float = 10.0
+    """turn_log is rotated (.1, .2...) when it would grow past this many megabytes"""
+    turn_log_backups: int = 3
+    """rotated turn logs kept; the oldest is deleted"""
 
     def check(self, where: str) -> None:
         need(0 <= self.port <= 65535, where, "port", self.port, "must be 0..65535 (0 picks a free port)")
@@ -66,6 +73,9 @@ class ServerConfig:
         need(0 <= self.queue_notice_s <= 60, where, "queue_notice_s", self.queue_notice_s, "must be 0..60 s")
         need(1 <= self.log_failures_per_min <= 10000, where, "log_failures_per_min", self.log_failures_per_min,
              "must be 1..10000")
+        need(0.01 <= self.turn_log_max_mb <= 10_000, where, "turn_log_max_mb", self.turn_log_max_mb,
+             "must be 0.01..10000 MB")
+        need(1 <= self.turn_log_backups <= 100, where, "turn_log_backups", self.turn_log_backups, "must be 1..100 files")
 
 
 @dataclass(frozen=True)

@@ -280,16 +280,19 @@ class _Line:
 
 class TurnLog(Subscriber):
     """One log line per turn: ``<skull>: turn N stt=.. vision=.. ... first_audio=.. heard=..
-    caption=.. reply=..``.
+    caption=.. reply=..``; with ``jsonl`` (a :class:`skull.core.jsonlog.JsonLines`) also one
+    JSON object per turn there: time, skull, turn, transcript, caption, reply, outcome
+    (``answered``, or ``no reply`` when nothing was spoken), timings_ms.
 
     The skull's ``played`` (first_audio) usually arrives before ``done``, sometimes after. The
     line is written when ``done`` and ``played`` have both arrived, or ``played_wait_s`` seconds
     after ``done`` without it, or when the skull's next turn starts, whichever comes first.
     """
 
-    def __init__(self, logger: logging.Logger | None = None, played_wait_s: float = 2.0):
+    def __init__(self, logger: logging.Logger | None = None, played_wait_s: float = 2.0, jsonl=None):
         super().__init__()
         self.log = logger or logging.getLogger("host.turns")
+        self.jsonl = jsonl
         self.played_wait_s = played_wait_s
         self._lines: dict[str, _Line] = {}
         """skull -> its latest turn, until its line is written"""
@@ -338,6 +341,11 @@ class TurnLog(Subscriber):
         self.log.info("%s: turn %d %s heard=%r caption=%r reply=%r", skull, current.turn,
                       " ".join(f"{k}={v:.0f}" for k, v in t.items()), current.heard, current.caption,
                       current.done.reply)
+        if self.jsonl is not None:  # a failed write is logged by it, once; the turn never notices
+            self.jsonl.write({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "skull": skull,
+                              "turn": current.turn, "transcript": current.heard, "caption": current.caption,
+                              "reply": current.done.reply,
+                              "outcome": "answered" if current.done.segments else "no reply", "timings_ms": t})
 
     def detach(self) -> None:
         """Stop logging turns; a turn already done but still waiting for ``played`` is written now."""

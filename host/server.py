@@ -34,6 +34,7 @@ from skull.core.bus import Bus
 from skull.core.envelope import JawShape
 from skull.core.errors import ConfigError, ProtocolError
 from skull.core.faults import FaultLog
+from skull.core.jsonlog import JsonLines
 
 from . import events as ev
 from .build import build_backends
@@ -310,6 +311,9 @@ class Host:
             raise ConfigError(f"refusing to listen on {s.bind} without a token: anyone on the network could "
                               f"drive the skull. Set --token (or SKULL_TOKEN), or bind 127.0.0.1")
         self.config = config
+        self.turn_json = (JsonLines(s.turn_log, max_mb=s.turn_log_max_mb, backups=s.turn_log_backups,
+                                    key="host.toml [server] turn_log") if s.turn_log else None)
+        """the JSON-lines turn log ([server] turn_log), or None"""
         self.backends = backends or build_backends(config)
         self.filter = FamilyFilter(config.filter)
         self.conversations: dict[str, Conversation] = {}
@@ -320,7 +324,7 @@ class Host:
         self.executor: ThreadPoolExecutor | None = None
         self.events: Bus[ev.TurnEvent] = Bus("host")
         self.timings = ev.TurnTimings().attach(self.events)
-        self.turn_log = ev.TurnLog().attach(self.events)
+        self.turn_log = ev.TurnLog(jsonl=self.turn_json).attach(self.events)
         self.faults = FaultLog(log, "; the host goes on")
         self.peer_failure = PeerLog(log, s.log_failures_per_min)
         self._turns = asyncio.Semaphore(s.max_turns)
@@ -399,6 +403,8 @@ class Host:
             self.server.close()
             await self.server.wait_closed()
         self.turn_log.close()
+        if self.turn_json is not None:
+            self.turn_json.close()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None

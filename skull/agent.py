@@ -29,6 +29,7 @@ import asyncio
 import collections
 import logging
 import math
+import shutil
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import numpy as np
 
 from . import events as ev
 from . import machine as m
+from .button import ButtonGuard, Press, Release
 from .core import protocol as p
 from .core.bus import Bus
 from .config import SkullConfig
@@ -47,6 +49,7 @@ from .ports import Camera, Jaw, Mic, Panel, Speaker
 from .record import SentCommand, TurnRecord, write_turn
 from .segment import ReplySegment, SegmentTag
 from .core.faults import FaultLog
+from .core.jsonlog import JsonLines
 from .supervisor import Supervisor
 from .triggers import PREROLL_KEEP_S, Trigger, make_triggers
 
@@ -62,6 +65,10 @@ dropped, so a host that never stops sending cannot fill the skull's memory"""
 
 VIEW_HZ = 10.0
 """how often jaw and level events are sampled for views (only changes are published)"""
+
+KEEP_FINISHED = 20
+"""ended turns kept in ``Agent.finished`` (and folders in ``Agent.recorded``); only the newest
+keeps its audio, picture and jaw commands, so the skull's memory does not grow with turns"""
 
 
 @dataclass
@@ -90,13 +97,24 @@ class _Edge:
     trigger: Trigger
     down: bool
     onset: int | None = None
+    at: float = 0.0
+    """time.monotonic() when the contacts moved (the button's debounce counts from it)"""
+
+
+@dataclass(frozen=True)
+class _GuardDue:
+    """Time for ``trigger``'s :class:`ButtonGuard` to decide (a bounce window ended, or stuck)."""
+    trigger: Trigger
 
 
 class Agent:
     def __init__(self, config: SkullConfig, body: Body, *, record_dir: str | Path | None = None,
-                 reply_timeout_s: float = 90.0, triggers: list[Trigger] | None = None):
+                 reply_timeout_s: float = 90.0, triggers: list[Trigger] | None = None,
+                 turn_log: JsonLines | None = None, disk_usage=shutil.disk_usage):
         """``triggers``: what starts and ends a turn (default: the panel's push button and the
-        hands-free trigger ``[listen] trigger`` names)."""
+        hands-free trigger ``[listen] trigger`` names). ``turn_log``: where each finished turn
+        goes as one JSON line (closed with the agent). ``disk_usage``: ``shutil.disk_usage`` or
+        a stand-in (tests), asked before each turn is recorded ([record] min_free_mb)."""
         self.config, self.body = config, body
         self.triggers = triggers if triggers is not None else make_triggers(config.listen, body.panel.button,
                                                                             int(body.mic.rate))
@@ -115,7 +133,14 @@ class Agent:
         self.reply_timeout_s = reply_timeout_s
         self.records: dict[int, TurnRecord] = {}
         self.finished: list[TurnRecord] = []  # ended turns, newest last
-        self.recorded: list[Path] = []
+        self.recorded: list[Path] = []  # the newest KEEP_FINISHED folders written
+        self.turn_log = turn_log
+        self.disk_usage = disk_usage
+        self.recording_paused = False
+        """the record folder's disk is below [record] min_free_mb: turns are not recorded"""
+        self.guards: dict[Trigger, ButtonGuard] = {}
+        """the button's faults (chatter, stuck) for each trigger that is a button"""
+        self._guard_due: dict[Trigger, asyncio.TimerHandle] = {}
         self.last_error = ""
         self._host_errors = (0.0, 0, 0)  # (window start, logged in it, not logged since the last line)
         self._reply_s = (0, 0.0)  # (turn, seconds of its speech taken so far)
@@ -145,6 +170,8 @@ class Agent:
         self.events.subscribe(self._log_turn, ev.TurnEnded)
         if self.record_dir is not None:
             self.events.subscribe(self._record_turn, ev.TurnEnded)
+        if self.turn_log is not None:
+            self.events.subscribe(self._log_turn_json, ev.TurnEnded)
 
     # --- events from threads ------------------------------------------------------------
 
@@ -171,6 +198,8 @@ class Agent:
                 if getattr(trigger, "hands_free", False):
                     trigger.on_error = lambda exc, t=trigger: self._loop.call_soon_threadsafe(
                         self._fault, f"the {t.name} trigger", exc)
+                else:
+                    self._guard(trigger)
                 trigger.start(*self._edges(trigger))
             self._set_led(m.LedPattern.OFFLINE)
             player.start()
@@ -199,6 +228,8 @@ class Agent:
                 item = get.result()
                 if isinstance(item, _Edge):
                     self._edge(item)
+                elif isinstance(item, _GuardDue):
+                    self._guarded(item.trigger, self.guards[item.trigger].poll(time.monotonic()))
                 else:
                     self._step(item)
         finally:
@@ -244,13 +275,55 @@ class Agent:
     def _edges(self, trigger: Trigger):
         """The ``press`` and ``release`` given to ``trigger``: thread-safe, queued for the machine."""
         def press(onset: int | None = None) -> None:
-            self.post(_Edge(trigger, True, onset))
+            self.post(_Edge(trigger, True, onset, time.monotonic()))
 
         def release() -> None:
-            self.post(_Edge(trigger, False))
+            self.post(_Edge(trigger, False, None, time.monotonic()))
         return press, release
 
     def _edge(self, e: _Edge) -> None:
+        """A trigger's raw edge: a button's goes through its guard first (:mod:`skull.button`)."""
+        guard = self.guards.get(e.trigger)
+        if guard is None:
+            self._counted(e)
+        else:
+            self._guarded(e.trigger, guard.edge(e.down, e.at))
+
+    def _guard(self, trigger: Trigger) -> None:
+        """Put a :class:`ButtonGuard` ([button] debounce_ms, stuck_s) between a button and the machine."""
+        b = self.config.button
+        guard = self.guards[trigger] = ButtonGuard(b.debounce_ms / 1000.0, b.stuck_s, now=time.monotonic(),
+                                                   down_at_start=_pressed(trigger))
+        if guard.down:
+            log.warning("the %s is down as the skull starts: it starts no turn until it is released", trigger.name)
+        self._guard_later(trigger)
+
+    def _guarded(self, trigger: Trigger, outcome: list) -> None:
+        """What a button's guard decided: presses and releases for the machine, stuck and freed
+        reported; then the guard's next decision scheduled."""
+        for o in outcome:
+            if isinstance(o, (Press, Release)):
+                self._counted(_Edge(trigger, isinstance(o, Press)))
+            elif isinstance(o, ev.ButtonStuck):
+                log.warning("the %s has been held down for %.0f s: it looks stuck, and is ignored until it comes up "
+                            "(free it, or check its wiring; [button] stuck_s sets how long counts as stuck)",
+                            trigger.name, o.held_s)
+                self.events.emit(o)
+            elif isinstance(o, ev.ButtonFreed):
+                log.info("the %s came up after %.0f s down: it starts turns again", trigger.name, o.held_s)
+                self.events.emit(o)
+        self._guard_later(trigger)
+
+    def _guard_later(self, trigger: Trigger) -> None:
+        old = self._guard_due.pop(trigger, None)
+        if old is not None:
+            old.cancel()
+        due = self.guards[trigger].due()
+        if due is not None and not self._closed:
+            self._guard_due[trigger] = self._loop.call_later(max(0.0, due - time.monotonic()),
+                                                             self._events.put_nowait, _GuardDue(trigger))
+
+    def _counted(self, e: _Edge) -> None:
         """A trigger pressed or released. A hands-free press starts a turn from idle only, and
         only with speech that began after the skull stopped being deaf to itself; the button
         starts one from idle, interrupts a reply, and takes over a hands-free turn it is pressed
@@ -525,8 +598,10 @@ class Agent:
                         "played; the turn ends and the jaw is shut. If the host's sentences come slower than that, "
                         "raise [link] done_timeout_s", a.turn, self.config.link.done_timeout_s)
         rec.commands = self._commands_for(rec)
+        if self.finished:
+            self.finished[-1].drop_audio()  # recorded already, if it was to be: only its words are kept
         self.finished.append(rec)
-        del self.finished[:-20]
+        del self.finished[:-KEEP_FINISHED]
         self.events.emit(ev.TurnEnded(rec))
         self.turn_ended.set()
 
@@ -628,7 +703,40 @@ class Agent:
         log.info("turn %d %s: heard=%r reply=%r timings_ms=%s", r.turn, r.outcome, _cut(r.transcript), _cut(r.reply),
                  r.timings_ms)
 
+    def _log_turn_json(self, e: ev.TurnEnded) -> None:
+        r = e.record
+        self.turn_log.write({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "skull": r.skull,
+                             "turn": r.turn, "transcript": r.transcript, "reply": r.reply, "outcome": r.outcome,
+                             "timings_ms": r.timings_ms})
+
+    def _room_to_record(self) -> bool:
+        """The disk guard: False (and one warning, RecordingPaused) when the record folder's disk
+        has less than [record] min_free_mb free; True again (RecordingResumed) once it has."""
+        need_mb = self.config.record.min_free_mb
+        if need_mb <= 0:
+            return True
+        folder = self.record_dir
+        probe = next((d for d in (folder, *folder.parents) if d.exists()), folder)  # before it is made
+        try:
+            free_mb = self.disk_usage(probe).free / 1e6
+        except OSError as exc:
+            self.faults(f"reading the free space of {probe}", exc)
+            return not self.recording_paused
+        if free_mb < need_mb and not self.recording_paused:
+            self.recording_paused = True
+            log.warning("recording paused: %s has %.0f MB free, under [record] min_free_mb = %.0f; turns are still "
+                        "answered, nothing recorded is deleted; free some space (or move the folder) and recording "
+                        "resumes by itself", folder, free_mb, need_mb)
+            self.events.emit(ev.RecordingPaused(str(folder), round(free_mb, 1), need_mb))
+        elif free_mb >= need_mb and self.recording_paused:
+            self.recording_paused = False
+            log.info("recording resumed: %s has %.0f MB free again", folder, free_mb)
+            self.events.emit(ev.RecordingResumed(str(folder), round(free_mb, 1)))
+        return not self.recording_paused
+
     def _record_turn(self, e: ev.TurnEnded) -> None:
+        if not self._room_to_record():
+            return
         try:
             folder = write_turn(self.record_dir, e.record)
         except OSError as exc:
@@ -636,6 +744,7 @@ class Agent:
             log.error("%s", self.last_error)
             return
         self.recorded.append(folder)
+        del self.recorded[:-KEEP_FINISHED]
         if self.monitor is not None and e.record.released_at is not None and self._loop is not None:
             # the last samples come out of the speaker one buffer after they were handed over
             due = time.monotonic() + getattr(self.body.player, "latency_s", 0.0) + 0.3
@@ -704,13 +813,16 @@ class Agent:
             t.cancel()
         if self._mic_retry is not None:
             self._mic_retry.cancel()
+        for t in self._guard_due.values():
+            t.cancel()
         b = self.body
         steps = [(f"trigger {t.name}", t.close) for t in self.triggers]
         steps += [("mic", b.mic.stop), ("playback", b.player.timeline.clear), ("jaw loop", self.follower.stop),
                   ("jaw", b.jaw.close), ("led", lambda: b.panel.set_led(m.LedPattern.OFF)), ("speaker", b.player.close),
                   ("panel", b.panel.close), ("mic", b.mic.close), ("camera", lambda: b.camera and b.camera.close()),
                   ("heard.wav", lambda: self.monitor and self._write_heard(wait=True)),
-                  ("monitor", lambda: self.monitor and self.monitor.running and self.monitor.stop())]
+                  ("monitor", lambda: self.monitor and self.monitor.running and self.monitor.stop()),
+                  ("turn log", lambda: self.turn_log and self.turn_log.close())]
         for what, step in steps + [(f"closer {i}", c) for i, c in enumerate(b.closers)]:
             _logged(what, step)  # a failing step is logged; the rest still run
 
@@ -747,6 +859,14 @@ def _timings(timings: dict) -> dict:
         if isinstance(ms, (int, float)) and not isinstance(ms, bool) and abs(ms) < 1e12:  # also drops NaN
             kept[shown(str(name), 40)] = ms
     return kept
+
+
+def _pressed(trigger: Trigger) -> bool:
+    """Whether ``trigger``'s button is down now (False when it cannot say)."""
+    try:
+        return bool(trigger.button.is_pressed)
+    except Exception:  # a trigger without a readable button: assume released
+        return False
 
 
 def _logged(what: str, step) -> None:

@@ -133,14 +133,31 @@ def _skull_config(args, announce: bool = True):
     return dataclasses.replace(cfg, link=link)
 
 
+def open_turn_log(settings, path: str | None = None):
+    """The skull's JSON-lines turn log: ``path`` (--turn-log) or ``[log] turns``; None when
+    neither names a file. A path that cannot be written is a ConfigError naming it."""
+    from .core.jsonlog import JsonLines
+    path = path if path is not None else settings.turns
+    if not path:
+        return None
+    key = "--turn-log" if path != settings.turns else "skull.toml [log] turns"
+    return JsonLines(path, max_mb=settings.max_mb, backups=settings.backups, key=key)
+
+
 def cmd_run(args) -> int:
     from .agent import Agent
     from .runtime import build_body
 
     cfg = _skull_config(args, announce=False)
-    body = build_body(cfg, sim=args.sim, mic_file=args.mic_file, image=args.image, audio=not args.no_audio)
+    turn_log = open_turn_log(cfg.log, args.turn_log)  # before the devices: a bad path opens nothing
+    try:
+        body = build_body(cfg, sim=args.sim, mic_file=args.mic_file, image=args.image, audio=not args.no_audio)
+    except BaseException:
+        if turn_log is not None:
+            turn_log.close()
+        raise
     print(args.config_choice.line(), file=sys.stderr, flush=True)  # once the skull's devices are open
-    agent = Agent(cfg, body, record_dir=args.record)
+    agent = Agent(cfg, body, record_dir=args.record, turn_log=turn_log)
     if args.sim:
         pin = body.panel.button.pin
 
@@ -271,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mic-file", help="a WAV played as the microphone on each press")
     r.add_argument("--image", help="a picture used as the camera")
     r.add_argument("--no-audio", action="store_true", help="no sound devices (needs --mic-file)")
-    r.add_argument("--record", help="record each turn under this folder (turn-001/, turn-002/...)")
+    r.add_argument("--record", help="record each turn under this folder (turn-001/, turn-002/...); paused while "
+                                    "its disk has less than [record] min_free_mb free")
+    r.add_argument("--turn-log", help="append one JSON line per finished turn to this file, rotated by size "
+                                      "(default: skull.toml [log] turns; '' for none)")
     r.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml) or a path; default: "
                                          "skull.toml's, else calibration/default.toml")
     r.set_defaults(func=cmd_run)

@@ -237,6 +237,52 @@ class ListenConfig:
 
 
 @dataclass(frozen=True)
+class ButtonConfig:
+    """The push button's human faults (docs/show.md)."""
+    debounce_ms: float = 30.0
+    """edges this soon after a counted one are contact bounce: a chattering press is one press
+    (the skull's only debounce, for every board; 0 = off)"""
+    stuck_s: float = 120.0
+    """a button down this long is reported stuck (one warning) and ignored until it comes up"""
+
+    def check(self, where: str) -> None:
+        need(0 <= self.debounce_ms <= 500, where, "debounce_ms", self.debounce_ms,
+             "must be 0..500 ms: 0 is off, a worn button bounces for up to ~50 ms, and past 500 a quick "
+             "second press is lost")
+        need(5 <= self.stuck_s <= 86400, where, "stuck_s", self.stuck_s,
+             "must be 5..86400 s (keep it above [audio] max_record_s: a visitor holding the button to talk is "
+             "not a stuck button)")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Recording turns (``skull run --record DIR``)."""
+    min_free_mb: float = 500.0
+    """below this many free megabytes on the record folder's disk, recording pauses (one warning)
+    and resumes when there is room again; turns are still answered; 0 = never pause"""
+
+    def check(self, where: str) -> None:
+        need(0 <= self.min_free_mb <= 10_000_000, where, "min_free_mb", self.min_free_mb,
+             "must be 0..10000000 MB (0 = never pause)")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The JSON-lines turn log: one object per finished turn (docs/show.md)."""
+    turns: str = ""
+    """the file (e.g. /var/log/skull/turns.jsonl, or a path relative to the folder the skull runs
+    in); empty = no turn log. ``skull run --turn-log PATH`` overrides it"""
+    max_mb: float = 10.0
+    """the file is rotated (turns.jsonl.1, .2...) when it would grow past this many megabytes"""
+    backups: int = 3
+    """rotated files kept; the oldest is deleted"""
+
+    def check(self, where: str) -> None:
+        need(0.01 <= self.max_mb <= 10_000, where, "max_mb", self.max_mb, "must be 0.01..10000 MB")
+        need(1 <= self.backups <= 100, where, "backups", self.backups, "must be 1..100 files")
+
+
+@dataclass(frozen=True)
 class SkullConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     board: BoardConfig = field(default_factory=BoardConfig)
@@ -247,6 +293,9 @@ class SkullConfig:
     calibration: Calibration = field(default_factory=Calibration)
     shape: JawShape = field(default_factory=JawShape)
     listen: ListenConfig = field(default_factory=ListenConfig)
+    button: ButtonConfig = field(default_factory=ButtonConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

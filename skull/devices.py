@@ -5,9 +5,11 @@ is ``factory.pin(17).drive_low()``.
 """
 from __future__ import annotations
 
+import collections
 import os
 
 from gpiozero import LED, Button
+from gpiozero.pins.mock import MockPWMPin
 
 from .config import PinsConfig
 from .core.errors import DeviceError
@@ -20,8 +22,8 @@ def pin_factory(sim: bool, name: str = ""):
     pin_factory: lgpio, pigpio, rpigpio, native) or gpiozero's default, which honours
     GPIOZERO_PIN_FACTORY (lgpio on a Pi 5, pigpio where its daemon runs)."""
     if sim or (name or os.environ.get("GPIOZERO_PIN_FACTORY", "")).lower() == "mock":
-        from gpiozero.pins.mock import MockFactory, MockPWMPin
-        return MockFactory(pin_class=MockPWMPin)
+        from gpiozero.pins.mock import MockFactory
+        return MockFactory(pin_class=CappedMockPWMPin)
     if name:
         os.environ["GPIOZERO_PIN_FACTORY"] = name
     try:
@@ -33,11 +35,28 @@ def pin_factory(sim: bool, name: str = ""):
                           f"with --sim") from exc
 
 
+PIN_STATES_MAX = 6000
+"""the state changes a simulated pin remembers (gpiozero's MockPin keeps every one: a servo pin
+changes 50 times a second while the jaw moves, so a night of turns would fill the memory)"""
+
+
+class CappedMockPWMPin(MockPWMPin):
+    """gpiozero's MockPWMPin whose ``states`` history keeps the newest PIN_STATES_MAX changes
+    (a deque: ``assert_states`` and ``assert_states_and_times`` read it as before)."""
+
+    def clear_states(self):
+        super().clear_states()
+        self.states = collections.deque(self.states, maxlen=PIN_STATES_MAX)
+
+
 class GpioPanel(Device):
     """The push button and the LED on a Pi's pins. LED patterns: off, on (listening), offline
     (slow blink)."""
 
-    def __init__(self, pins: PinsConfig, factory, bounce_s: float | None = 0.02):
+    def __init__(self, pins: PinsConfig, factory, bounce_s: float | None = None):
+        """``bounce_s``: gpiozero's own debounce, off by default: the agent debounces every
+        board's button the same way ([button] debounce_ms, :mod:`skull.button`), and two
+        debounces in a row would swallow quick presses."""
         try:
             self.button = Button(pins.button, pull_up=True, bounce_time=bounce_s, pin_factory=factory)
         except Exception as exc:

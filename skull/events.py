@@ -7,7 +7,11 @@
 * :class:`JawMoved` and :class:`Levels`: sampled at most 10 times a second,
   only when they changed;
 * :class:`Faulted`: a failure the skull survived (what failed, the error);
-* :class:`TurnEnded`: a turn is over, with its record (transcript, reply, timings, audio).
+* :class:`TurnEnded`: a turn is over, with its record (transcript, reply, timings, audio);
+* :class:`ButtonStuck` / :class:`ButtonFreed`: the button was held down for ``[button] stuck_s``
+  and is ignored until it comes up / it came up;
+* :class:`RecordingPaused` / :class:`RecordingResumed`: the record folder's disk has less than
+  ``[record] min_free_mb`` free, turns are not recorded (still answered) / there is room again.
 """
 from __future__ import annotations
 
@@ -69,4 +73,35 @@ class TurnEnded:
     record: TurnRecord
 
 
-SkullEvent = typing.Union[StateChanged, LedChanged, Heard, JawMoved, Levels, Faulted, TurnEnded]
+@dataclass(frozen=True)
+class ButtonStuck:
+    """The button has been down for ``[button] stuck_s``: reported once, ignored until released."""
+    held_s: float
+    """how long it has been down, seconds"""
+
+
+@dataclass(frozen=True)
+class ButtonFreed:
+    """A stuck button came up: it starts turns again."""
+    held_s: float
+    """how long it was down, seconds"""
+
+
+@dataclass(frozen=True)
+class RecordingPaused:
+    """The record folder's disk is below ``[record] min_free_mb``: turns are answered but not
+    recorded (nothing already recorded is deleted)."""
+    folder: str
+    free_mb: float
+    min_free_mb: float
+
+
+@dataclass(frozen=True)
+class RecordingResumed:
+    """The record folder's disk has ``[record] min_free_mb`` free again: turns are recorded."""
+    folder: str
+    free_mb: float
+
+
+SkullEvent = typing.Union[StateChanged, LedChanged, Heard, JawMoved, Levels, Faulted, TurnEnded, ButtonStuck,
+                          ButtonFreed, RecordingPaused, RecordingResumed]

@@ -13,6 +13,7 @@ a crash never leaves half a turn behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,9 @@ from .core.wav import pcm16_to_audio, resample, to_mono, write_wav
 from .segment import ReplySegment
 
 log = logging.getLogger("skull.record")
+
+
+_NO_AUDIO = np.zeros(0, np.float32)
 
 
 class SentCommand(NamedTuple):
@@ -59,6 +63,15 @@ class TurnRecord:
     commands: list[SentCommand] = field(default_factory=list)
     """the jaw commands sent during the turn, placed on reply.wav's clock"""
     errors: list = field(default_factory=list)
+
+    def drop_audio(self) -> None:
+        """Forget the sound and the picture (question, snapshot, the reply's samples and jaw
+        tracks, the jaw commands), keeping the words, the outcome and the timings: what the
+        skull keeps of a turn that is no longer the newest, so nothing grows with the turns."""
+        self.question = bytearray()
+        self.snapshot = None
+        self.segments = [dataclasses.replace(seg, samples=_NO_AUDIO, jaw=_NO_AUDIO) for seg in self.segments]
+        self.commands = []
 
     def in_order(self) -> list[ReplySegment]:
         return sorted(self.segments, key=lambda s: s.seq)

@@ -9,7 +9,9 @@ thread is alive too. The file holds::
 
     {"name", "pid", "started", "state", "link": {"url", "connected", "since"},
      "last_turn": {"turn", "outcome", "at", "first_audio_ms"} or null,
-     "record": {"dir", "free_mb"} or null, "written"}
+     "record": {"dir", "free_mb", "paused"} or null, "written"}
+
+(``paused``: the skull's own disk guard, ``[record] min_free_mb``, is not recording turns.)
 
 Times are Unix seconds. ``skull status`` exits 0 when the skull runs and is connected to its
 host, 1 when it is offline or its record folder's disk is low, 3 when it is not running.
@@ -91,7 +93,8 @@ class Keeper:
         record_dir = self.agent.record_dir
         record = None
         if record_dir is not None:
-            record = {"dir": str(Path(record_dir).absolute()), "free_mb": free_mb(Path(record_dir).absolute())}
+            record = {"dir": str(Path(record_dir).absolute()), "free_mb": free_mb(Path(record_dir).absolute()),
+                      "paused": bool(getattr(self.agent, "recording_paused", False))}
         return {"name": self.agent.config.link.name, "pid": os.getpid(), "started": self.started,
                 "state": self.state,
                 "link": {"url": self.agent.config.link.url, "connected": self.connected_since is not None,
@@ -188,7 +191,8 @@ def check_status(name: str | None, *, min_free_mb: float = LOW_DISK_MB, stale_s:
         free = record.get("free_mb")
         low = free is not None and free < min_free_mb
         lines.append(f"record   {record.get('dir')}: {free if free is not None else '?'} MB free"
-                     + (f" (LOW: under {min_free_mb:g} MB)" if low else ""))
+                     + (f" (LOW: under {min_free_mb:g} MB)" if low else "")
+                     + (", recording paused ([record] min_free_mb)" if record.get("paused") else ""))
         if low:
             problems.append(f"disk low: {free} MB free under {record.get('dir')}")
     if not link.get("connected"):

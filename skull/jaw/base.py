@@ -9,6 +9,7 @@ pulsing (``_release``) and how to let go of its hardware (``_shutdown``).
 from __future__ import annotations
 
 import abc
+import collections
 import threading
 import time
 from typing import NamedTuple
@@ -27,10 +28,15 @@ class JawLogEntry(NamedTuple):
     """the pulse sent, microseconds; None: detached (no pulses)"""
 
 
+LOG_MAX = 6000
+"""jaw commands kept in ``JawBase.log``: two minutes at 50 frames a second, so a night of turns
+never fills the memory (the recorder takes each turn's commands from the jaw loop instead)"""
+
+
 class JawBase(Device):
     """``move(opening)`` with opening 0 (closed) .. 1 (open) of the calibrated travel.
 
-    ``keep_log``: keep every command in ``log`` (replay, tests and the recorder read it)."""
+    ``keep_log``: keep the newest LOG_MAX commands in ``log`` (replay and tests read it)."""
 
     def __init__(self, calibration, *, clock=time.monotonic, keep_log: bool = True):
         self.calibration = calibration
@@ -40,7 +46,7 @@ class JawBase(Device):
         self.opening = 0.0
         self.attached = False
         self.closed = False
-        self.log: list[JawLogEntry] | None = [] if keep_log else None
+        self.log: collections.deque[JawLogEntry] | None = collections.deque(maxlen=LOG_MAX) if keep_log else None
         self._lock = threading.Lock()
 
     # --- what a driver implements ----------------------------------------------------------

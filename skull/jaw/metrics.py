@@ -74,6 +74,7 @@ class CommandStats:
 def command_stats(log, calibration, duration_s: float) -> CommandStats:
     """From a jaw's log of (time, opening, pulse us or None when detached)."""
     lo, hi = sorted((calibration.closed_us, calibration.open_us))
+    log = list(log)
     moves = [(t, o, us) for t, o, us in log if us is not None]
     steps = [abs(b[1] - a[1]) for a, b in zip(moves, moves[1:])]
     outside = 0.0
