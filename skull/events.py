@@ -7,7 +7,10 @@
 * :class:`JawMoved` and :class:`Levels`: sampled at most 10 times a second,
   only when they changed;
 * :class:`Faulted`: a failure the skull survived (what failed, the error);
-* :class:`TurnEnded`: a turn is over, with its record (transcript, reply, timings, audio).
+* :class:`TurnEnded`: a turn is over, with its record (transcript, reply, timings, audio);
+* :class:`LineSaid`: the skull said one of its own lines (offline, attract, greeting...);
+* :class:`LinesCached`: a set of lines is ready to say (sent by the host and written to
+  disk, or loaded from disk at start).
 """
 from __future__ import annotations
 
@@ -69,4 +72,23 @@ class TurnEnded:
     record: TurnRecord
 
 
-SkullEvent = typing.Union[StateChanged, LedChanged, Heard, JawMoved, Levels, Faulted, TurnEnded]
+@dataclass(frozen=True)
+class LineSaid:
+    kind: str
+    """offline, closer, wait, attract or greeting"""
+    text: str
+    source: str
+    """cache: a line the host synthesised; espeak: the skull's own espeak-ng (no cached line)"""
+
+
+@dataclass(frozen=True)
+class LinesCached:
+    set_id: str
+    kinds: dict
+    """kind -> how many lines of it"""
+    source: str
+    """host: just received and written to disk; disk: loaded at start"""
+
+
+SkullEvent = typing.Union[StateChanged, LedChanged, Heard, JawMoved, Levels, Faulted, TurnEnded, LineSaid,
+                          LinesCached]
