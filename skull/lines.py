@@ -291,11 +291,11 @@ class Picker:
             return None
         kind = lines[0].kind
         left = [i for i in self._left.get(kind, []) if i < len(lines)]
-        if not left:
+        choices = left
+        if not left:  # a new round; its first line is not the one just said
             left = list(range(len(lines)))
-            if len(left) > 1 and self._last.get(kind) in left:  # no repeat across a new round either
-                left.remove(self._last[kind])
-        i = self.rng.choice(left)
+            choices = [i for i in left if i != self._last.get(kind)] or left
+        i = self.rng.choice(choices)
         left.remove(i)
         self._left[kind], self._last[kind] = left, i
         return lines[i]
