@@ -291,7 +291,7 @@ class IdleConfig:
     quiet_hours: str = ""
     """"HH:MM-HH:MM" local time without attract lines, e.g. "22:00-08:00" (wraps midnight); "" = none"""
     greeting: bool = True
-    """say a greeting line when the host comes back after it was lost"""
+    """say a greeting line when the host comes back after it was lost (for 20 s or more)"""
     idle_jaw: bool = False
     """now and then a small, slow jaw movement while idle (within the calibrated limits)"""
     led_breathe: bool = False

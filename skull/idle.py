@@ -4,7 +4,8 @@
   ``attract_every_min`` as long as none comes, never during ``quiet_hours`` (local time, may
   wrap past midnight); which line is the agent's :class:`~skull.lines.Picker`'s choice (random,
   none again until all were said);
-* a ``greeting`` line when the host comes back after the link was lost;
+* a ``greeting`` line when the host comes back after the link was lost for at least
+  :data:`GREETING_AFTER_S`;
 * with ``idle_jaw``, now and then (every 20..60 s of idle) a small, slow jaw movement, played
   like a line on the same jaw path (bounded by :data:`skull.lines.IDLE_JAW_MAX` of the
   calibrated travel, and by the jaw's own clamp);
@@ -23,6 +24,9 @@ import time
 from .config import IdleConfig, parse_quiet_hours
 from .machine import State
 
+GREETING_AFTER_S = 20.0
+"""a greeting only when the host was gone at least this long: a link that blinks (a session
+restarted, a flaky network) is no return from the dead"""
 IDLE_JAW_EVERY_S = (20.0, 60.0)
 """the idle jaw moves after a random pause in this range, seconds of idle"""
 
@@ -38,7 +42,7 @@ class IdleLife:
         self.last_visitor = clock()
         self._next_jaw = self.last_visitor + self.rng.uniform(*IDLE_JAW_EVERY_S)
         self._was_up = False
-        self._lost = False
+        self._lost_at: float | None = None
 
     def visitor(self) -> None:
         """Someone pressed (or the skull just came up): the attract clock starts again."""
@@ -69,11 +73,12 @@ class IdleLife:
         return None
 
     def host_changed(self, up: bool) -> bool:
-        """The link went up or down; True when a greeting is due (the host is back after it
-        was lost, and ``greeting`` is on)."""
-        back = up and self._lost
-        if up:
-            self._was_up, self._lost = True, False
-        elif self._was_up:
-            self._lost = True
-        return back and self.config.greeting
+        """The link went up or down; True when a greeting is due (``greeting`` is on, and the
+        host is back after it was lost for at least :data:`GREETING_AFTER_S`)."""
+        now = self.clock()
+        if not up:
+            if self._was_up and self._lost_at is None:
+                self._lost_at = now
+            return False
+        lost_at, self._was_up, self._lost_at = self._lost_at, True, None
+        return self.config.greeting and lost_at is not None and now - lost_at >= GREETING_AFTER_S

@@ -18,7 +18,7 @@ from skull.config import IdleConfig, PinsConfig, SkullConfig
 from skull.core.errors import ConfigError
 from skull.core.validate import build
 from skull.devices import GpioPanel
-from skull.idle import IdleLife
+from skull.idle import GREETING_AFTER_S, IdleLife
 from skull.lines import IDLE_JAW_MAX
 from skull.machine import LedPattern, State
 
@@ -104,13 +104,20 @@ def test_quiet_hours_are_checked():
         build(SkullConfig, {"idle": {"attract_every_min": -1}}, "skull.toml")
 
 
-def test_a_greeting_only_when_the_host_comes_back():
-    idle = life(Clock())
+def test_a_greeting_only_when_the_host_comes_back_after_a_real_loss():
+    clock = Clock()
+    idle = life(clock)
     assert idle.host_changed(True) is False  # the first connection of the night
     assert idle.host_changed(False) is False
+    clock.t += 2
+    assert idle.host_changed(True) is False  # a blink of the link is no return from the dead
+    idle.host_changed(False)
+    clock.t += GREETING_AFTER_S
+    assert idle.host_changed(False) is False  # still down: the loss counts from the first
     assert idle.host_changed(True) is True
-    quiet = IdleLife(IdleConfig(greeting=False))
+    quiet = life(clock, greeting=False)
     quiet.host_changed(True), quiet.host_changed(False)
+    clock.t += 600
     assert quiet.host_changed(True) is False
 
 
@@ -185,6 +192,7 @@ def test_a_greeting_when_the_host_comes_back(tmp_path, backends):
             assert not [e for e in got if isinstance(e, ev.LineSaid)]  # no greeting at the first connection
             await host.stop()
             await wait_for(lambda: agent.state is State.OFFLINE, 10)
+            clock.t += GREETING_AFTER_S
             host = await start_host(HostConfig(server=ServerConfig(port=0)), backends, port=port)
             await wait_for(lambda: [e for e in got if isinstance(e, ev.LineSaid)], 20)
         finally:
