@@ -192,6 +192,7 @@ class Agent:
             if self.lines is not None:
                 self.events.emit(ev.LinesCached(self.lines.id, self.lines.kinds, "disk"))
             if self.hands_free:  # hands-free presses reach the skull's own voice even with no host
+                self._ears_open = True
                 self._open_mic()
             views = asyncio.create_task(self._views(), name="skull-views")
             idle = asyncio.create_task(self._idle_life(), name="skull-idle")
@@ -251,8 +252,11 @@ class Agent:
         before = (self.machine.state, self.machine.turn)
         was_saying = self.machine.saying
         self._run_actions(self.machine.handle(event))
-        if was_saying and not self.machine.saying and self.hands_free:
-            self._deaf_for_echo()
+        if self.hands_free and was_saying != self.machine.saying:
+            if self.machine.saying:  # deaf to its own line, as to its replies
+                self._deaf_until = 2 ** 62
+            else:
+                self._deaf_for_echo()
         if isinstance(event, (m.ButtonDown, m.Connected)):
             self.idle.visitor()  # a visitor, or a fresh start: the attract clock starts again
         if isinstance(event, m.Drained) and self.machine.waiting_for_done:

@@ -292,3 +292,44 @@ def test_attract_lines_are_random_and_none_repeats_until_all_were_said():
 
 def test_the_cache_lives_under_xdg_state_home(state_home):
     assert default_cache_dir("mr-bones") == state_home / "skull" / "mr-bones" / "lines"
+
+
+def test_with_no_host_speech_says_a_line_hands_free_and_its_echo_starts_no_other(tmp_path):
+    """A voice trigger with no host: the visitor's speech starts a line. The line ends with a
+    pause and a short "boo!" whose echo comes back late through the room, after the line ended:
+    the skull is deaf to it, as to its replies' echo (without that, the echo said a second line)."""
+    from skull.config import ListenConfig
+    from skull.core.vad import speech_segments
+    from skull.core.wav import to_pcm16, write_wav
+    from test_triggers import RATE, SPEED, Room, espeak, in_noise
+    def voiced(text):  # without espeak-ng's silence after the words: the line ends with its "boo"
+        x = espeak(text)
+        return x[:int(np.nonzero(np.abs(x) > 0.01)[0][-1]) + 1]
+    said = np.concatenate([voiced("my voice from beyond is lost"), np.zeros(int(1.2 * RATE), np.float32),
+                           voiced("boo")])
+    voice = to_pcm16(said)
+    line = p.Line("spoken", 0, 1, "offline", "my voice from beyond is lost... boo", RATE, 2, 1, len(voice), 100,
+                  [0.7] * (len(said) * 100 // RATE))
+    LineCache(tmp_path / "lines").save([Received(line, voice)])
+    quiet = tmp_path / "quiet.wav"
+    write_wav(quiet, np.zeros(int(0.2 * RATE), np.float32), RATE)
+
+    async def go():
+        cfg = dataclasses.replace(_config(1, tmp_path / "lines"), listen=ListenConfig(trigger="voice"))
+        body = sim_body(cfg, question=quiet, speed=SPEED)
+        room = body.mic.room = Room(body.player, gain=0.6, delay_s=0.3)  # the skull hears its own line, late
+        skull = Agent(cfg, body)
+        task, got = await _run(skull)
+        try:
+            await asyncio.sleep(0.3)
+            body.mic.say(in_noise(espeak("hello skull"), 0.5, 0.3, 20.0, np.random.default_rng(5)))
+            await wait_for(lambda: _said(got), 20)
+            await wait_for(lambda: not skull.machine.saying, 30)
+            await asyncio.sleep(4.0 / SPEED)  # the echo and the room's tail
+        finally:
+            await _stop(task)
+        return skull, got, np.concatenate(room.heard)
+    skull, got, echo = asyncio.run(go())
+    assert [(e.kind, e.source) for e in _said(got)] == [("offline", "cache")]
+    assert len(speech_segments(echo, RATE)) >= 2, "the line's echo was not speech: this test could not fail"
+    assert skull.state is State.OFFLINE and skull.machine.turn == 0
