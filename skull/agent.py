@@ -120,7 +120,9 @@ class Agent:
         self.picker = Picker()
         self.idle = idle or IdleLife(config.idle)
         self._apology = None  # the espeak-ng apology, made on first need and kept
-        self._saving: asyncio.Task | None = None
+        self._saving: set[asyncio.Task] = set()  # line sets being written (one at a time, under the lock)
+        self._save_lock = asyncio.Lock()
+        self._saves = 0
         self.supervisor = Supervisor("the skull's session", fatal=(LinkFatal,), faults=self.faults,
                                      min_s=config.link.reconnect_min_s, max_s=config.link.reconnect_max_s)
         self.record_dir = Path(record_dir) if record_dir else None
@@ -586,21 +588,27 @@ class Agent:
             self.post(m.Drained())
 
     def _keep_lines(self, received) -> None:
-        """A whole line set arrived: written to disk off the event loop, then used."""
+        """A whole line set arrived: written to disk off the event loop, then used. Sets are
+        written one at a time; a set overtaken by a newer one before its turn is not written."""
+        self._saves += 1
+        mine = self._saves
+
         async def save():
-            try:
-                kept = await asyncio.to_thread(self.cache.save, received)
-            except Exception as exc:  # the disk refused: the old set stays in use
-                self.last_error = self.faults(f"writing the line set to {self.cache.folder}", exc)
-                return
-            self.lines, self.link.lines = kept, kept.id
-            self.picker.forget()
-            log.info("line set %s kept in %s (%s)", kept.id, self.cache.folder,
-                     ", ".join(f"{n} {k}" for k, n in kept.kinds.items()))
-            self.events.emit(ev.LinesCached(kept.id, kept.kinds, "host"))
-        if self._saving is not None and not self._saving.done():
-            self._saving.cancel()
-        self._saving = asyncio.create_task(save(), name="keep-lines")
+            async with self._save_lock:
+                if mine != self._saves:
+                    return
+                try:
+                    kept = await asyncio.to_thread(self.cache.save, received)
+                except Exception as exc:  # the disk refused: the old set stays in use
+                    self.last_error = self.faults(f"writing the line set to {self.cache.folder}", exc)
+                    return
+                self.lines, self.link.lines = kept, kept.id
+                self.picker.forget()
+                log.info("line set %s kept in %s (%s)", kept.id, self.cache.folder,
+                         ", ".join(f"{n} {k}" for k, n in kept.kinds.items()))
+                self.events.emit(ev.LinesCached(kept.id, kept.kinds, "host"))
+        self._saving.add(task := asyncio.create_task(save(), name="keep-lines"))
+        task.add_done_callback(self._saving.discard)
 
     async def _idle_life(self) -> None:
         """Attract lines and the idle jaw, asked of :class:`~skull.idle.IdleLife` once a second."""
