@@ -43,7 +43,7 @@ from .core.bus import Bus
 from .config import SkullConfig
 from .idle import IdleLife
 from .jaw.sync import JawFollower
-from .lines import LineCache, LineCollector, LineSet, LineTag, Picker, espeak_line, silent_jaw_line
+from .lines import LineTag, OwnVoice, silent_jaw_line
 from .link import Link, LinkFatal
 from .ports import Camera, Jaw, Mic, Panel, Speaker
 from .record import SentCommand, TurnRecord, write_turn
@@ -113,16 +113,9 @@ class Agent:
         self.follower = JawFollower(body.player, body.jaw, frame_hz=config.jaw.frame_hz,
                                     lead_ms=config.calibration.lead_ms, mode=config.jaw.mode, shape=config.shape)
         # the skull's own voice: the host's lines on disk, loaded now so a reboot with no host still speaks
-        self.cache = LineCache(config.offline.folder(config.link.name), int(config.offline.max_mb * 2 ** 20))
-        self.collector = LineCollector(self.cache.max_bytes)
-        self.lines: LineSet | None = self.cache.load()
-        self.link.lines = self.lines.id if self.lines else ""
-        self.picker = Picker()
+        self.voice = OwnVoice(config.offline, config.link.name, self._lines_kept, faults=self._voice_fault)
+        self.link.lines = self.voice.set_id
         self.idle = idle or IdleLife(config.idle)
-        self._apology = None  # the espeak-ng apology, made on first need and kept
-        self._saving: set[asyncio.Task] = set()  # line sets being written (one at a time, under the lock)
-        self._save_lock = asyncio.Lock()
-        self._saves = 0
         self.supervisor = Supervisor("the skull's session", fatal=(LinkFatal,), faults=self.faults,
                                      min_s=config.link.reconnect_min_s, max_s=config.link.reconnect_max_s)
         self.record_dir = Path(record_dir) if record_dir else None
@@ -191,8 +184,8 @@ class Agent:
             if self.record_dir is not None:
                 self._open_monitor()
             self.follower.start()
-            if self.lines is not None:
-                self.events.emit(ev.LinesCached(self.lines.id, self.lines.kinds, "disk"))
+            if self.voice.lines is not None:
+                self.events.emit(ev.LinesCached(self.voice.set_id, self.voice.lines.kinds, "disk"))
             if self.hands_free:  # hands-free presses reach the skull's own voice even with no host
                 self._ears_open = True
                 self._open_mic()
@@ -399,7 +392,8 @@ class Agent:
     @staticmethod
     def _device_of(action: m.Action) -> str:
         return {m.MicStart: "microphone", m.MicStop: "microphone", m.Led: "LED", m.JawClose: "jaw",
-                m.Play: "speaker", m.PlayLine: "speaker", m.StopPlayback: "speaker", m.Snapshot: "camera"}.get(type(action), "link")
+                m.Play: "speaker", m.PlayLine: "speaker", m.StopPlayback: "speaker",
+                m.Snapshot: "camera"}.get(type(action), "link")
 
     def _fault(self, what: str, exc: BaseException, logged: bool = False) -> None:
         """Something failed: log it once, then make the hardware safe and end the turn, at once
@@ -450,9 +444,7 @@ class Agent:
                 rec.segments.append(segment)
             self._step(m.SegmentArrived(msg.turn, segment))
         elif isinstance(msg, p.Line):
-            whole = self.collector.add(msg, payload or b"")
-            if whole is not None:
-                self._keep_lines(whole)
+            self.voice.received(msg, payload or b"")
         elif isinstance(msg, p.Done):
             if rec:
                 rec.reply = msg.reply
@@ -555,60 +547,39 @@ class Agent:
             self.body.player.timeline.add(line.samples, line.rate, line.jaw * self.config.shape.max_open,
                                           line.jaw_fps, tag=LineTag("jaw", -1))
             return
-        pool = self.lines.of(a.kind) if self.lines is not None else []
-        line = self.picker.pick(pool)
+        line = self.voice.pick(a.kind)
         if line is not None:
             self._say(line, "cache")
         elif a.kind == "offline":  # no cached line: espeak-ng on the skull, the last resort
-            if self._apology is not None:
-                self._say(self._apology, "espeak")
-            else:
-                asyncio.create_task(self._espeak_apology(), name="espeak-apology")
+            asyncio.create_task(self._apologise(), name="espeak-apology")
         else:  # nothing to say of that kind: the skull stays as it was
             self.post(m.Drained())
 
     def _say(self, line, source: str) -> None:
-        self.body.player.timeline.add(line.samples, line.rate, line.jaw, line.jaw_fps, tag=LineTag(line.kind,
-                                                                                                  line.index))
+        self.body.player.timeline.add(line.samples, line.rate, line.jaw, line.jaw_fps,
+                                      tag=LineTag(line.kind, line.index))
         log.info("said a%s %s line (%s): %r", "n" if line.kind[0] in "aeiou" else "", line.kind, source,
                  _cut(line.text, 80))
         self.events.emit(ev.LineSaid(line.kind, line.text, source))
 
-    async def _espeak_apology(self) -> None:
-        o = self.config.offline
+    async def _apologise(self) -> None:
         try:
-            self._apology = await asyncio.to_thread(espeak_line, o.apology, o.voice)
+            line = await self.voice.apology()
         except Exception as exc:  # the last resort failed too: the skull stays mute, and says why once
             self.last_error = self.faults("speaking the offline apology with espeak-ng", exc)
             self.post(m.Drained())
             return
         if self.machine.saying and self.machine.state in (m.State.OFFLINE, m.State.IDLE):
-            self._say(self._apology, "espeak")
+            self._say(line, "espeak")
         else:
             self.post(m.Drained())
 
-    def _keep_lines(self, received) -> None:
-        """A whole line set arrived: written to disk off the event loop, then used. Sets are
-        written one at a time; a set overtaken by a newer one before its turn is not written."""
-        self._saves += 1
-        mine = self._saves
+    def _lines_kept(self, kept) -> None:
+        self.link.lines = kept.id
+        self.events.emit(ev.LinesCached(kept.id, kept.kinds, "host"))
 
-        async def save():
-            async with self._save_lock:
-                if mine != self._saves:
-                    return
-                try:
-                    kept = await asyncio.to_thread(self.cache.save, received)
-                except Exception as exc:  # the disk refused: the old set stays in use
-                    self.last_error = self.faults(f"writing the line set to {self.cache.folder}", exc)
-                    return
-                self.lines, self.link.lines = kept, kept.id
-                self.picker.forget()
-                log.info("line set %s kept in %s (%s)", kept.id, self.cache.folder,
-                         ", ".join(f"{n} {k}" for k, n in kept.kinds.items()))
-                self.events.emit(ev.LinesCached(kept.id, kept.kinds, "host"))
-        self._saving.add(task := asyncio.create_task(save(), name="keep-lines"))
-        task.add_done_callback(self._saving.discard)
+    def _voice_fault(self, what: str, exc: BaseException) -> None:
+        self.last_error = self.faults(what, exc)
 
     async def _idle_life(self) -> None:
         """Attract lines and the idle jaw, asked of :class:`~skull.idle.IdleLife` once a second."""

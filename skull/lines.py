@@ -15,6 +15,7 @@ the sound's live level).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -342,3 +343,62 @@ def espeak_line(text: str, voice: str = "en-us+m3") -> Line:
         raise OSError(f"espeak-ng failed (exit {out.returncode}): {out.stderr.decode(errors='replace').strip()[:200]}")
     audio = read_wav(out.stdout, name="espeak-ng's output")
     return Line("offline", text, to_mono(audio), audio.rate, np.zeros(0, np.float32), 100, -1)
+
+
+class OwnVoice:
+    """What the skull says by itself: the cached set (loaded from ``[offline] cache_dir`` at
+    once), the next line of a kind, the espeak-ng apology, and line sets from the host
+    gathered and written to disk one at a time (``on_kept`` gets each set once it is on disk;
+    a set overtaken by a newer one before its turn is not written)."""
+
+    def __init__(self, config, name: str, on_kept: Callable[[LineSet], None], faults: Callable = log.error):
+        """``config``: the skull's [offline]; ``name``: [link] name (the default folder's)."""
+        self.config = config
+        self.cache = LineCache(config.folder(name), int(config.max_mb * 2 ** 20))
+        self.collector = LineCollector(self.cache.max_bytes)
+        self.lines: LineSet | None = self.cache.load()
+        self.picker = Picker()
+        self.on_kept, self.faults = on_kept, faults
+        self._apology: Line | None = None
+        self._lock = asyncio.Lock()
+        self._saves = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def set_id(self) -> str:
+        return self.lines.id if self.lines is not None else ""
+
+    def pick(self, kind: str) -> Line | None:
+        """The next cached line of ``kind`` (random, none again until all were said), or None."""
+        return self.picker.pick(self.lines.of(kind) if self.lines is not None else [])
+
+    async def apology(self) -> Line:
+        """``[offline] apology`` spoken by espeak-ng (made once, then kept). Raises OSError."""
+        if self._apology is None:
+            self._apology = await asyncio.to_thread(espeak_line, self.config.apology, self.config.voice)
+        return self._apology
+
+    def received(self, msg: p.Line, pcm: bytes) -> None:
+        """One ``line`` from the host; a whole set is written to disk off the event loop."""
+        whole = self.collector.add(msg, pcm)
+        if whole is None:
+            return
+        self._saves += 1
+        task = asyncio.create_task(self._keep(whole, self._saves), name="keep-lines")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep(self, whole: list[Received], mine: int) -> None:
+        async with self._lock:
+            if mine != self._saves:
+                return
+            try:
+                kept = await asyncio.to_thread(self.cache.save, whole)
+            except Exception as exc:  # the disk refused: the old set stays in use
+                self.faults(f"writing the line set to {self.cache.folder}", exc)
+                return
+            self.lines = kept
+            self.picker.forget()
+            log.info("line set %s kept in %s (%s)", kept.id, self.cache.folder,
+                     ", ".join(f"{n} {k}" for k, n in kept.kinds.items()))
+            self.on_kept(kept)

@@ -141,7 +141,7 @@ def test_attract_lines_with_a_fake_clock_none_repeated_until_all_were_said(tmp_p
         agent, got = _skull(host.port, tmp_path, clock, attract_every_min=5)
         task = asyncio.create_task(agent.run())
         try:
-            await wait_for(lambda: agent.lines is not None and agent.state is State.IDLE, 60)
+            await wait_for(lambda: agent.voice.lines is not None and agent.state is State.IDLE, 60)
             for _ in range(8):
                 clock.t += 5 * 60
                 n = len([e for e in got if isinstance(e, ev.LineSaid)])
@@ -167,7 +167,7 @@ def test_no_attract_line_in_quiet_hours_on_a_running_skull(tmp_path, backends):
         agent, got = _skull(host.port, tmp_path, clock, attract_every_min=1, quiet_hours="22:00-08:00")
         task = asyncio.create_task(agent.run())
         try:
-            await wait_for(lambda: agent.lines is not None and agent.state is State.IDLE, 60)
+            await wait_for(lambda: agent.voice.lines is not None and agent.state is State.IDLE, 60)
             for _ in range(5):
                 clock.t += 60
                 await asyncio.sleep(0.1)
@@ -188,7 +188,7 @@ def test_a_greeting_when_the_host_comes_back(tmp_path, backends):
         agent, got = _skull(port, tmp_path, clock)
         task = asyncio.create_task(agent.run())
         try:
-            await wait_for(lambda: agent.lines is not None and agent.state is State.IDLE, 60)
+            await wait_for(lambda: agent.voice.lines is not None and agent.state is State.IDLE, 60)
             assert not [e for e in got if isinstance(e, ev.LineSaid)]  # no greeting at the first connection
             await host.stop()
             await wait_for(lambda: agent.state is State.OFFLINE, 10)

@@ -116,7 +116,7 @@ def test_the_host_sends_its_set_on_connection_and_not_again_when_the_id_matches(
     assert cached.source == "host" and cached.kinds == {"offline": 2, "closer": 1, "wait": 1, "attract": 4,
                                                         "greeting": 1}
     assert [e.source for e in got2 if isinstance(e, ev.LinesCached)] == ["disk"]
-    assert again.lines.id == cached.set_id
+    assert again.voice.set_id == cached.set_id
     assert (tmp_path / "lines" / "CURRENT").is_file()
 
 
@@ -154,7 +154,7 @@ def test_a_voice_that_fails_sends_nothing_and_the_skull_keeps_its_set(tmp_path, 
     with caplog.at_level(logging.ERROR, "host.lines"):
         agent = asyncio.run(go())
     assert "could not be synthesised" in caplog.text and "out of breath" in caplog.text
-    assert agent.lines.id == "old" and cache.id() == "old"
+    assert agent.voice.set_id == "old" and cache.id() == "old"
 
 
 def test_lines_config_is_checked(tmp_path):
