@@ -212,7 +212,8 @@ class Night:
         loop = asyncio.get_running_loop()
         agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
         played_before = self.played_s
-        ended_before = len(agent.finished)
+        # the last turn ended so far (agent.finished keeps only the newest 20: count by turn number)
+        ended_before = agent.finished[-1].turn if agent.finished else 0
         pin.drive_low()
         try:
             await asyncio.wait_for(spoken.wait(), 20)
@@ -224,7 +225,7 @@ class Night:
             return self.played_s > played_before
         deadline = loop.time() + 30
         while loop.time() < deadline:
-            if len(agent.finished) > ended_before and agent.state is not State.THINKING:
+            if agent.finished and agent.finished[-1].turn > ended_before and agent.state is not State.THINKING:
                 return agent.finished[-1]
             if agent.state is State.OFFLINE:
                 return None
