@@ -415,6 +415,8 @@ class Agent:
     # --- link callbacks -------------------------------------------------------------------
 
     async def _on_link(self, up: bool) -> None:
+        if not up:
+            self.voice.collector.reset()  # a set cut short by the loss is never kept
         self._step(m.Connected() if up else m.Disconnected())
         if self.idle.host_changed(up):
             self._step(m.IdleLine("greeting"))

@@ -91,7 +91,8 @@ class Received(NamedTuple):
 
 class LineCollector:
     """Gathers the ``line`` messages of one set; :meth:`add` returns the whole set (in index
-    order) once its last line arrived, else None. Lines of another set start afresh; a line
+    order) once its last line arrived, else None. Lines of another set, or line 0 (the host
+    sending a set again after a lost connection), start afresh; a line
     that contradicts the set (another count, an index twice) or takes it past
     ``max_bytes`` drops what was gathered (the cached set stays as it was)."""
 
@@ -105,7 +106,7 @@ class LineCollector:
         self.set, self.got, self.bytes = None, {}, 0
 
     def add(self, msg: p.Line, pcm: bytes) -> list[Received] | None:
-        if msg.set != self.set:
+        if msg.set != self.set or msg.index == 0:  # a set starts (again: the host sends it whole each time)
             self.reset()
             self.set = msg.set
         first = next(iter(self.got.values()), None)

@@ -274,6 +274,12 @@ def test_a_set_is_kept_only_once_whole_and_within_its_cap():
     assert c.add(*lines[0]) is None and c.add(*lines[1]) is None
     assert c.add(*_received("s2", kinds=("offline",))[0]) is not None  # another set starts afresh, and is whole
     assert c.add(*lines[2]) is None  # s1's last line alone is not a set
+    # a connection lost half way, and the host sends the set whole again: it is kept
+    again = LineCollector()
+    assert again.add(*lines[0]) is None and again.add(*lines[1]) is None
+    assert [again.add(*r) for r in lines][-1] is not None
+    twice = LineCollector()
+    assert [twice.add(*r) for r in (lines[0], lines[1], lines[1], lines[2])] == [None] * 4  # an index twice
     small = LineCollector(max_bytes=20000)
     assert [small.add(*r) for r in lines] == [None, None, None]  # 3 x 12800 bytes is over the cap
 
