@@ -212,8 +212,7 @@ class Night:
         loop = asyncio.get_running_loop()
         agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
         played_before = self.played_s
-        # the last turn ended so far (agent.finished keeps only the newest 20: count by turn number)
-        ended_before = agent.finished[-1].turn if agent.finished else 0
+        ended_before = len(agent.finished)
         pin.drive_low()
         try:
             await asyncio.wait_for(spoken.wait(), 20)
@@ -225,7 +224,7 @@ class Night:
             return self.played_s > played_before
         deadline = loop.time() + 30
         while loop.time() < deadline:
-            if agent.finished and agent.finished[-1].turn > ended_before and agent.state is not State.THINKING:
+            if len(agent.finished) > ended_before and agent.state is not State.THINKING:
                 return agent.finished[-1]
             if agent.state is State.OFFLINE:
                 return None
