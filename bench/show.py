@@ -53,6 +53,12 @@ from host.fakes.workload import Workload, question_wav  # noqa: E402
 from skull.machine import State  # noqa: E402
 
 JAW_CLOSED_MAX_MS = 250.0
+T0 = time.monotonic()
+
+
+def debug(what: str) -> None:
+    if os.environ.get("SHOW_DEBUG"):
+        print(f"# {time.monotonic() - T0:7.1f} s  {what}", flush=True)
 
 
 def _rss_kib(pid: int) -> int:
@@ -196,7 +202,9 @@ class Night:
         """A press with no host: the skull must say something (a line of its own)."""
         self.stats["turns"] += 1
         self.stats["offline_presses"] += 1
+        debug("offline press")
         heard = await self.press(agent, offline=True)
+        debug(f"offline press: {'a line' if heard else 'mute'}")
         if heard:
             self.stats["spoken"] += 1
             self.stats["offline_lines"] += 1
@@ -208,23 +216,30 @@ class Night:
         the skull's own line). Returns what was played: the turn record, True for a line of its
         own, or None when the skull stayed mute."""
         pin = agent.body.panel.button.pin
-        spoken = asyncio.Event()
         loop = asyncio.get_running_loop()
+        if offline:
+            # no host: no question is recorded; the skull should say a line of its own at the press
+            played_before = self.played_s
+            pin.drive_low()
+            deadline = loop.time() + 3.0
+            while self.played_s == played_before and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            pin.drive_high()
+            line_s = self.played_s - played_before
+            await asyncio.sleep(line_s / self.args.speed + 0.3)  # let it finish
+            return line_s > 0
+        spoken = asyncio.Event()
         agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
-        played_before = self.played_s
-        ended_before = len(agent.finished)
+        last_before = agent.finished[-1] if agent.finished else None  # agent.finished keeps a few only
         pin.drive_low()
         try:
             await asyncio.wait_for(spoken.wait(), 20)
         except asyncio.TimeoutError:
             pass
         pin.drive_high()
-        if offline:
-            await asyncio.sleep(1.0)
-            return self.played_s > played_before
         deadline = loop.time() + 30
         while loop.time() < deadline:
-            if len(agent.finished) > ended_before and agent.state is not State.THINKING:
+            if agent.finished and agent.finished[-1] is not last_before and agent.state is not State.THINKING:
                 return agent.finished[-1]
             if agent.state is State.OFFLINE:
                 return None
@@ -263,7 +278,9 @@ class Night:
             elif self.rng.random() < self.args.stall_rate:
                 trouble = "stall"
             mid = asyncio.create_task(self.trouble_mid_answer(agent, trouble, watch)) if trouble else None
+            debug(f"turn {turn} ({trouble or 'calm'}): press")
             rec = await self.press(agent)
+            debug(f"turn {turn}: {rec.outcome if rec else 'nothing'}")
             if mid is not None:
                 await mid
             if trouble == "kill":
@@ -321,11 +338,12 @@ async def night(args, work, host, workdir, config_text) -> tuple[Night, bool]:
         async def tell():
             while True:
                 await asyncio.sleep(5)
-                print(f"# state {agent.state.name} turn {agent.machine.turn} connected {agent.link.connected} "
-                      f"proxy->{proxy.upstream_port} host {show.host.port} alive {show.host.alive()}", flush=True)
+                debug(f"state {agent.state.name} turn {agent.machine.turn} connected {agent.link.connected} "
+                      f"proxy->{proxy.upstream_port} host {show.host.port} alive {show.host.alive()}")
                 if agent.state is State.IDLE:
                     for t in asyncio.all_tasks():
-                        if "show.py" in repr(t.get_coro()):
+                        code = getattr(t.get_coro(), "cr_code", None)
+                        if code is not None and code.co_filename == __file__ and code.co_name != "tell":
                             t.print_stack(limit=8)
         asyncio.create_task(tell())
     try:

@@ -17,6 +17,7 @@ command -v parec >/dev/null 2>&1 && command -v pactl >/dev/null 2>&1 || need+=(p
     2>/dev/null)" ] || need+=(libasound2-plugins)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # tests/test_tls.py makes its certificates with it
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # tests/test_service.py checks the units with it
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing system packages: ${need[*]}"
