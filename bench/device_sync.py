@@ -136,12 +136,17 @@ class KeptTimeline(Timeline):
         return seg
 
 
+_STATE = tempfile.TemporaryDirectory(prefix="bench-skull-state-")
+"""where the bench's skull keeps its line sets: never the user's ~/.local/state (removed at exit)"""
+
+
 def make_agent(url: str, token: str, name: str, *, audio: bool, mic_speed: float = 1.0) -> Agent:
     """A simulated skull (MockFactory button, LED and servo; the bundled question as its
     microphone). ``audio``: the default PortAudio speaker, else the simulated one."""
     cfg = SkullConfig()
     cfg = dataclasses.replace(cfg, link=dataclasses.replace(cfg.link, url=url, token=token, name=name,
-                                                            reconnect_min_s=0.1, reconnect_max_s=1.0))
+                                                            reconnect_min_s=0.1, reconnect_max_s=1.0),
+                              offline=dataclasses.replace(cfg.offline, cache_dir=f"{_STATE.name}/{name}/lines"))
     body = build_body(cfg, sim=True, mic_file=bundled("question.wav"), image=bundled("snapshot.jpg"), audio=audio,
                       mic_speed=mic_speed)
     body.player.timeline = KeptTimeline(int(body.player.rate))

@@ -12,20 +12,24 @@ Then a calm skull asks the bundled question and must hear an answer.
 
 **The skull** is a real ``skull run --sim --record`` whose button is pressed and released all
 along, against a hostile host (:class:`FuzzHost`): bad welcomes and closes, garbage, spoiled and
-out-of-order messages, speech without or with the wrong payload, oversized frames, and real
-speech for its current turn. After each burst the host pings it. After the storm a calm host
+out-of-order messages, speech without or with the wrong payload, oversized frames, real speech
+for its current turn, and line sets: whole ones (which the skull keeps on disk) and malformed
+ones (spoiled fields, a count past the cap, lost or wrong payloads, sets cut short, an index
+twice). After each burst the host pings it. After the storm a calm host
 welcomes it and must get a pong.
 
 Each target prints one line:
 
     target=host frames=N tracebacks=T exits=E rss_growth_mb=G answered=1
-    target=skull frames=N tracebacks=T exits=E rss_growth_mb=G missed_pongs=0 jaw_outside=0 calm=1
+    target=skull frames=N tracebacks=T exits=E rss_growth_mb=G missed_pongs=0 jaw_outside=0 calm=1 lines_kept=K
 
 ``tracebacks``: "Traceback" lines the process wrote; ``exits``: 1 when it ended; ``rss_growth_mb``:
 its resident memory at the end minus after the first connections; ``answered``: the calm
 skull's turn ended with ``done`` and spoken segments; ``missed_pongs``: pings the skull left
 unanswered; ``jaw_outside``: recorded jaw commands outside 0..1 (the calibrated range); ``calm``:
-the skull came back to the calm host. Exit status 1 when any of them is wrong.
+the skull came back to the calm host; ``lines_kept``: 1 when the skull holds a whole line set on
+disk that loads (informative: a short storm may send none). Exit status 1 when any of the
+others is wrong.
 """
 from __future__ import annotations
 
@@ -208,6 +212,18 @@ def speech(turn: int, seq: int, seconds: float = 0.3, opening: float = 0.8) -> l
     return p.encode(p.Speech(turn, seq, f"sentence {seq}", RATE, 2, 1, len(pcm), 100, jaw), pcm)
 
 
+def line_set(set_id: str, count: int, seconds: float = 0.2) -> list:
+    """The frames of a whole, valid line set of ``count`` lines (tones with jaw tracks)."""
+    frames = []
+    for i in range(count):
+        n = int(RATE * seconds)
+        pcm = (np.sin(np.arange(n) * 2 * np.pi * 180 / RATE) * 9000).astype("<i2").tobytes()
+        kind = p.LINE_KINDS[i % len(p.LINE_KINDS)]
+        frames += p.encode(p.Line(set_id, i, count, kind, f"{kind} line {i}", RATE, 2, 1, len(pcm), 100,
+                                  [0.6] * int(seconds * 100)), pcm)
+    return frames
+
+
 class FuzzHost:
     """A host that answers each connection with a seeded mix of what a broken or hostile host
     sends: bad welcomes (garbage, binary, wrong types, nesting, oversized, a close instead),
@@ -235,7 +251,7 @@ class FuzzHost:
 
     def _valid(self, turn: int) -> dict:
         r = self.rng
-        kind = r.choice(["welcome", "ack", "heard", "done", "error", "speech"])
+        kind = r.choice(["welcome", "ack", "heard", "done", "error", "speech", "line"])
         return {"welcome": {"type": "welcome", "protocol": 1, "host": "h", "session": "x", "max_record_s": 15},
                 "ack": {"type": "ack", "turn": turn, "of": r.choice(["listen", "stop"])},
                 "heard": {"type": "heard", "turn": turn, "transcript": "hat\x1b[31m", "caption": "skull"},
@@ -243,7 +259,9 @@ class FuzzHost:
                          "timings_ms": {"stt": 1, "tts": "slow", "x\r\ny": 2}},
                 "error": {"type": "error", "code": "stage_failed", "message": ANSI + "\r\nforged", "turn": turn},
                 "speech": {"type": "speech", "turn": turn, "seq": 0, "text": "hi", "rate": RATE, "width": 2,
-                           "channels": 1, "bytes": 320, "jaw_fps": 100, "jaw": [0.5]}}[kind]
+                           "channels": 1, "bytes": 320, "jaw_fps": 100, "jaw": [0.5]},
+                "line": {"type": "line", "set": f"s{turn}", "index": 0, "count": 2, "kind": "offline", "text": "boo",
+                         "rate": RATE, "width": 2, "channels": 1, "bytes": 320, "jaw_fps": 100, "jaw": [0.5]}}[kind]
 
     def _spoiled(self, msg: dict) -> str:
         """``msg`` with one field made wrong in a way a decoder must survive."""
@@ -262,11 +280,11 @@ class FuzzHost:
         r = self.rng
         kind = r.choices(["garbage_text", "garbage_binary", "not_object", "spoiled", "nested", "valid_other_turn",
                           "speech", "speech_no_payload", "speech_wrong_payload", "mutated", "oversized_text",
-                          "oversized_binary", "transport_overflow"],
-                         weights=[10, 10, 4, 20, 2, 10, 12, 4, 4, 12, 1, 0.3, 0.05])[0]
+                          "oversized_binary", "transport_overflow", "line_set", "line_bad"],
+                         weights=[10, 10, 4, 20, 2, 10, 12, 4, 4, 12, 1, 0.3, 0.05, 2, 6])[0]
         if kind == "transport_overflow" and not self.transport_overflow_left:
             kind = "garbage_binary"
-        malformed = kind not in ("valid_other_turn", "speech")
+        malformed = kind not in ("valid_other_turn", "speech", "line_set")
         if kind == "garbage_text":
             frames = [self._text()]
         elif kind == "garbage_binary":
@@ -291,6 +309,10 @@ class FuzzHost:
             text = json.dumps(self._valid(turn))
             i = r.randrange(len(text))
             frames = [text[:i] + r.choice(["", "\"", "}", "\\", "\x00", "{"]) + text[i + 1:]]
+        elif kind == "line_set":  # a whole set: the skull keeps it
+            frames = line_set(f"fuzz-{r.randrange(1000)}", r.randrange(1, 5))
+        elif kind == "line_bad":
+            frames = self._bad_lines()
         elif kind == "oversized_text":
             frames = [json.dumps({"type": "error", "code": "x", "message": "y" * (p.MAX_TEXT_BYTES + 10)})]
         elif kind == "oversized_binary":
@@ -300,6 +322,32 @@ class FuzzHost:
             frames = [bytes(p.TRANSPORT_MAX_BYTES + 1)]
         self.malformed += malformed
         return frames
+
+    def _bad_lines(self) -> list:
+        """A line set gone wrong: a spoiled field, a count past the cap, a payload lost or of the
+        wrong size, a set cut short, an index twice, lines of two sets interleaved."""
+        r = self.rng
+        whole = line_set(f"bad-{r.randrange(1000)}", 3)
+        how = r.choice(["spoiled", "count", "no_payload", "wrong_payload", "cut_short", "twice", "interleaved",
+                        "huge_bytes"])
+        line = {"type": "line", "set": "x", "index": 0, "count": 2, "kind": "offline", "text": "boo", "rate": RATE,
+                "width": 2, "channels": 1, "bytes": 320, "jaw_fps": 100, "jaw": [0.5]}
+        if how == "spoiled":
+            return [self._spoiled(line), bytes(320)]
+        if how == "count":
+            return [json.dumps(line | {"count": p.MAX_LINES + 1}), bytes(320)]
+        if how == "huge_bytes":
+            return [json.dumps(line | {"bytes": p.MAX_LINE_BYTES + 2})]
+        if how == "no_payload":
+            return [whole[0], json.dumps(self._valid(self.turn))]
+        if how == "wrong_payload":
+            return [whole[0], r.randbytes(r.randrange(0, 5000))]
+        if how == "cut_short":
+            return whole[:2 * r.randrange(1, 3)]
+        if how == "twice":
+            return whole[:2] + whole[:2]
+        other = line_set(f"other-{r.randrange(1000)}", 2)
+        return whole[:2] + other[:2] + whole[2:]
 
     def bad_welcome(self):
         """A reply to hello that is not a welcome the skull can use (a frame, or a close code)."""
@@ -388,7 +436,7 @@ async def skull_run(url: str, folder: Path, config: str = "", record: bool = Fal
         args += ["--config", str(folder / "skull.toml")]
     if record:
         args += ["--record", str(folder / "turns")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(folder / "state"),  # its lines stay here
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT, cwd=folder, env=env)
@@ -452,6 +500,8 @@ def fuzz_skull(frames: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="fuzz-skull-") as tmp:
         alive, out, took, growth = asyncio.run(storm_skull(fuzz, Path(tmp), max_s=max(60.0, frames / 20)))
         openings = jaw_openings(Path(tmp))
+        from skull.lines import LineCache
+        kept = LineCache(Path(tmp) / "state" / "skull" / "mr-bones" / "lines").load()
     tracebacks = out.count("Traceback")
     if tracebacks:
         i = out.index("Traceback")
@@ -462,7 +512,8 @@ def fuzz_skull(frames: int, seed: int) -> dict:
           f"{len(out)} bytes of output", file=sys.stderr)
     return {"target": "skull", "frames": fuzz.sent, "tracebacks": tracebacks, "exits": int(not alive),
             "rss_growth_mb": round(growth, 1), "missed_pongs": fuzz.missed_pongs,
-            "jaw_outside": sum(not 0.0 <= o <= 1.0 for o in openings), "calm": int(fuzz.calm_pongs > 0)}
+            "jaw_outside": sum(not 0.0 <= o <= 1.0 for o in openings), "calm": int(fuzz.calm_pongs > 0),
+            "lines_kept": int(kept is not None)}
 
 
 def fuzz_host(frames: int, seed: int) -> dict:

@@ -262,6 +262,54 @@ class FallbackConfig:
         need(0.5 <= self.timeout_s <= 120, where, "timeout_s", self.timeout_s, "must be 0.5..120 s")
 
 
+LINE_KINDS = ("offline", "closer", "wait", "attract", "greeting")
+"""the kinds of line a skull keeps for when the host is gone (skull.core.protocol.LINE_KINDS)"""
+
+
+@dataclass(frozen=True)
+class LinesConfig:
+    """[lines]: the lines each skull keeps on disk and says on its own (docs/show.md). The host
+    synthesises them once in the configured voice, with their jaw tracks, and sends them to a
+    skull after welcome when the skull's cached set differs."""
+    enabled: bool = True
+    """false: the host sends no lines (skulls keep what they have)"""
+    offline: tuple = ("My voice from beyond is lost. Try me again soon.",
+                      "The spirits have cut the line to my brain. Come back in a little while.")
+    """said on a press while the host is gone"""
+    closer: tuple = ("Come closer, mortal. I do not bite. Much.",)
+    """to invite a visitor nearer"""
+    wait: tuple = ("One moment, mortal.",)
+    """while something takes its time"""
+    attract: tuple = ("Psst. Yes, you. Press my button, if you dare.",
+                      "I have been dead for three hundred years. Ask me anything.",
+                      "Is anyone there? It gets lonely in the crypt.",
+                      "Press the button and talk to me. I promise to keep my jaw on.")
+    """said now and then while nobody comes ([idle] attract_every_min on the skull)"""
+    greeting: tuple = ("I'm back from the dead!",)
+    """said when the skull finds the host again after losing it"""
+    timeout_s: float = 60.0
+    """the most the whole set may take to synthesise"""
+
+    def check(self, where: str) -> None:
+        from skull.core.protocol import MAX_LINES
+        total = 0
+        for kind in LINE_KINDS:
+            texts = getattr(self, kind)
+            for text in texts:
+                need(isinstance(text, str) and 0 < len(text.strip()) <= 300, where, kind, texts,
+                     "a list of texts, each 1..300 characters")
+            total += len(texts)
+        need(bool(self.offline) or not self.enabled, where, "offline", self.offline,
+             "at least one line: it is what a skull says on a press while the host is gone")
+        need(total <= MAX_LINES, where, "lines of all kinds", total, f"all kinds together hold at most {MAX_LINES} lines; "
+             f"these hold {total}")
+        need(1 <= self.timeout_s <= 600, where, "timeout_s", self.timeout_s, "must be 1..600 s")
+
+    def texts(self) -> list[tuple[str, str]]:
+        """(kind, text) of every line, in the order they are sent."""
+        return [(kind, text) for kind in LINE_KINDS for text in getattr(self, kind)]
+
+
 @dataclass(frozen=True)
 class HostConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -272,6 +320,7 @@ class HostConfig:
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     shape: JawShape = field(default_factory=JawShape)
+    lines: LinesConfig = field(default_factory=LinesConfig)
     skulls: dict = field(default_factory=dict)
     """skull name -> :class:`SkullEntry` (from [skulls.NAME] tables)"""
     history_turns: int = 6

@@ -40,6 +40,7 @@ from . import events as ev
 from .build import build_backends
 from .config import HostConfig, ServerConfig, is_loopback
 from .filter import FamilyFilter
+from .lines import LineBook
 from .turn import Backends, Turn
 
 log = logging.getLogger("host.server")
@@ -316,6 +317,8 @@ class Host:
         """the JSON-lines turn log ([server] turn_log), or None"""
         self.backends = backends or build_backends(config)
         self.filter = FamilyFilter(config.filter)
+        self.lines = LineBook(config, self.backends)
+        """the lines skulls keep for when the host is gone, sent after welcome ([lines])"""
         self.conversations: dict[str, Conversation] = {}
         self.sessions: dict[str, SkullSession] = {}
         self.session_id = uuid.uuid4().hex[:12]
@@ -544,12 +547,24 @@ class Host:
         await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
                                      self.config.server.max_record_s))
         log.info("skull %s connected from %s", name, ws.remote_address)
+        lines = asyncio.create_task(self._send_lines(session, hello.lines), name=f"lines-{name}")
         try:
             await session.run()
         finally:
+            lines.cancel()
             if self.sessions.get(name) is session:
                 del self.sessions[name]
             log.info("skull %s disconnected", name)
+
+
+    async def _send_lines(self, session: SkullSession, have: str | None) -> None:
+        """The line set to a skull that holds another one, beside whatever it asks meanwhile."""
+        try:
+            await self.lines.send_to(session, have, self.executor)
+        except (ConnectionClosed, asyncio.CancelledError):
+            return
+        except Exception as exc:  # the skull keeps the lines it has; the connection goes on
+            self.faults(f"{session.name}: sending the line set", exc)
 
 
 async def _refuse(ws: ServerConnection, code: int, reason: str) -> None:

@@ -43,7 +43,9 @@ from .button import ButtonGuard, Press, Release
 from .core import protocol as p
 from .core.bus import Bus
 from .config import SkullConfig
+from .idle import IdleLife
 from .jaw.sync import JawFollower
+from .lines import LineTag, OwnVoice, silent_jaw_line
 from .link import Link, LinkFatal
 from .ports import Camera, Jaw, Mic, Panel, Speaker
 from .record import SentCommand, TurnRecord, write_turn
@@ -110,11 +112,12 @@ class _GuardDue:
 class Agent:
     def __init__(self, config: SkullConfig, body: Body, *, record_dir: str | Path | None = None,
                  reply_timeout_s: float = 90.0, triggers: list[Trigger] | None = None,
-                 turn_log: JsonLines | None = None, disk_usage=shutil.disk_usage):
+                 turn_log: JsonLines | None = None, disk_usage=shutil.disk_usage, idle: IdleLife | None = None):
         """``triggers``: what starts and ends a turn (default: the panel's push button and the
         hands-free trigger ``[listen] trigger`` names). ``turn_log``: where each finished turn
         goes as one JSON line (closed with the agent). ``disk_usage``: ``shutil.disk_usage`` or
-        a stand-in (tests), asked before each turn is recorded ([record] min_free_mb)."""
+        a stand-in (tests), asked before each turn is recorded ([record] min_free_mb). ``idle``:
+        the idle life (default: from ``[idle]`` on the wall clock; tests give one with a fake clock)."""
         self.config, self.body = config, body
         self.triggers = triggers if triggers is not None else make_triggers(config.listen, body.panel.button,
                                                                             int(body.mic.rate))
@@ -127,6 +130,10 @@ class Agent:
                          jaw_shape=config.shape.to_dict(), on_fault=self._fault)
         self.follower = JawFollower(body.player, body.jaw, frame_hz=config.jaw.frame_hz,
                                     lead_ms=config.calibration.lead_ms, mode=config.jaw.mode, shape=config.shape)
+        # the skull's own voice: the host's lines on disk, loaded now so a reboot with no host still speaks
+        self.voice = OwnVoice(config.offline, config.link.name, self._lines_kept, faults=self._voice_fault)
+        self.link.lines = self.voice.set_id
+        self.idle = idle or IdleLife(config.idle)
         self.supervisor = Supervisor("the skull's session", fatal=(LinkFatal,), faults=self.faults,
                                      min_s=config.link.reconnect_min_s, max_s=config.link.reconnect_max_s)
         self.record_dir = Path(record_dir) if record_dir else None
@@ -206,11 +213,18 @@ class Agent:
             if self.record_dir is not None:
                 self._open_monitor()
             self.follower.start()
+            if self.voice.lines is not None:
+                self.events.emit(ev.LinesCached(self.voice.set_id, self.voice.lines.kinds, "disk"))
+            if self.hands_free:  # hands-free presses reach the skull's own voice even with no host
+                self._ears_open = True
+                self._open_mic()
             views = asyncio.create_task(self._views(), name="skull-views")
+            idle = asyncio.create_task(self._idle_life(), name="skull-idle")
             try:
                 await self.supervisor.run(self._session, self._recover)
             finally:
                 views.cancel()
+                idle.cancel()
         finally:
             self.close()
 
@@ -262,7 +276,15 @@ class Agent:
     def _step(self, event: m.Event) -> None:
         """One event through the machine, its actions carried out, the change published."""
         before = (self.machine.state, self.machine.turn)
+        was_saying = self.machine.saying
         self._run_actions(self.machine.handle(event))
+        if self.hands_free and was_saying != self.machine.saying:
+            if self.machine.saying:  # deaf to its own line, as to its replies
+                self._deaf_until = 2 ** 62
+            else:
+                self._deaf_for_echo()
+        if isinstance(event, (m.ButtonDown, m.Connected)):
+            self.idle.visitor()  # a visitor, or a fresh start: the attract clock starts again
         if isinstance(event, m.Drained) and self.machine.waiting_for_done:
             # all of the reply so far has played: more speech or done must come in time
             self._later(self.config.link.done_timeout_s, m.ReplyTimeout(self.machine.turn, self.machine.segments))
@@ -330,6 +352,9 @@ class Agent:
         in. Only the trigger that owns the turn ends it."""
         s, hands_free = self.machine.state, getattr(e.trigger, "hands_free", False)
         if e.down:
+            if hands_free and s is m.State.OFFLINE and (e.onset is None or e.onset >= self._deaf_until):
+                self._step(m.ButtonDown())  # no host: a line of the skull's own (never while one plays)
+                return
             if hands_free and (s is not m.State.IDLE or (e.onset is not None and e.onset < self._deaf_until)):
                 return
             if s is m.State.LISTENING:
@@ -343,18 +368,22 @@ class Agent:
             self._step(m.ButtonUp())
 
     def _listen_in(self, before: m.State, after: m.State) -> None:
-        """The hands-free triggers hear the mic while idle or listening; after the skull has
-        spoken, only from ``echo_tail_s`` after its last sample was heard."""
-        ears = after in (m.State.IDLE, m.State.LISTENING)
+        """The hands-free triggers hear the mic while idle, listening or offline; after the
+        skull has spoken, only from ``echo_tail_s`` after its last sample was heard."""
+        ears = after in (m.State.IDLE, m.State.LISTENING, m.State.OFFLINE)
         if ears and before in (m.State.THINKING, m.State.SPEAKING):
-            # the last sample handed to the speaker is heard latency_s later, the mic's latest chunk
-            # may have ended up to a chunk ago, and the room echoes (docs/listening.md)
-            tail_s = (getattr(self.body.player, "latency_s", 0.0) + self.config.audio.chunk_ms / 1000.0
-                      + self.config.listen.echo_tail_s)
-            self._deaf_until = self._mic_pos + int(tail_s * self.body.mic.rate)
+            self._deaf_for_echo()
         self._ears_open = ears
         if self.hands_free and after is m.State.IDLE and self._mic_retry is None:
             self._open_mic()
+
+    def _deaf_for_echo(self) -> None:
+        """The skull stops speaking: the mic starts a turn again only after the echo tail."""
+        # the last sample handed to the speaker is heard latency_s later, the mic's latest chunk
+        # may have ended up to a chunk ago, and the room echoes (docs/listening.md)
+        tail_s = (getattr(self.body.player, "latency_s", 0.0) + self.config.audio.chunk_ms / 1000.0
+                  + self.config.listen.echo_tail_s)
+        self._deaf_until = self._mic_pos + int(tail_s * self.body.mic.rate)
 
     def _open_mic(self) -> None:
         """Hands-free: open the mic for good (when the skull is first ready, and again after it
@@ -436,7 +465,8 @@ class Agent:
     @staticmethod
     def _device_of(action: m.Action) -> str:
         return {m.MicStart: "microphone", m.MicStop: "microphone", m.Led: "LED", m.JawClose: "jaw",
-                m.Play: "speaker", m.StopPlayback: "speaker", m.Snapshot: "camera"}.get(type(action), "link")
+                m.Play: "speaker", m.PlayLine: "speaker", m.StopPlayback: "speaker",
+                m.Snapshot: "camera"}.get(type(action), "link")
 
     def _fault(self, what: str, exc: BaseException, logged: bool = False) -> None:
         """Something failed: log it once, then make the hardware safe and end the turn, at once
@@ -458,7 +488,11 @@ class Agent:
     # --- link callbacks -------------------------------------------------------------------
 
     async def _on_link(self, up: bool) -> None:
+        if not up:
+            self.voice.collector.reset()  # a set cut short by the loss is never kept
         self._step(m.Connected() if up else m.Disconnected())
+        if self.idle.host_changed(up):
+            self._step(m.IdleLine("greeting"))
 
     async def _on_message(self, msg: p.Message, payload: bytes | None) -> None:
         rec = self.records.get(getattr(msg, "turn", None))
@@ -484,6 +518,8 @@ class Agent:
             if rec and msg.turn == self.machine.turn:
                 rec.segments.append(segment)
             self._step(m.SegmentArrived(msg.turn, segment))
+        elif isinstance(msg, p.Line):
+            self.voice.received(msg, payload or b"")
         elif isinstance(msg, p.Done):
             if rec:
                 rec.reply = msg.reply
@@ -515,6 +551,8 @@ class Agent:
     # --- actions: one handler per action type -------------------------------------------------
 
     def _set_led(self, pattern: m.LedPattern) -> None:
+        if pattern is m.LedPattern.OFF and self.config.idle.led_breathe and self.machine.state is m.State.IDLE:
+            pattern = m.LedPattern.BREATHE  # idle life: the LED breathes while the skull waits
         self.body.panel.set_led(pattern)
         if pattern is not self.led:
             self.led = pattern
@@ -578,6 +616,57 @@ class Agent:
         s = a.segment
         self.body.player.timeline.add(s.samples, s.rate, s.jaw, s.jaw_fps, tag=s.tag)
 
+    def _do_play_line(self, a: m.PlayLine) -> None:
+        if a.kind == "jaw":  # idle life: a small silent movement on the same jaw path
+            line = silent_jaw_line(self.idle.rng)
+            self.body.player.timeline.add(line.samples, line.rate, line.jaw * self.config.shape.max_open,
+                                          line.jaw_fps, tag=LineTag("jaw", -1))
+            return
+        line = self.voice.pick(a.kind)
+        if line is not None:
+            self._say(line, "cache")
+        elif a.kind == "offline":  # no cached line: espeak-ng on the skull, the last resort
+            asyncio.create_task(self._apologise(), name="espeak-apology")
+        else:  # nothing to say of that kind: the skull stays as it was
+            self.post(m.Drained())
+
+    def _say(self, line, source: str) -> None:
+        self.body.player.timeline.add(line.samples, line.rate, line.jaw, line.jaw_fps,
+                                      tag=LineTag(line.kind, line.index))
+        log.info("said a%s %s line (%s): %r", "n" if line.kind[0] in "aeiou" else "", line.kind, source,
+                 _cut(line.text, 80))
+        self.events.emit(ev.LineSaid(line.kind, line.text, source))
+
+    async def _apologise(self) -> None:
+        try:
+            line = await self.voice.apology()
+        except Exception as exc:  # the last resort failed too: the skull stays mute, and says why once
+            self.last_error = self.faults("speaking the offline apology with espeak-ng", exc)
+            self.post(m.Drained())
+            return
+        if self.machine.saying and self.machine.state in (m.State.OFFLINE, m.State.IDLE):
+            self._say(line, "espeak")
+        else:
+            self.post(m.Drained())
+
+    def _lines_kept(self, kept) -> None:
+        self.link.lines = kept.id
+        self.events.emit(ev.LinesCached(kept.id, kept.kinds, "host"))
+
+    def _voice_fault(self, what: str, exc: BaseException) -> None:
+        self.last_error = self.faults(what, exc)
+
+    async def _idle_life(self) -> None:
+        """Attract lines and the idle jaw, asked of :class:`~skull.idle.IdleLife` once a second."""
+        while True:
+            await asyncio.sleep(self.idle.period_s)
+            try:
+                kind = self.idle.due(self.machine.state, self.machine.saying)
+                if kind is not None:
+                    self._step(m.IdleLine(kind))
+            except Exception as exc:  # idle life must never cost the skull anything
+                self.faults("idle life", exc)
+
     def _do_stop_playback(self, a: m.StopPlayback) -> None:
         self.body.player.timeline.clear()
         self._stop_recording()
@@ -607,6 +696,7 @@ class Agent:
 
     HANDLERS = {m.Led: _do_led, m.MicStart: _do_mic_start, m.SendListen: _do_send_listen, m.Snapshot: _do_snapshot,
                 m.StreamAudio: _do_stream_audio, m.MicStop: _do_mic_stop, m.SendStop: _do_send_stop, m.Play: _do_play,
+                m.PlayLine: _do_play_line,
                 m.StopPlayback: _do_stop_playback, m.JawClose: _do_jaw_close, m.TurnEnd: _do_turn_end}
     """action type -> handler; every type in machine.ACTIONS has one (checked below)"""
 

@@ -17,6 +17,7 @@ import time
 
 from .config import BoardConfig, Calibration
 from .core.errors import DeviceError
+from .devices import BREATHE_BLINK_S
 from .jaw.base import JawBase
 from .machine import LedPattern
 from .ports import Device
@@ -42,7 +43,8 @@ class Button:
 
 
 class BoardPanel(Device):
-    """Button and LED of a board; LED patterns as on the Pi: off, on, offline (slow blink)."""
+    """Button and LED of a board; LED patterns as on the Pi: off, on, offline (slow blink), and
+    breathe (idle life): a slow blink, as a board's LED pin cannot dim."""
 
     def __init__(self, board):
         self.board, self.button, self.pattern = board, Button(), LedPattern.OFF
@@ -56,19 +58,20 @@ class BoardPanel(Device):
         if self._blink is not None:
             self._blink.set()
             self._blink = None
-        if pattern is LedPattern.OFFLINE:
+        if pattern in (LedPattern.OFFLINE, LedPattern.BREATHE):
+            on_off = (0.1, 0.9) if pattern is LedPattern.OFFLINE else BREATHE_BLINK_S
             stop = self._blink = threading.Event()
-            threading.Thread(target=self._blinking, args=(stop,), name="led-blink", daemon=True).start()
+            threading.Thread(target=self._blinking, args=(stop, *on_off), name="led-blink", daemon=True).start()
         else:
             self.board.led(pattern is LedPattern.ON)
 
-    def _blinking(self, stop: threading.Event) -> None:
+    def _blinking(self, stop: threading.Event, on_s: float = 0.1, off_s: float = 0.9) -> None:
         while not stop.is_set():
             self.board.led(True)
-            if stop.wait(0.1):
+            if stop.wait(on_s):
                 break
             self.board.led(False)
-            stop.wait(0.9)
+            stop.wait(off_s)
 
     def close(self) -> None:
         self.set_led(LedPattern.OFF)

@@ -236,6 +236,76 @@ class ListenConfig:
         need(1.0 <= self.wake_wait_s <= 30.0, where, "wake_wait_s", self.wake_wait_s, "must be 1..30 s")
 
 
+MAX_CACHE_MB = 512
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """The skull's own voice when the host is gone (docs/show.md)."""
+    cache_dir: str = ""
+    """where the host's pre-synthesised lines are kept; empty: $XDG_STATE_HOME/skull/NAME/lines
+    (~/.local/state/skull/NAME/lines), NAME being [link] name"""
+    max_mb: float = 24.0
+    """the most a line set may take on disk, megabytes; a larger set is not kept"""
+    voice: str = "en-us+m3"
+    """the espeak-ng voice of the last resort, when no line is cached"""
+    apology: str = "My voice from beyond is lost. Try me again soon."
+    """what espeak-ng says on a press with no host and no cached line"""
+
+    def check(self, where: str) -> None:
+        need(1 <= self.max_mb <= MAX_CACHE_MB, where, "max_mb", self.max_mb, f"must be 1..{MAX_CACHE_MB} MB")
+        need(bool(self.voice.strip()) and not self.voice.startswith("-"), where, "voice", self.voice,
+             "an espeak-ng voice such as 'en-us+m3' (espeak-ng --voices lists them)")
+        need(0 < len(self.apology.strip()) <= 300, where, "apology", self.apology[:40],
+             "1..300 characters of text to speak")
+
+    def folder(self, name: str) -> Path:
+        """The cache folder for the skull called ``name``."""
+        from .lines import default_cache_dir
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir(name)
+
+
+def parse_quiet_hours(text: str) -> tuple[int, int] | None:
+    """``"22:00-08:00"`` -> (start, end) in minutes after midnight; None for "" (no quiet hours).
+    Raises ValueError naming what is wrong."""
+    if not text.strip():
+        return None
+    m = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if m is None:
+        raise ValueError("write it as HH:MM-HH:MM, e.g. \"22:00-08:00\" (it may wrap past midnight), or \"\" for none")
+    h1, m1, h2, m2 = map(int, m.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError("hours are 0..23 and minutes 0..59")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError("start and end are the same time; use \"\" for no quiet hours")
+    return start, end
+
+
+@dataclass(frozen=True)
+class IdleConfig:
+    """Idle life: what the skull does with no visitor (docs/show.md)."""
+    attract_every_min: float = 0.0
+    """say an attract line after this many minutes with no visitor (and again as long as none
+    comes); 0 = never"""
+    quiet_hours: str = ""
+    """"HH:MM-HH:MM" local time without attract lines, e.g. "22:00-08:00" (wraps midnight); "" = none"""
+    greeting: bool = True
+    """say a greeting line when the host comes back after it was lost (for 20 s or more)"""
+    idle_jaw: bool = False
+    """now and then a small, slow jaw movement while idle (within the calibrated limits)"""
+    led_breathe: bool = False
+    """the LED breathes while idle (a PWM pulse where the pin can dim, else a slow blink)"""
+
+    def check(self, where: str) -> None:
+        need(self.attract_every_min == 0 or 0.1 <= self.attract_every_min <= 1440, where, "attract_every_min",
+             self.attract_every_min, "0 (off) or 0.1..1440 minutes")
+        try:
+            parse_quiet_hours(self.quiet_hours)
+        except ValueError as exc:
+            need(False, where, "quiet_hours", self.quiet_hours, str(exc))
+
+
 @dataclass(frozen=True)
 class ButtonConfig:
     """The push button's human faults (docs/show.md)."""
@@ -296,6 +366,8 @@ class SkullConfig:
     button: ButtonConfig = field(default_factory=ButtonConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    idle: IdleConfig = field(default_factory=IdleConfig)
 
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -8,13 +8,17 @@ from __future__ import annotations
 import collections
 import os
 
-from gpiozero import LED, Button
+from gpiozero import LED, PWMLED, Button
 from gpiozero.pins.mock import MockPWMPin
 
 from .config import PinsConfig
 from .core.errors import DeviceError
 from .machine import LedPattern
 from .ports import Device
+
+
+BREATHE_BLINK_S = (1.0, 2.0)
+"""on and off seconds of the breathing pattern where the LED cannot dim"""
 
 
 def pin_factory(sim: bool, name: str = ""):
@@ -51,9 +55,11 @@ class CappedMockPWMPin(MockPWMPin):
 
 class GpioPanel(Device):
     """The push button and the LED on a Pi's pins. LED patterns: off, on (listening), offline
-    (slow blink)."""
+    (slow blink), breathe (idle life: a PWM pulse where the pin factory can dim the pin, else a
+    slow blink). ``breathe``: open the LED as a PWMLED so it can pulse (lgpio, pigpio and
+    rpigpio can; a factory that cannot falls back to a plain LED)."""
 
-    def __init__(self, pins: PinsConfig, factory, bounce_s: float | None = None):
+    def __init__(self, pins: PinsConfig, factory, bounce_s: float | None = None, breathe: bool = False):
         """``bounce_s``: gpiozero's own debounce, off by default: the agent debounces every
         board's button the same way ([button] debounce_ms, :mod:`skull.button`), and two
         debounces in a row would swallow quick presses."""
@@ -61,8 +67,16 @@ class GpioPanel(Device):
             self.button = Button(pins.button, pull_up=True, bounce_time=bounce_s, pin_factory=factory)
         except Exception as exc:
             raise DeviceError(f"cannot use GPIO{pins.button} for the button: {exc}") from exc
+        self.dims = False
+        """the LED is a PWMLED: it can breathe"""
         try:
-            self.led = LED(pins.led, pin_factory=factory)
+            if breathe:
+                try:
+                    self.led, self.dims = PWMLED(pins.led, pin_factory=factory), True
+                except Exception:  # this pin factory cannot dim (PWM): breathing is a slow blink
+                    self.led = LED(pins.led, pin_factory=factory)
+            else:
+                self.led = LED(pins.led, pin_factory=factory)
         except Exception as exc:
             self.button.close()
             raise DeviceError(f"cannot use GPIO{pins.led} for the LED: {exc}") from exc
@@ -77,6 +91,11 @@ class GpioPanel(Device):
             self.led.on()
         elif pattern is LedPattern.OFFLINE:
             self.led.blink(on_time=0.1, off_time=0.9)
+        elif pattern is LedPattern.BREATHE:
+            if self.dims:
+                self.led.pulse(fade_in_time=1.5, fade_out_time=1.5)
+            else:
+                self.led.blink(on_time=BREATHE_BLINK_S[0], off_time=BREATHE_BLINK_S[1])
         else:
             self.led.off()
 

@@ -11,7 +11,10 @@
 * :class:`ButtonStuck` / :class:`ButtonFreed`: the button was held down for ``[button] stuck_s``
   and is ignored until it comes up / it came up;
 * :class:`RecordingPaused` / :class:`RecordingResumed`: the record folder's disk has less than
-  ``[record] min_free_mb`` free, turns are not recorded (still answered) / there is room again.
+  ``[record] min_free_mb`` free, turns are not recorded (still answered) / there is room again;
+* :class:`LineSaid`: the skull said one of its own lines (offline, attract, greeting...);
+* :class:`LinesCached`: a set of lines is ready to say (sent by the host and written to
+  disk, or loaded from disk at start).
 """
 from __future__ import annotations
 
@@ -103,5 +106,23 @@ class RecordingResumed:
     free_mb: float
 
 
+@dataclass(frozen=True)
+class LineSaid:
+    kind: str
+    """offline, closer, wait, attract or greeting"""
+    text: str
+    source: str
+    """cache: a line the host synthesised; espeak: the skull's own espeak-ng (no cached line)"""
+
+
+@dataclass(frozen=True)
+class LinesCached:
+    set_id: str
+    kinds: dict
+    """kind -> how many lines of it"""
+    source: str
+    """host: just received and written to disk; disk: loaded at start"""
+
+
 SkullEvent = typing.Union[StateChanged, LedChanged, Heard, JawMoved, Levels, Faulted, TurnEnded, ButtonStuck,
-                          ButtonFreed, RecordingPaused, RecordingResumed]
+                          ButtonFreed, RecordingPaused, RecordingResumed, LineSaid, LinesCached]

@@ -116,6 +116,9 @@ class Link:
         """the speaker's rate, told to the host so speech arrives ready to play"""
         self.jaw_shape = jaw_shape or {}
         """this skull's [shape] keys, told to the host, which makes the jaw tracks with them"""
+        self.lines: str | None = None
+        """the id of the line set the skull keeps ("" none yet), told to the host in hello; None: the
+        skull takes no lines"""
         self.on_message, self.on_state = on_message, on_state
         self.faults = FaultLog(log, "; the skull goes on")
         self.on_fault = on_fault or self.faults
@@ -186,7 +189,8 @@ class Link:
 
     async def _serve(self, ws) -> None:
         c = self.config
-        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate, self.jaw_shape))[0])
+        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate, self.jaw_shape,
+                                            self.lines))[0])
         try:
             first = await asyncio.wait_for(ws.recv(), 10)
         except ConnectionClosed as exc:

@@ -6,6 +6,9 @@
     THINKING/SPEAKING --ButtonDown--> LISTENING (interrupt: stop audio, close jaw, new turn)
     any --Disconnected--> OFFLINE (stop mic and audio, close jaw, LED blinks)
     any --Fault--> safe again (jaw closed, audio and mic stopped, LED off; the turn ends "failed")
+    OFFLINE --ButtonDown--> OFFLINE saying a cached "offline" line (PlayLine), never two at once
+    OFFLINE/IDLE --IdleLine(kind)--> saying that line (attract, greeting) unless one plays already
+    IDLE saying --ButtonDown--> LISTENING (the line is cut, the turn starts)
 
 Events and actions are small frozen dataclasses, so tests list them literally and the agent
 dispatches them exhaustively (every action type in :data:`ACTIONS` has a handler, checked when
@@ -38,6 +41,8 @@ class LedPattern(enum.Enum):
     """listening: the host is taking the question"""
     OFFLINE = "offline"
     """slow blink: no host"""
+    BREATHE = "breathe"
+    """idle life: a slow breathing pulse (a slow blink where the LED cannot dim)"""
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -107,6 +112,13 @@ class ReplyTimeout:
 
 
 @dataclass(frozen=True)
+class IdleLine:
+    """Say a line of ``kind`` (attract, greeting, offline) from the skull's own lines, when no
+    turn runs and no line is playing."""
+    kind: str
+
+
+@dataclass(frozen=True)
 class Fault:
     """Something failed unexpectedly (a device, a message handler, the link task): leave the
     hardware safe and end the turn; the skull goes on with the next one."""
@@ -114,7 +126,7 @@ class Fault:
 
 
 Event = typing.Union[Connected, Disconnected, ButtonDown, ButtonUp, RecordLimit, AckListen, AckStop,
-                     SegmentArrived, HostDone, Drained, ReplyTimeout, Fault]
+                     SegmentArrived, HostDone, Drained, ReplyTimeout, IdleLine, Fault]
 EVENTS: tuple[type, ...] = typing.get_args(Event)
 _TURN_EVENTS = (RecordLimit, AckListen, AckStop, SegmentArrived, HostDone, ReplyTimeout)
 
@@ -163,6 +175,13 @@ class Play:
 
 
 @dataclass(frozen=True)
+class PlayLine:
+    """Say one of the skull's own lines of ``kind`` with its jaw track (the last resort for
+    ``offline``: espeak-ng with a live-level jaw); ``Drained`` says it is over."""
+    kind: str
+
+
+@dataclass(frozen=True)
 class StopPlayback:
     """Drop what is queued for the speaker and cut what plays (also stops the mic)."""
 
@@ -184,8 +203,8 @@ class TurnEnd:
     """answered, no reply, timeout, no done, interrupted, disconnected or failed"""
 
 
-Action = typing.Union[MicStart, SendListen, Snapshot, StreamAudio, MicStop, SendStop, Play, StopPlayback, JawClose,
-                      Led, TurnEnd]
+Action = typing.Union[MicStart, SendListen, Snapshot, StreamAudio, MicStop, SendStop, Play, PlayLine, StopPlayback,
+                      JawClose, Led, TurnEnd]
 ACTIONS: tuple[type, ...] = typing.get_args(Action)
 
 
@@ -196,6 +215,8 @@ class TalkMachine:
         self.done = False  # the host has sent every segment of the current turn
         self.drained = True  # everything received so far has been played
         self.segments = 0
+        self.saying = False
+        """one of the skull's own lines is playing (offline, attract, greeting)"""
 
     @property
     def waiting_for_done(self) -> bool:
@@ -231,12 +252,25 @@ class TalkMachine:
         self.drained = False
         return [Play(self.turn, event.segment)]
 
+    def _say(self, kind: str) -> list[Action]:
+        if self.saying:  # a press while a line plays does not stack lines
+            return []
+        self.saying = True
+        return [PlayLine(kind)]
+
     def _handle(self, event: Event) -> list[Action]:
         s = self.state
         in_turn = s in (State.LISTENING, State.THINKING, State.SPEAKING)
+        if s in (State.OFFLINE, State.IDLE):
+            if isinstance(event, IdleLine):
+                return self._say(event.kind)
+            if isinstance(event, Drained):
+                self.saying = False
+                return []
         if isinstance(event, Disconnected):
             if s is State.OFFLINE:
                 return []
+            self.saying = False
             acts: list[Action] = [MicStop(self.turn)] if s is State.LISTENING else []
             acts += [StopPlayback(), JawClose(), Led(LedPattern.OFFLINE)]
             if in_turn:
@@ -244,6 +278,7 @@ class TalkMachine:
             self.state = State.OFFLINE
             return acts
         if isinstance(event, Fault):
+            self.saying = False
             acts = [MicStop(self.turn)] if s is State.LISTENING else []
             acts += [StopPlayback(), JawClose(), Led(LedPattern.OFFLINE if s is State.OFFLINE else LedPattern.OFF)]
             if in_turn:
@@ -253,10 +288,16 @@ class TalkMachine:
         if s is State.OFFLINE:
             if isinstance(event, Connected):
                 self.state = State.IDLE
-                return [JawClose(), Led(LedPattern.OFF)]
+                # a line still playing (the apology) ends by itself, its jaw track with it
+                return [Led(LedPattern.OFF)] if self.saying else [JawClose(), Led(LedPattern.OFF)]
+            if isinstance(event, ButtonDown):  # no host: the skull answers with a line of its own
+                return self._say("offline")
             return []
         if isinstance(event, ButtonDown):
             if s is State.IDLE:
+                if self.saying:  # a visitor: the idle line is cut and the turn starts
+                    self.saying = False
+                    return [StopPlayback(), JawClose(), *self._new_turn()]
                 return self._new_turn()
             if s in (State.THINKING, State.SPEAKING):  # interrupt
                 old = self.turn

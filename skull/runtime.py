@@ -60,7 +60,7 @@ def _panel_and_jaw(config: SkullConfig, sim: bool, opened: ExitStack):
         board = opened.enter_context(open_board(config.board, config.calibration))
         return board.panel, board.jaw
     factory = pin_factory(sim or driver == "sim", config.board.pin_factory)
-    panel = opened.enter_context(GpioPanel(config.pins, factory))
+    panel = opened.enter_context(GpioPanel(config.pins, factory, breathe=config.idle.led_breathe))
     if driver == "sim":
         jaw = SimJaw(config.calibration)
     else:

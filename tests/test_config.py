@@ -25,6 +25,11 @@ def test_defaults_without_a_file():
     ("[pins]\nbutton = 18\n", ["[pins]: button", "three different pins"]),
     ("[jaw]\nframe_rate = 50\n", ["[jaw]: unknown key 'frame_rate'", "frame_hz"]),
     ("[jaww]\n", ["unknown key 'jaww'"]),
+    ("[offline]\nmax_mb = 0\n", ["[offline]: max_mb = 0.0", "1..512 MB"]),
+    ("[offline]\napology = ''\n", ["[offline]: apology", "1..300 characters"]),
+    ("[idle]\nquiet_hours = '10pm-8am'\n", ["[idle]: quiet_hours = '10pm-8am'", "HH:MM-HH:MM"]),
+    ("[idle]\nattract_every_min = 0.01\n", ["[idle]: attract_every_min", "0 (off) or 0.1..1440"]),
+    ("[idle]\nbreathe = true\n", ["[idle]: unknown key 'breathe'", "led_breathe"]),
     ("this is not toml", ["not valid TOML"]),
 ])
 def test_bad_skull_config_is_named(tmp_path, text, words):

@@ -49,10 +49,38 @@ def test_starts_offline_and_connecting_makes_it_idle():
     assert mc.state is State.IDLE
 
 
-def test_offline_ignores_the_button():
+def test_offline_the_button_says_a_line_of_the_skulls_own_never_two_at_once():
     mc = at(State.OFFLINE)
-    assert mc.handle(ButtonDown()) == []
-    assert mc.state is State.OFFLINE
+    assert mc.handle(ButtonDown()) == [m.PlayLine("offline")]
+    assert mc.state is State.OFFLINE and mc.saying
+    assert mc.handle(ButtonDown()) == []  # a press while the line plays does not stack lines
+    assert mc.handle(m.IdleLine("attract")) == []
+    assert mc.handle(Drained()) == [] and not mc.saying
+    assert mc.handle(ButtonDown()) == [m.PlayLine("offline")]
+    assert mc.turn == 0  # no turn was started: there is no host to take it
+
+
+def test_the_host_back_while_the_apology_plays_leaves_the_line_to_finish():
+    mc = at(State.OFFLINE)
+    mc.handle(ButtonDown())
+    assert mc.handle(Connected()) == [Led(OFF)]  # no JawClose: the line's track shuts the jaw itself
+    assert mc.state is State.IDLE and mc.saying
+
+
+def test_idle_lines_play_one_at_a_time_and_a_press_cuts_them_for_a_turn():
+    mc = at(State.IDLE)
+    assert mc.handle(m.IdleLine("attract")) == [m.PlayLine("attract")]
+    assert mc.handle(m.IdleLine("greeting")) == []
+    assert mc.handle(ButtonDown()) == [StopPlayback(), JawClose(), MicStart(1), SendListen(1), Snapshot(1)]
+    assert mc.state is State.LISTENING and not mc.saying
+    assert mc.handle(m.IdleLine("attract")) == []  # never during a turn
+
+
+def test_losing_the_host_cuts_an_idle_line():
+    mc = at(State.IDLE)
+    mc.handle(m.IdleLine("attract"))
+    assert mc.handle(Disconnected()) == [StopPlayback(), JawClose(), Led(m.LedPattern.OFFLINE)]
+    assert not mc.saying
 
 
 def test_button_down_starts_a_turn_mic_first():
@@ -204,7 +232,7 @@ def test_button_down_while_listening_is_ignored():
 
 def _one_of_each_event(turn: int):
     return [Connected(), Disconnected(), ButtonDown(), ButtonUp(), RecordLimit(turn), AckListen(turn), AckStop(turn),
-            SegmentArrived(turn, seg(turn)), HostDone(turn), Drained(), ReplyTimeout(turn), Fault("x")]
+            SegmentArrived(turn, seg(turn)), HostDone(turn), Drained(), ReplyTimeout(turn), m.IdleLine("attract"), Fault("x")]
 
 
 def test_every_event_type_is_exercised_here():

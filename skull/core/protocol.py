@@ -7,7 +7,9 @@ text message that says what it is (see docs/protocol.md):
 * ``image`` announces exactly one binary frame holding ``bytes`` bytes of an encoded picture;
 * ``audio_start`` opens a microphone stream; every binary frame until ``stop`` is raw PCM in
   the declared format;
-* ``speech`` announces exactly one binary frame holding ``bytes`` bytes of raw PCM.
+* ``speech`` announces exactly one binary frame holding ``bytes`` bytes of raw PCM;
+* ``line`` (one pre-synthesised line of a set the skull keeps for when the host is gone)
+  announces exactly one binary frame holding ``bytes`` bytes of raw PCM, like ``speech``.
 
 :class:`FrameReader` holds the little state that pairing needs and turns frames into messages,
 raising :class:`~skull.errors.ProtocolError` with a code and a message that names the problem.
@@ -53,6 +55,17 @@ E_BAD_STATE = "bad_state"
 E_STAGE_FAILED = "stage_failed"
 E_INTERNAL = "internal_error"
 """the peer hit an unexpected fault handling a message; it logged it and the connection stays open"""
+
+#: Lines in one set of pre-synthesised lines (``line`` messages).
+MAX_LINES = 32
+#: Bytes of PCM of one line (about 47 s of 22.05 kHz mono, 22 s at 48 kHz).
+MAX_LINE_BYTES = 2 * 1024 * 1024
+#: Bytes of PCM of a whole set of lines; the skull refuses a set past it (and so its disk cache).
+MAX_SET_BYTES = 24 * 1024 * 1024
+#: The kinds of line a set holds (docs/show.md).
+LINE_KINDS = ("offline", "closer", "wait", "attract", "greeting")
+#: A line set's id: 1..64 letters, digits, '-' or '_' (the host hashes its voice and texts).
+_SET_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 SAMPLE_WIDTHS = (2,)  # v1 carries signed 16-bit little-endian PCM only
 MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
@@ -140,8 +153,13 @@ class Hello(Message):
     jaw_shape: dict = field(default_factory=dict)
     """the skull's [shape] (only keys that differ from the defaults): the host makes this skull's
     jaw tracks with it"""
+    lines: Union[str, None] = None
+    """the id of the line set the skull has cached ("" none yet); None (absent): the skull takes
+    no lines, and the host sends none"""
 
     def validate(self) -> None:
+        if self.lines and not _SET_ID.fullmatch(self.lines):
+            raise _fail(E_BAD_FIELD, "field 'lines' must be a line set id: 1..64 letters, digits, '-' or '_'")
         problem = name_problem(self.skull)
         if problem is not None:
             raise _fail(E_BAD_FIELD, f"field 'skull' {problem}; set the skull's [link] name")
@@ -299,6 +317,60 @@ class Speech(Message):
 
 
 @dataclass(frozen=True)
+class Line(Message):
+    """One pre-synthesised line of the set ``set`` (line ``index`` of ``count``), for the skull
+    to keep on disk and say when the host is gone; one binary frame of raw PCM (``bytes`` bytes)
+    follows, as after ``speech``. The host sends a whole set, in order, after ``welcome``."""
+    type: ClassVar[str] = "line"
+    has_payload: ClassVar[bool] = True
+    set: str
+    """the set's id (the host's hash of its voice and texts)"""
+    index: int
+    """0 .. count-1"""
+    count: int
+    """lines in the set, 1..MAX_LINES"""
+    kind: str
+    """offline, closer, wait, attract or greeting"""
+    text: str
+    rate: int
+    """Hertz"""
+    width: int
+    channels: int
+    bytes: int
+    jaw_fps: int
+    """frames per second of ``jaw``"""
+    jaw: list = field(default_factory=list)
+    """jaw opening per frame, 0 (closed) .. 1 (fully open), frame k at k/jaw_fps seconds"""
+
+    def validate(self) -> None:
+        if not _SET_ID.fullmatch(self.set):
+            raise _fail(E_BAD_FIELD, "field 'set' must be 1..64 letters, digits, '-' or '_'")
+        if not 1 <= self.count <= MAX_LINES:
+            raise _fail(E_BAD_FIELD, f"field 'count' must be 1..{MAX_LINES}, got {self.count}")
+        if not 0 <= self.index < self.count:
+            raise _fail(E_BAD_FIELD, f"field 'index' must be 0..count-1 ({self.count - 1}), got {self.index}")
+        if self.kind not in LINE_KINDS:
+            raise _fail(E_BAD_FIELD, f"field 'kind' must be one of {', '.join(LINE_KINDS)}, got {self.kind[:40]!r}")
+        if len(self.text) > 1000:
+            raise _fail(E_BAD_FIELD, f"field 'text' must be at most 1000 characters, got {len(self.text)}")
+        _check_pcm(self.rate, self.width, self.channels)
+        if not 0 < self.bytes <= MAX_LINE_BYTES:
+            raise _fail(E_TOO_LARGE if self.bytes > 0 else E_BAD_FIELD,
+                        f"field 'bytes' must be 1..{MAX_LINE_BYTES}, got {self.bytes}")
+        if self.bytes % (self.width * self.channels):
+            raise _fail(E_BAD_FIELD, f"field 'bytes' ({self.bytes}) is not a whole number of frames")
+        if not 1 <= self.jaw_fps <= 1000:
+            raise _fail(E_BAD_FIELD, f"field 'jaw_fps' must be 1..1000, got {self.jaw_fps}")
+        seconds = self.bytes / (self.width * self.channels * self.rate)
+        if len(self.jaw) > seconds * self.jaw_fps + self.jaw_fps:
+            raise _fail(E_BAD_FIELD, f"field 'jaw' has {len(self.jaw)} frames for {seconds:.2f} s of sound at "
+                                     f"{self.jaw_fps} frames/s")
+        for v in self.jaw:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+                raise _fail(E_BAD_FIELD, f"field 'jaw' must hold numbers 0..1, got {v!r}"[:120])
+
+
+@dataclass(frozen=True)
 class Done(Message):
     """The host has sent every segment of the turn."""
     type: ClassVar[str] = "done"
@@ -319,7 +391,7 @@ class Error(Message):
 
 
 CLIENT_MESSAGES = {m.type: m for m in (Hello, Listen, Image, AudioStart, Stop, Played)}
-HOST_MESSAGES = {m.type: m for m in (Welcome, Ack, Heard, Speech, Done, Error)}
+HOST_MESSAGES = {m.type: m for m in (Welcome, Ack, Heard, Speech, Line, Done, Error)}
 
 def encode(msg: Message, payload: bytes | None = None) -> list[Union[str, bytes]]:
     """Frames for ``msg``: its JSON text frame, then its binary payload when it has one."""
@@ -418,5 +490,5 @@ class FrameReader:
                 raise _fail(E_BAD_FIELD, f"audio chunk of {len(data)} bytes is not a whole number of "
                                          f"{frame}-byte frames")
             return self.stream, data
-        raise _fail(E_UNEXPECTED_BINARY, "binary frame not expected here: send 'image', 'speech' or "
-                                         "'audio_start' first")
+        raise _fail(E_UNEXPECTED_BINARY, "binary frame not expected here: send 'image', 'speech', 'line' "
+                                         "or 'audio_start' first")
