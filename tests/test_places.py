@@ -266,3 +266,17 @@ def test_the_doctor_says_what_a_serial_port_is():
     usb = SysFS("/dev/ttyACM0")
     usb.vid, usb.pid, usb.description = 0x2341, 0x0043, "Arduino Uno"
     assert _port_kind(usb, "/dev/ttyACM0") == "USB serial device (Arduino Uno)"
+
+
+def test_for_a_serial_board_a_port_where_no_board_answers_is_not_ok():
+    import dataclasses
+
+    from skull.doctor import _serial
+    cfg = SkullConfig()
+    serial_board = dataclasses.replace(cfg, board=dataclasses.replace(cfg.board, driver="serial"))
+    findings = _serial(serial_board)  # this machine's real ports (usually none answers as a board)
+    assert not [f for f in findings if f.status == "OK" and "no SKULLJAW or Firmata board answers" in f.detail]
+    if not any(f.status == "OK" for f in findings):
+        assert findings[-1].status == "FAIL"  # "serial ports: none found", or "board: no port answers"
+    for f in _serial(cfg):  # a gpio skull does not need them: each says what it is, and that it is not needed
+        assert f.status == "OK" and "not needed: [board] driver = 'gpio'" in f.detail
