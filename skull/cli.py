@@ -193,7 +193,9 @@ def cmd_run(args) -> int:
 def cmd_doctor(args) -> int:
     from .doctor import diagnose
     cfg = _skull_config(args)
-    findings = diagnose(cfg)
+    if args.sim:  # as skull run --sim: the board is simulated, so GPIO and USB boards are not needed
+        cfg = dataclasses.replace(cfg, board=dataclasses.replace(cfg.board, driver="sim"))
+    findings = diagnose(cfg, args.config_choice.path)
     width = max(len(f.what) for f in findings)
     for f in findings:
         print(f"{f.status:<4}  {f.what:<{width}}  {f.detail}", flush=True)
@@ -227,6 +229,12 @@ def cmd_demo(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import cmd_calibrate as run
+    if args.jaw:  # the old spelling, before the flag took skull.toml's name
+        print(f"skull calibrate: --jaw is now --board (skull.toml's [board] driver): use --board {args.jaw}",
+              file=sys.stderr, flush=True)
+    if args.sim and (args.board or args.jaw) not in (None, "sim"):
+        raise SkullError(f"--sim and --board {args.board or args.jaw} disagree: give one of them")
+    args.board = "sim" if args.sim else (args.board or args.jaw)
     found = _config_file("skull.toml", args.config).path  # profiles are saved beside the config found
     args.config = str(found) if found is not None else None
     return run(args)
@@ -292,23 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
                                     "its disk has less than [record] min_free_mb free")
     r.add_argument("--turn-log", help="append one JSON line per finished turn to this file, rotated by size "
                                       "(default: skull.toml [log] turns; '' for none)")
-    r.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml) or a path; default: "
-                                         "skull.toml's, else calibration/default.toml")
+    r.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml beside the config file, "
+                                         "else in ~/.config/skull/) or a path; default: skull.toml's, else "
+                                         "calibration/default.toml found the same way, else the bundled one")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("calibrate", help="find the jaw servo's closed and open pulses, travel time and lead; "
-                                         "save calibration/NAME.toml")
+                                         "save calibration/NAME.toml beside the config file in use (else in "
+                                         "~/.config/skull/)")
     c.add_argument("--name", default="default", help="profile name (calibration/NAME.toml; default: default, "
                                                      "which skull run uses unless told otherwise)")
     c.add_argument("--closed-us", type=float, help="pulse with the jaw shut, microseconds (non-interactive)")
     c.add_argument("--open-us", type=float, help="pulse with the jaw fully open, microseconds (non-interactive)")
     c.add_argument("--lead-ms", type=float, help="command the jaw this early; default: worked out from the travel")
     c.add_argument("--travel-ms", type=float, help="servo time from closed to open (default 42: an SG90 at 6 V)")
-    c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help="jaw driver to jog (default: "
-                                                                                "skull.toml [board] driver)")
+    c.add_argument("--board", choices=("sim", "gpio", "firmata", "serial"),
+                   help="the board whose jaw to jog, as skull.toml's [board] driver (default: skull.toml's)")
+    c.add_argument("--sim", action="store_true", help="the same as --board sim: a simulated jaw, shown as a bar")
+    c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help=argparse.SUPPRESS)  # now --board
     c.add_argument("--config", help="skull.toml (board, pins, port)" + CONFIG_LOOKUP)
-    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside the config file, or in the "
-                                 "current folder)")
+    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside the config file in use, "
+                                 "else ~/.config/skull/calibration/; never the bundled default)")
     c.set_defaults(func=cmd_calibrate)
 
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
@@ -332,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dr = sub.add_parser("doctor", help="check the skull's devices, boards, calibration and host, and say what to fix")
     dr.add_argument("--config", help="skull.toml" + CONFIG_LOOKUP)
+    dr.add_argument("--sim", action="store_true", help="check as for skull run --sim: a simulated board "
+                                                      "([board] driver = \"sim\"), so no GPIO or USB board is needed")
     dr.add_argument("--url", help="host websocket URL (default from skull.toml)")
     dr.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
     dr.add_argument("--name", help="this skull's name")
