@@ -341,7 +341,7 @@ class Night:
                 continue
             self.stats["turns"] += 1
             trouble = None
-            if turn == kill_at:
+            if turn >= kill_at:
                 trouble, kill_at = "kill", self.next_kill(turn)
             elif self.rng.random() < self.args.cut_rate:
                 trouble = "cut"
