@@ -548,7 +548,9 @@ class Host:
         session = self.sessions[name] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
         await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
                                      self.config.server.max_record_s))
-        status.info("skull %s connected from %s", name, _address(ws.remote_address))
+        status.info("skull %s connected from %s%s", name, _address(ws.remote_address), "" if old is None else
+                    f" and took the place of its connection from {old.peer}: two skulls with one name? Give each "
+                    f"its own [link] name")
         lines = asyncio.create_task(self._send_lines(session, hello.lines), name=f"lines-{name}")
         try:
             await session.run()

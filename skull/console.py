@@ -29,6 +29,7 @@ class StatusLines:
     def __init__(self, agent, logger: logging.Logger | None = None):
         self.log = logger or log
         self.url, self.name = agent.config.link.url, agent.config.link.name
+        self.link = agent.link
         self.state = agent.state
         self.connects = 0
         self._unsubscribe = [agent.events.subscribe(self._changed, ev.StateChanged),
@@ -40,7 +41,7 @@ class StatusLines:
     def _changed(self, e: ev.StateChanged) -> None:
         before, self.state = self.state, e.state
         if e.state is State.OFFLINE:
-            if before is not State.OFFLINE:
+            if before is not State.OFFLINE and not self.link.name_taken:  # (the link said why it was taken)
                 self.log.info("lost the host at %s; retrying", self.url)
         elif before is State.OFFLINE:
             self.connects += 1

@@ -135,6 +135,8 @@ class Link:
         self.connected = False
         self.welcome: p.Welcome | None = None
         self.connects = 0
+        self.name_taken = False
+        """the last connection ended because another skull with this skull's name took its place"""
         self._out: asyncio.Queue | None = None
 
     def send(self, msg: p.Message, payload: bytes | None = None) -> bool:
@@ -174,7 +176,7 @@ class Link:
                 rcvd = getattr(exc, "rcvd", None) if isinstance(exc, ConnectionClosed) else None
                 said = None if rcvd is not None else tls_problem(exc, c.url, opened)
                 if rcvd is not None and rcvd.code == p.CLOSE_REPLACED:  # not a network fault: another skull
-                    replaced = True
+                    replaced = self.name_taken = True
                     log.warning("another skull uses the name %r on the host at %s and took this skull's place; "
                                 "give each skull its own [link] name in skull.toml (or skull run --name); "
                                 "retrying in %.0f s", c.name, c.url, NAME_TAKEN_RETRY_S)
@@ -223,6 +225,7 @@ class Link:
             raise ProtocolError(exc.code, f"the host did not answer hello with a valid welcome ({exc}); is [link] "
                                           f"url a skull host of protocol {p.PROTOCOL_VERSION}?") from None
         self.welcome, self.connected, self._out = welcome, True, asyncio.Queue()
+        self.name_taken = False
         self.connects += 1
         log.info("connected to %s (protocol %d, session %r)", c.url, welcome.protocol, welcome.session[:80])
         await self.on_state(True)

@@ -10,8 +10,8 @@ Three volumes, the same on both sides:
 
 On a terminal the lines go through rich (time, coloured level); when stderr is not a terminal
 (systemd's journal, a file, a pipe) they are plain lines without escape codes or timestamps
-(the journal stamps them itself): a status line as it is, any other line as
-``LEVEL logger: message``.
+(the journal stamps them itself): a status line as it is (``WARNING: message`` for a
+status warning), any other line as ``LEVEL logger: message``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ class PlainLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
-        if not (record.levelno == logging.INFO and record.name in STATUS_LOGGERS):
+        if record.name in STATUS_LOGGERS:
+            text = text if record.levelno == logging.INFO else f"{record.levelname}: {text}"
+        else:
             text = f"{record.levelname} {record.name}: {text}"
         if record.exc_info:
             text = f"{text}\n{self.formatException(record.exc_info)}"
