@@ -4,6 +4,7 @@ pointed at it with --url), each saying what it does on its own terminal (here: a
 lines). Real processes, a real websocket between two loopback addresses, the real embedded
 engines and espeak-ng."""
 import json
+import logging
 import os
 import queue
 import re
@@ -185,3 +186,63 @@ def test_two_skulls_with_one_name_are_told_and_back_off(setup):
     time.sleep(6)  # long enough for dozens of knock-offs at the 0.2 s backoff
     assert host.text.count("connected from") == 2, host.text
     assert "lost the host" not in first.text  # the name, not the network: said once, in those words
+
+
+def test_a_press_with_no_host_is_said_and_the_likely_causes_named_once(setup):
+    port = _free_port()  # nobody listens there
+    skull = _skull(setup, port)
+    skull.wait_for(r"is skull host running there\? .*skull host --bind 0\.0\.0\.0 --token")
+    skull.press(0.3)
+    said = skull.wait_for(r'WARNING: pressed with no host at ws://\S+: said an offline line \((cached|espeak-ng)\): '
+                          r'"(.+)"', timeout=30)
+    assert said.group(2).strip()
+    time.sleep(3)  # several more attempts (0.2 s doubling to 2 s): none names the causes again
+    assert skull.text.count("is skull host running there?") == 1, skull.text
+    assert "connected to" not in skull.text and "Traceback" not in skull.text
+
+
+def test_the_host_turn_line_names_a_failed_stage():
+    from host import events as hev
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.turns")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    turn_log = hev.TurnLog(logger)
+    for e in (hev.TurnStarted("mr-bones", 4), hev.Transcript("mr-bones", 4, "boo"),
+              hev.TurnError("mr-bones", 4, "reply", "llama.cpp at http://pc:8080 is down; start it"),
+              hev.Played("mr-bones", 4, 812.0), hev.Done("mr-bones", 4, "Oops.", 1, {"total": 900.0})):
+        turn_log(e)
+    assert records == ["mr-bones: turn 4 total=900 first_audio=812 heard='boo' caption='' reply='Oops.' "
+                       "errors=['reply: llama.cpp at http://pc:8080 is down; start it']"]
+
+
+def test_plain_lines_off_a_terminal():
+    """Under systemd (stderr not a terminal): status lines as they are, the rest with level and
+    logger, no escape codes, no time (the journal adds it)."""
+    import io
+
+    from skull.core.console import setup as console
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in ("skull.console", "host.status", "host.turns")}
+    try:
+        console(0, stream=stream)
+        logging.getLogger("skull.console").info("turn 1: listening")
+        logging.getLogger("skull.console").warning("pressed with no host")
+        logging.getLogger("skull.link").info("connected to ws://x (protocol 1)")  # detail: -v only
+        logging.getLogger("skull.link").warning("host ws://x unreachable")
+        console(0, quiet=True, stream=stream)
+        logging.getLogger("skull.console").info("turn 2: listening")
+    finally:  # pytest's own handlers back
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in levels.items():
+            logging.getLogger(name).setLevel(was)
+    assert stream.getvalue().splitlines() == ["turn 1: listening", "WARNING: pressed with no host",
+                                              "WARNING skull.link: host ws://x unreachable"]
