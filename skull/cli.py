@@ -15,9 +15,12 @@ from .core.errors import SkullError
 log = logging.getLogger("skull.cli")
 
 
-def _logging(verbose: int, quiet_console: bool = False) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _logging(verbose: int, quiet_console: bool = False, quiet: bool = False) -> None:
+    """The terminal's volume (skull.core.console): status lines by default, -q warnings and
+    errors only, -v detail, -vv debug. ``quiet_console``: a command with a view of its own
+    (the demo) shows errors only unless -v."""
+    from .core.console import setup
+    setup(verbose, quiet=quiet, status=not quiet_console)
     if quiet_console and verbose == 0:
         logging.getLogger().setLevel(logging.ERROR)
 
@@ -158,6 +161,8 @@ def cmd_run(args) -> int:
         raise
     print(args.config_choice.line(), file=sys.stderr, flush=True)  # once the skull's devices are open
     agent = Agent(cfg, body, record_dir=args.record, turn_log=turn_log)
+    from .console import StatusLines
+    StatusLines(agent)  # connected, listening, heard, said...: shown by default, hidden by -q
     if args.sim:
         pin = body.panel.button.pin
 
@@ -265,9 +270,12 @@ CONFIG_LOOKUP = "; default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skul
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="skull", description="The talking skull: an AI animatronic prop.")
     ap.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    ap.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (no status lines)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     h = sub.add_parser("host", help="run the host that hears, looks, replies and speaks")
+    h.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="warnings and errors only: no status line per state change or turn")
     h.add_argument("--bind", help="address to listen on (default 127.0.0.1; others need a token)")
     h.add_argument("--port", type=int, help="port (default 8765)")
     h.add_argument("--token", help="shared secret skulls must send (default: $SKULL_TOKEN)")
@@ -283,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_host)
 
     r = sub.add_parser("run", help="run the skull's agent")
+    r.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="warnings and errors only: no status line per state change or turn")
     r.add_argument("--sim", action="store_true", help="simulated button, LED and servo (gpiozero MockFactory); "
                                                       "Enter toggles the button")
     r.add_argument("--url", help="host websocket URL (default ws://127.0.0.1:8765)")
@@ -389,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _logging(args.verbose, quiet_console=args.command == "demo")
+    _logging(args.verbose, quiet_console=args.command == "demo", quiet=args.quiet)
     try:
         return args.func(args)
     except SkullError as exc:
