@@ -162,7 +162,7 @@ async def visitor(agent: Agent, turns: int, live: Live, started: float, timeout_
         pin.drive_high()  # release
         await agent.turn_ended.wait()
 
-    limit_s = timeout_s + (mic.seconds() if isinstance(mic, FileMic) else 0.0)
+    limit_s = timeout_s + (mic.seconds if isinstance(mic, FileMic) else 0.0)
     ticker = asyncio.create_task(refresh())
     try:
         for turn in range(turns):
