@@ -169,11 +169,23 @@ def open_turn_log(settings, path: str | None = None):
     return JsonLines(path, max_mb=settings.max_mb, backups=settings.backups, key=key)
 
 
+def _record_dir(path: str | None) -> Path | None:
+    """--record's folder; a path that is a file is refused at once, not turn by turn."""
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise SkullError(f"--record {path} is a file, not a folder; give a folder to record the turns in "
+                         f"(it is made if missing), e.g. --record sessions/")
+    return folder
+
+
 def cmd_run(args) -> int:
     from .agent import Agent
     from .runtime import build_body
 
     cfg = _skull_config(args, announce=False)
+    _record_dir(args.record)
     turn_log = open_turn_log(cfg.log, args.turn_log)  # before the devices: a bad path opens nothing
     try:
         body = build_body(cfg, sim=args.sim, mic_file=args.mic_file, image=args.image, audio=not args.no_audio)
@@ -240,6 +252,7 @@ def cmd_demo(args) -> int:
     for what, path in (("question", question), ("image", image)):
         if not path.is_file():
             raise SkullError(f"{what} file {path} does not exist")
+    _record_dir(args.record)
     cfg = load_skull_config(args.config, calibration=args.calibration)
     host_cfg = None
     if args.host_config is not None:
@@ -253,7 +266,7 @@ def cmd_demo(args) -> int:
         host_cfg = dataclasses.replace(host_cfg, server=dataclasses.replace(
             host_cfg.server, bind="127.0.0.1", port=0, tls_cert="", tls_key=""))
     try:
-        agent = asyncio.run(run_demo(question, image, record=Path(args.record) if args.record else None,
+        agent = asyncio.run(run_demo(question, image, record=_record_dir(args.record),
                                      audio=not args.no_audio, turns=args.turns, console=console, skull_config=cfg,
                                      host_config=host_cfg, timeout_s=args.turn_timeout))
     except KeyboardInterrupt:

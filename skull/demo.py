@@ -158,7 +158,14 @@ async def visitor(agent: Agent, turns: int, live: Live, started: float, timeout_
         if agent.hands_free:  # the mic is open already: speak once the skull listens
             await _until(lambda: agent.state is State.LISTENING)
             mic.say()
-        await released.wait()
+        # the question ends, or the skull stops listening first (past [audio] max_record_s)
+        ended = asyncio.create_task(agent.turn_ended.wait())
+        spoke = asyncio.create_task(released.wait())
+        try:
+            await asyncio.wait({ended, spoke}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            spoke.cancel()
+            ended.cancel()
         pin.drive_high()  # release
         await agent.turn_ended.wait()
 
@@ -170,9 +177,10 @@ async def visitor(agent: Agent, turns: int, live: Live, started: float, timeout_
                 await asyncio.wait_for(one_turn(turn), limit_s)
             except TimeoutError:
                 pin.drive_high()  # the visitor lets go
-                waited = f"{agent.state.value}" if agent.last_error is None else agent.last_error
-                raise SkullError(f"turn {turn + 1} of {turns} got no answer within {limit_s:.0f} s (the skull "
-                                 f"was {waited}); run with -v to see what the host did") from None
+                waited = f"still {agent.state.value}" + (f"; {agent.last_error}" if agent.last_error else "")
+                raise SkullError(f"turn {turn + 1} of {turns} got no answer within {limit_s:.0f} s (the skull was "
+                                 f"{waited}); run with -v to see what the host did, or give more "
+                                 f"--turn-timeout") from None
     finally:
         ticker.cancel()
 
