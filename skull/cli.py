@@ -504,7 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, parser in sub.choices.items():
         parser.description = parser.description or DESCRIPTIONS.get(name)
         _loudness(parser, after_subcommand=True)
-    for parser in svs.choices.values():
+    for choice in svs._choices_actions:  # install, uninstall: their help says it all
+        parser = svs.choices[choice.dest]
+        parser.description = parser.description or choice.help[:1].upper() + choice.help[1:] + "."
         _loudness(parser, after_subcommand=True)
     return ap
 
