@@ -91,11 +91,14 @@ _STATE = tempfile.TemporaryDirectory(prefix="bench-skull-state-")
 """where a bench's skulls keep their line sets: never the user's ~/.local/state (removed at exit)"""
 
 
-def skull(port: int, name: str, mic_speed: float = 1.0, play_speed: float = 1.0, question=None):
+def skull(port: int, name: str, mic_speed: float = 1.0, play_speed: float = 1.0, question=None, tweak=None):
+    """A simulated skull's agent; ``tweak``: a function given the SkullConfig, returning the one to use."""
     cfg = SkullConfig()
     cfg = dataclasses.replace(cfg, link=dataclasses.replace(cfg.link, url=f"ws://127.0.0.1:{port}", name=name,
                                                             reconnect_min_s=0.1, reconnect_max_s=1.0),
                               offline=dataclasses.replace(cfg.offline, cache_dir=f"{_STATE.name}/{name}/lines"))
+    if tweak is not None:
+        cfg = tweak(cfg)
     body = build_body(cfg, sim=True, mic_file=question or bundled("question.wav"), image=bundled("snapshot.jpg"),
                       audio=False, mic_speed=mic_speed)
     body.player = ClockPlayer(block_ms=5.0, speed=play_speed)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import random
@@ -50,9 +51,22 @@ from latency import HostProcess, skull  # noqa: E402
 
 from host.config import FallbackConfig  # noqa: E402
 from host.fakes.workload import Workload, question_wav  # noqa: E402
+from skull import events as ev  # noqa: E402
 from skull.machine import State  # noqa: E402
 
 JAW_CLOSED_MAX_MS = 250.0
+STUCK_S = 5.0
+"""[button] stuck_s of the show's skull (the shortest the config allows)"""
+ATTRACT_EVERY_MIN = 0.1
+"""[idle] attract_every_min of the show's skull (the shortest the config allows: 6 s)"""
+
+
+def show_config(cfg):
+    """The show's skull: attract lines after 6 s with nobody, idle jaw and breathing LED, and a
+    button reported stuck after 5 s."""
+    return dataclasses.replace(
+        cfg, idle=dataclasses.replace(cfg.idle, attract_every_min=ATTRACT_EVERY_MIN, idle_jaw=True, led_breathe=True),
+        button=dataclasses.replace(cfg.button, stuck_s=STUCK_S))
 T0 = time.monotonic()
 
 
@@ -168,6 +182,7 @@ class Night:
         self.stats = collections.Counter()
         self.fallbacks = set(vars(FallbackConfig()).values())
         self.host_rss_at_life_end: list[int] = []
+        self.host_fds_at_life_end: list[int] = []
         self.lives = 0
         self.played_s = 0.0
         self.host_start_s: list[float] = []
@@ -178,9 +193,13 @@ class Night:
         k = self.args.kill_every
         return now + max(2, round(k * self.rng.uniform(0.8, 1.2)))
 
+    def host_life_ends(self) -> None:
+        self.host_rss_at_life_end.append(self.host.rss_kib())
+        self.host_fds_at_life_end.append(_fds(self.host.proc.pid))
+
     async def kill_host(self, watch: JawWatch) -> None:
         """SIGKILL the host (mid-answer), and measure how long the jaw takes to close."""
-        self.host_rss_at_life_end.append(self.host.rss_kib())
+        self.host_life_ends()
         lost_at = time.monotonic()
         self.host.proc.kill()
         self.host.proc.wait()
@@ -256,11 +275,54 @@ class Night:
             return add(samples, rate, *more, **named)
         timeline.add = counting
 
+    def count_events(self, agent) -> None:
+        """Lines the skull said of its own (by kind), and the stuck button's reports."""
+        def said(e):
+            self.stats[f"said_{e.kind}"] += 1
+        agent.events.subscribe(said, ev.LineSaid)
+        agent.events.subscribe(lambda e: self.stats.update(["stuck_reports"]), ev.ButtonStuck)
+        agent.events.subscribe(lambda e: self.stats.update(["stuck_freed"]), ev.ButtonFreed)
+
+    async def idle_period(self, agent) -> None:
+        """Nobody comes for a while: the skull should say an attract line of its own."""
+        before = self.stats["said_attract"]
+        self.stats["idle_periods"] += 1
+        debug("idle period")
+        quiet_s = ATTRACT_EVERY_MIN * 60.0
+        deadline = time.monotonic() + quiet_s + 3.0
+        give_up = time.monotonic() + 60.0
+        while self.stats["said_attract"] == before and time.monotonic() < min(deadline, give_up):
+            if agent.state is not State.IDLE:  # a link stalled a moment ago drops now: the clock starts again
+                deadline = time.monotonic() + quiet_s + 3.0
+            await asyncio.sleep(0.05)
+        if self.stats["said_attract"] > before:
+            self.stats["idle_with_attract"] += 1
+        while agent.machine.saying:  # let the line finish
+            await asyncio.sleep(0.02)
+
+    async def stuck_press(self, agent):
+        """A bag leans on the button: it is down for longer than [button] stuck_s. The turn it
+        started is answered, the skull reports the button once and ignores it until it comes up."""
+        pin = agent.body.panel.button.pin
+        last_before = agent.finished[-1] if agent.finished else None
+        debug("stuck button")
+        pin.drive_low()
+        await asyncio.sleep(STUCK_S + 1.0)
+        pin.drive_high()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if agent.finished and agent.finished[-1] is not last_before and agent.state is State.IDLE:
+                return agent.finished[-1]
+            await asyncio.sleep(0.01)
+        return None
+
     async def run(self, agent) -> None:
         self.count_playing(agent)
+        self.count_events(agent)
         watch = JawWatch(agent)
         self.watch = watch
         kill_at = self.next_kill(0)
+        stuck_at = max(2, self.args.turns // 2)
         turn = 0
         self.samples = {}
         while turn < self.args.turns:
@@ -269,9 +331,17 @@ class Night:
                 await asyncio.sleep(0.02)
             self.waits_s.append(time.monotonic() - waited)
             turn += 1
+            if turn % self.args.idle_every == 0 and agent.link.connected:
+                await self.idle_period(agent)
+            if turn == stuck_at:
+                self.stats["turns"] += 1
+                rec = await self.stuck_press(agent)
+                debug(f"stuck button: {rec.outcome if rec else 'nothing'}")
+                self.tally(rec, None)
+                continue
             self.stats["turns"] += 1
             trouble = None
-            if turn == kill_at:
+            if turn >= kill_at:
                 trouble, kill_at = "kill", self.next_kill(turn)
             elif self.rng.random() < self.args.cut_rate:
                 trouble = "cut"
@@ -285,18 +355,7 @@ class Night:
                 await mid
             if trouble == "kill":
                 await self.restart_host(agent)
-            spoken = [seg.text for seg in rec.in_order()] if rec else []
-            if rec is not None and spoken:
-                self.stats["spoken"] += 1
-                if any(text in self.fallbacks for text in spoken):
-                    self.stats["fallbacks"] += 1
-                elif rec.outcome == "answered":
-                    self.stats["answered"] += 1
-            elif trouble is None:
-                self.stats["mute"] += 1
-            else:
-                self.stats["cut_before_a_word"] += 1  # the link went before the answer: no host, no line yet
-                self.stats["mute"] += 1
+            self.tally(rec, trouble)
             if turn == max(1, min(100, self.args.turns // 10)):
                 self.samples["start"] = (_rss_kib(os.getpid()), _fds(os.getpid()))
             if turn % self.args.report_every == 0:
@@ -305,7 +364,21 @@ class Night:
                       f"{max(watch.closed_after_ms, default=0):.0f} ms  skull RSS {_rss_kib(os.getpid())} KiB",
                       flush=True)
         self.samples["end"] = (_rss_kib(os.getpid()), _fds(os.getpid()))
-        self.host_rss_at_life_end.append(self.host.rss_kib())
+        self.host_life_ends()
+
+    def tally(self, rec, trouble: str | None) -> None:
+        spoken = [seg.text for seg in rec.in_order()] if rec else []
+        if rec is not None and spoken:
+            self.stats["spoken"] += 1
+            if any(text in self.fallbacks for text in spoken):
+                self.stats["fallbacks"] += 1
+            elif rec.outcome == "answered":
+                self.stats["answered"] += 1
+        elif trouble is None:
+            self.stats["mute"] += 1
+        else:
+            self.stats["cut_before_a_word"] += 1  # the link went before the answer's first word
+            self.stats["mute"] += 1
 
     async def trouble_mid_answer(self, agent, trouble: str, watch: JawWatch) -> None:
         """Wait for the answer's first sound, then let the trouble happen a moment into it."""
@@ -331,7 +404,7 @@ class Night:
 async def night(args, work, host, workdir, config_text) -> tuple[Night, bool]:
     proxy = await FlakyProxy(host.port).start()
     agent = skull(proxy.port, "showskull", mic_speed=args.speed, play_speed=args.speed,
-                  question=workdir / "question.wav")
+                  question=workdir / "question.wav", tweak=show_config)
     show = Night(args, work, host, proxy, workdir, config_text)
     task = asyncio.create_task(agent.run())
     if os.environ.get("SHOW_DEBUG"):
@@ -368,6 +441,8 @@ def main() -> int:
     ap.add_argument("--stall-s", type=float, default=10.0, help="how long a stalled link forwards nothing")
     ap.add_argument("--speed", type=float, default=8.0, help="the question and the answer play this much faster")
     ap.add_argument("--scale", type=float, default=0.25, help="multiply every fake server delay by this")
+    ap.add_argument("--idle-every", type=int, default=100,
+                    help="every N turns nobody comes for a while (an attract line is due)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--report-every", type=int, default=50)
     args = ap.parse_args()
@@ -402,15 +477,21 @@ def main() -> int:
                    offline_lines=s["offline_lines"], mute=s["mute"], skull_exits=int(exited),
                    host_restarts=s["host_restarts"], link_cuts=s["link_cuts"], stalls=s["stalls"],
                    jaw_closed_after_loss_ms_max=round(jaw_max), rss_growth_pct=round(100.0 * (rss1 - rss0) / rss0, 1),
-                   host_rss_growth_pct=round(host_growth, 1), fds_growth=fds1 - fds0)
+                   host_rss_growth_pct=round(host_growth, 1), fds_growth=fds1 - fds0,
+                   host_fds_growth=show.host_fds_at_life_end[-1] - show.host_fds_at_life_end[0],
+                   attract_lines=s["said_attract"], idle_periods=s["idle_periods"],
+                   stuck_reports=s["stuck_reports"], stuck_freed=s["stuck_freed"])
     print(f"# {time.monotonic() - t0:.0f} s; host RSS at the end of each life (KiB): {lives}; "
           f"mute presses with no host: {s['offline_presses'] - s['offline_lines']} of {s['offline_presses']}, "
           f"links lost before a word: {s['cut_before_a_word']}; host starts took "
           f"{', '.join(f'{x:.1f}' for x in show.host_start_s) or '-'} s; longest wait for an idle skull "
-          f"{max(show.waits_s, default=0):.1f} s", flush=True)
+          f"{max(show.waits_s, default=0):.1f} s; lines of its own said: "
+          f"{ {k[5:]: v for k, v in s.items() if k.startswith('said_')} }; host open files at the end of each life: "
+          f"{show.host_fds_at_life_end}", flush=True)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
     ok = (figures["mute"] == 0 and not exited and jaw_max <= JAW_CLOSED_MAX_MS and figures["rss_growth_pct"] < 5
-          and host_growth < 5 and figures["fds_growth"] <= 2)
+          and host_growth < 5 and figures["fds_growth"] <= 2 and figures["host_fds_growth"] <= 2
+          and s["idle_with_attract"] == s["idle_periods"] and figures["stuck_reports"] == figures["stuck_freed"] == 1)
     return 0 if ok else 1
 
 

@@ -276,6 +276,8 @@ class _Line:
     done: Done | None = None
     first_audio_ms: float | None = None
     timer: asyncio.TimerHandle | None = None
+    errors: list = field(default_factory=list)
+    """``stage: message`` of each TurnError, in order"""
 
 
 class TurnLog(Subscriber):
@@ -307,6 +309,8 @@ class TurnLog(Subscriber):
             return
         if isinstance(event, Transcript):
             line.heard = event.text
+        elif isinstance(event, TurnError):
+            line.errors.append(f"{event.stage}: {event.message}")
         elif isinstance(event, Caption):
             line.caption = event.text
         elif isinstance(event, Played):
@@ -338,9 +342,9 @@ class TurnLog(Subscriber):
         t = dict(current.done.timings_ms)
         if current.first_audio_ms is not None:
             t["first_audio"] = current.first_audio_ms
-        self.log.info("%s: turn %d %s heard=%r caption=%r reply=%r", skull, current.turn,
+        self.log.info("%s: turn %d %s heard=%r caption=%r reply=%r%s", skull, current.turn,
                       " ".join(f"{k}={v:.0f}" for k, v in t.items()), current.heard, current.caption,
-                      current.done.reply)
+                      current.done.reply, f" errors={current.errors!r}" if current.errors else "")
         if self.jsonl is not None:  # a failed write is logged by it, once; the turn never notices
             self.jsonl.write({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "skull": skull,
                               "turn": current.turn, "transcript": current.heard, "caption": current.caption,

@@ -40,6 +40,13 @@ class Spoken:
     rate: int
 
 
+LINE_ATTEMPTS = 3
+"""a line the voice failed on (a failure worth asking again) is asked up to this many times"""
+RETRY_SET_S = (30.0, 300.0)
+"""a set that could not be synthesised is tried again for a connected skull after the first
+figure, doubling up to the second"""
+
+
 class LineBook:
     """The host's line set, synthesised on first need and kept per voice."""
 
@@ -83,17 +90,21 @@ class LineBook:
         t0 = time.monotonic()
         out = []
         for kind, text in lines.texts():
-            left = lines.timeout_s - (time.monotonic() - t0)
-            try:
-                speech = await asyncio.wait_for(loop.run_in_executor(executor, self.backends.tts.synthesize,
-                                                                     speakable(text)), max(0.01, left))
-            except asyncio.TimeoutError:
-                raise BackendError("tts", f"the {kind} lines took longer than [lines] timeout_s = "
-                                          f"{lines.timeout_s:g} s") from None
-            except BackendError:
-                raise
-            except Exception as exc:  # a voice failing in any way is a failed set
-                raise BackendError("tts", f"{type(exc).__name__}: {exc}") from exc
+            for attempt in range(1, LINE_ATTEMPTS + 1):
+                left = lines.timeout_s - (time.monotonic() - t0)
+                try:
+                    speech = await asyncio.wait_for(loop.run_in_executor(executor, self.backends.tts.synthesize,
+                                                                         speakable(text)), max(0.01, left))
+                    break
+                except asyncio.TimeoutError:
+                    raise BackendError("tts", f"the {kind} lines took longer than [lines] timeout_s = "
+                                              f"{lines.timeout_s:g} s") from None
+                except BackendError as exc:
+                    if not exc.retryable or attempt == LINE_ATTEMPTS:
+                        raise
+                    log.info("the %s line %r: %s; asking the voice again", kind, text[:40], exc)
+                except Exception as exc:  # a voice failing in any way is a failed set
+                    raise BackendError("tts", f"{type(exc).__name__}: {exc}") from exc
             if len(speech.samples) == 0:
                 raise BackendError("tts", f"the voice made no sound for the {kind} line {text[:60]!r}")
             out.append(Spoken(kind, text, np.asarray(speech.samples, np.float32), speech.rate))
@@ -119,15 +130,19 @@ class LineBook:
 
     async def send_to(self, session, have: str | None, executor) -> int:
         """Send the set to a skull's ``session`` when it takes lines (``have`` not None) and holds
-        another set; how many lines were sent."""
+        another set; how many lines were sent. When the voice fails, it is asked again after
+        RETRY_SET_S for as long as the skull stays (the caller cancels this with the connection)."""
         if have is None or not self.config.lines.enabled:
             return 0
         shape, rate = session.shape, session.play_rate
         if have == self.set_id(shape, rate):
             return 0
         spoken = await self.spoken(executor)
-        if spoken is None:
-            return 0
+        wait_s = RETRY_SET_S[0]
+        while spoken is None:  # the voice failed: the skull keeps its set, and gets the new one later
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, RETRY_SET_S[1])
+            spoken = await self.spoken(executor)
         frames = self.frames(spoken, shape, rate)
         total = sum(len(pcm) for _, pcm in frames)
         if total > p.MAX_SET_BYTES:

@@ -44,6 +44,8 @@ from .lines import LineBook
 from .turn import Backends, Turn
 
 log = logging.getLogger("host.server")
+status = logging.getLogger("host.status")
+"""skulls coming and going: one of the status loggers shown by default (skull.core.console)"""
 
 
 def _describe(frame) -> str:
@@ -546,7 +548,9 @@ class Host:
         session = self.sessions[name] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
         await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
                                      self.config.server.max_record_s))
-        log.info("skull %s connected from %s", name, ws.remote_address)
+        status.info("skull %s connected from %s%s", name, _address(ws.remote_address), "" if old is None else
+                    f" and took the place of its connection from {old.peer}: two skulls with one name? Give each "
+                    f"its own [link] name")
         lines = asyncio.create_task(self._send_lines(session, hello.lines), name=f"lines-{name}")
         try:
             await session.run()
@@ -554,7 +558,7 @@ class Host:
             lines.cancel()
             if self.sessions.get(name) is session:
                 del self.sessions[name]
-            log.info("skull %s disconnected", name)
+            status.info("skull %s disconnected", name)
 
 
     async def _send_lines(self, session: SkullSession, have: str | None) -> None:
@@ -580,6 +584,14 @@ async def _refuse(ws: ServerConnection, code: int, reason: str) -> None:
         await ws.close(code, reason)
     finally:
         draining.cancel()
+
+
+def _address(remote) -> str:
+    """``host:port`` of a peer (``[v6]:port`` for IPv6), ``?`` when the socket did not say."""
+    if not remote:
+        return "?"
+    host, port = remote[0], remote[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _clip(reason: str) -> str:

@@ -16,9 +16,12 @@ from .core.errors import SkullError
 log = logging.getLogger("skull.cli")
 
 
-def _logging(verbose: int, quiet_console: bool = False) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _logging(verbose: int, quiet_console: bool = False, quiet: bool = False) -> None:
+    """The terminal's volume (skull.core.console): status lines by default, -q warnings and
+    errors only, -v detail, -vv debug. ``quiet_console``: a command with a view of its own
+    (the demo) shows errors only unless -v."""
+    from .core.console import setup
+    setup(verbose, quiet=quiet, status=not quiet_console)
     if quiet_console and verbose == 0:
         logging.getLogger().setLevel(logging.ERROR)
 
@@ -195,6 +198,8 @@ def cmd_run(args) -> int:
         raise
     print(args.config_choice.line(), file=sys.stderr, flush=True)  # once the skull's devices are open
     agent = Agent(cfg, body, record_dir=args.record, turn_log=turn_log)
+    from .console import StatusLines
+    StatusLines(agent)  # connected, listening, heard, said...: shown by default, hidden by -q
     if args.sim:
         pin = body.panel.button.pin
 
@@ -230,7 +235,9 @@ def cmd_run(args) -> int:
 def cmd_doctor(args) -> int:
     from .doctor import diagnose
     cfg = _skull_config(args)
-    findings = diagnose(cfg)
+    if args.sim:  # as skull run --sim: the board is simulated, so GPIO and USB boards are not needed
+        cfg = dataclasses.replace(cfg, board=dataclasses.replace(cfg.board, driver="sim"))
+    findings = diagnose(cfg, args.config_choice.path)
     width = max(len(f.what) for f in findings)
     for f in findings:
         print(f"{f.status:<4}  {f.what:<{width}}  {f.detail}", flush=True)
@@ -277,6 +284,12 @@ def cmd_demo(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from .calibrate import cmd_calibrate as run
+    if args.jaw:  # the old spelling, before the flag took skull.toml's name
+        print(f"skull calibrate: --jaw is now --board (skull.toml's [board] driver): use --board {args.jaw}",
+              file=sys.stderr, flush=True)
+    if args.sim and (args.board or args.jaw) not in (None, "sim"):
+        raise SkullError(f"--sim and --board {args.board or args.jaw} disagree: give one of them")
+    args.board = "sim" if args.sim else (args.board or args.jaw)
     found = _config_file("skull.toml", args.config).path  # profiles are saved beside the config found
     args.config = str(found) if found is not None else None
     return run(args)
@@ -339,7 +352,7 @@ def _loudness(parser: argparse.ArgumentParser, after_subcommand: bool) -> None:
     parser.add_argument("-v", "--verbose", dest=f"{prefix}verbose", action="count", default=default,
                         help="more log output: -v shows the info lines, -vv the debug ones")
     parser.add_argument("-q", "--quiet", dest=f"{prefix}quiet", action="count", default=default,
-                        help="only errors: no status lines or warnings")
+                        help="warnings and errors only: no status line per state change or turn")
 
 
 DESCRIPTIONS = {
@@ -419,23 +432,27 @@ def build_parser() -> argparse.ArgumentParser:
                                     "its disk has less than [record] min_free_mb free")
     r.add_argument("--turn-log", metavar="FILE", help="append one JSON line per finished turn to this file, rotated by size "
                                       "(default: skull.toml [log] turns; '' for none)")
-    r.add_argument("--calibration", metavar="PROFILE", help="servo profile: a NAME (calibration/NAME.toml) or a path; default: "
-                                         "skull.toml's, else calibration/default.toml")
+    r.add_argument("--calibration", metavar="PROFILE", help="servo profile: a NAME (calibration/NAME.toml beside the config file, "
+                                         "else in ~/.config/skull/) or a path; default: skull.toml's, else "
+                                         "calibration/default.toml found the same way, else the bundled one")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("calibrate", help="find the jaw servo's closed and open pulses, travel time and lead; "
-                                         "save calibration/NAME.toml")
+                                         "save calibration/NAME.toml beside the config file in use (else in "
+                                         "~/.config/skull/)")
     c.add_argument("--name", metavar="NAME", default="default", help="profile name (calibration/NAME.toml; default: default, "
                                                      "which skull run uses unless told otherwise)")
     c.add_argument("--closed-us", metavar="US", type=float, help="pulse with the jaw shut, microseconds (non-interactive)")
     c.add_argument("--open-us", metavar="US", type=float, help="pulse with the jaw fully open, microseconds (non-interactive)")
     c.add_argument("--lead-ms", metavar="MS", type=float, help="command the jaw this early; default: worked out from the travel")
     c.add_argument("--travel-ms", metavar="MS", type=float, help="servo time from closed to open (default 42: an SG90 at 6 V)")
-    c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help="jaw driver to jog (default: "
-                                                                                "skull.toml [board] driver)")
+    c.add_argument("--board", choices=("sim", "gpio", "firmata", "serial"),
+                   help="the board whose jaw to jog, as skull.toml's [board] driver (default: skull.toml's)")
+    c.add_argument("--sim", action="store_true", help="the same as --board sim: a simulated jaw, shown as a bar")
+    c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help=argparse.SUPPRESS)  # now --board
     c.add_argument("--config", metavar="FILE", help="skull.toml (board, pins, port)" + CONFIG_LOOKUP)
-    c.add_argument("--dir", metavar="DIR", help="folder of the profiles (default: calibration/ beside the config file, or in the "
-                                 "current folder)")
+    c.add_argument("--dir", metavar="DIR", help="folder of the profiles (default: calibration/ beside the config file in use, "
+                                 "else ~/.config/skull/calibration/; never the bundled default)")
     c.set_defaults(func=cmd_calibrate)
 
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
@@ -459,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dr = sub.add_parser("doctor", help="check the skull's devices, boards, calibration and host, and say what to fix")
     dr.add_argument("--config", metavar="FILE", help="skull.toml" + CONFIG_LOOKUP)
+    dr.add_argument("--sim", action="store_true", help="check as for skull run --sim: a simulated board "
+                                                      "([board] driver = \"sim\"), so no GPIO or USB board is needed")
     dr.add_argument("--url", metavar="URL", help="host websocket URL (default from skull.toml)")
     dr.add_argument("--token", metavar="SECRET", help="shared secret (default: $SKULL_TOKEN)")
     dr.add_argument("--name", metavar="NAME", help="this skull's name")
@@ -514,8 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.verbose += getattr(args, "sub_verbose", 0)
-    args.quiet += getattr(args, "sub_quiet", 0)
-    _logging(args.verbose, quiet_console=args.command == "demo" or bool(args.quiet))
+    args.quiet = bool(args.quiet + getattr(args, "sub_quiet", 0))
+    _logging(args.verbose, quiet_console=args.command == "demo", quiet=args.quiet)
     try:
         return args.func(args)
     except SkullError as exc:

@@ -148,7 +148,9 @@ class JawConfig:
     frame_hz: float = 50.0
     """servo update rate (a hobby servo's PWM frame is 20 ms)"""
     calibration: str = ""
-    """path of a calibration profile (calibration/NAME.toml); empty = the [calibration] table"""
+    """path of a calibration profile: absolute, or relative (calibration/NAME.toml), then looked
+    for beside this file, in the user's config folder (~/.config/skull/), then in the bundled
+    defaults; empty = the [calibration] table, else calibration/default.toml found the same way"""
     mode: str = "track"
     """track: follow the host's precomputed jaw tracks (the full lead); live: the level of the
     audio as it goes to the speaker (only as far ahead as the speaker's buffer reaches)"""
@@ -374,44 +376,81 @@ PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def calibration_dir(config_path: str | Path | None = None) -> Path:
-    """Where servo profiles live: ``calibration/`` beside the config file, or in the current
-    folder when there is no config file."""
-    return (Path(config_path).parent if config_path is not None else Path(".")) / "calibration"
+    """Where ``skull calibrate`` saves profiles: ``calibration/`` beside the config file in use,
+    else ``calibration/`` in the user's config folder (``~/.config/skull/calibration/``). Never
+    the bundled defaults (:func:`skull.core.places.bundled_profiles`), which are read-only."""
+    from .core.places import user_config_dir
+    return (Path(config_path).absolute().parent if config_path is not None else user_config_dir()) / "calibration"
 
 
 def profile_path(name: str, folder: str | Path) -> Path:
     """``<folder>/<name>.toml`` for a profile name, or the path itself when given one."""
-    if name.endswith(".toml") or "/" in name or os.sep in name:
+    if _is_path(name):
         return Path(name)
     if not PROFILE_NAME_RE.match(name):
         raise ConfigError(f"calibration name {name!r} is not usable as a file name; use letters, digits, - _ .")
     return Path(folder) / f"{name}.toml"
 
 
+def _is_path(name: str) -> bool:
+    return name.endswith(".toml") or "/" in name or os.sep in name
+
+
+def find_profile(relative: str | Path, config_path: str | Path | None, *, what: str, make: str) -> Path:
+    """The first of :func:`skull.core.places.profile_candidates` that exists; else a
+    ConfigError naming ``what`` asked for it, every place searched, and ``make`` (what to do)."""
+    from .core.places import profile_candidates
+    candidates = profile_candidates(relative, config_path)
+    for path, _ in candidates:
+        if path.is_file():
+            return path
+    searched = ", ".join(str(path) for path, _ in candidates)
+    raise ConfigError(f"calibration profile {relative} ({what}) is not in any of {searched}; {make}")
+
+
 def load_skull_config(path: str | Path | None = None, *, calibration: str | None = None) -> SkullConfig:
     """skull.toml (or the defaults), with its servo profile resolved here and nowhere else.
 
-    The profile, first found wins: ``calibration`` (--calibration: a NAME in the profiles folder,
-    or a PATH), then ``[jaw] calibration`` (a path relative to the config file), then the
-    file's own ``[calibration]`` table, then ``calibration/default.toml`` in the profiles folder
-    when it exists (what ``skull calibrate`` writes without --name), then the built-in defaults.
-    The profiles folder is ``calibration/`` beside the config file (see :func:`calibration_dir`).
-    ``jaw.calibration`` of the result names the profile file used ("" for none)."""
+    The profile, first found wins: ``calibration`` (--calibration: a NAME, meaning
+    ``calibration/NAME.toml``, or a PATH, relative to the current folder as command-line paths
+    are), then ``[jaw] calibration`` (an absolute path, or relative), then the file's own
+    ``[calibration]`` table, then ``calibration/default.toml``. A NAME, a relative ``[jaw]
+    calibration`` and the default are searched for beside the config file, then in the user's
+    config folder, then in the bundled defaults (:func:`skull.core.places.profile_candidates`);
+    only the bundled file missing too (an install without the source tree) leaves the built-in
+    defaults, which hold the same values. ``jaw.calibration`` of the result names the profile
+    file used ("" for none)."""
     data, where = read_toml(path)
     cfg = build(SkullConfig, data, where)
-    folder = calibration_dir(path)
+    again = f" --config {path}" if path is not None else ""
     chosen: Path | None = None
     if calibration:
-        chosen = profile_path(calibration, folder)
-        if not chosen.is_file():
-            raise ConfigError(f"calibration profile {chosen} does not exist; make it with skull calibrate --name "
-                              f"{calibration}" + (f" --config {path}" if path is not None else ""))
+        if _is_path(calibration):
+            chosen = Path(calibration).expanduser()
+            if not chosen.is_file():
+                raise ConfigError(f"calibration profile {chosen} (--calibration) does not exist; give the path of a "
+                                  f"profile, or make it with skull calibrate --name NAME{again}")
+        else:
+            profile_path(calibration, ".")  # the name is checked first
+            chosen = find_profile(f"calibration/{calibration}.toml", path, what="--calibration",
+                                  make=f"make it with skull calibrate --name {calibration}{again}")
     elif cfg.jaw.calibration:
-        chosen = Path(cfg.jaw.calibration)
-        if not chosen.is_absolute() and path is not None:
-            chosen = Path(path).parent / chosen
-    elif "calibration" not in data and (folder / "default.toml").is_file():
-        chosen = folder / "default.toml"
+        named = Path(cfg.jaw.calibration).expanduser()
+        source = f"{where} [jaw] calibration"
+        if named.is_absolute():
+            if not named.is_file():
+                raise ConfigError(f"calibration profile {named} ({source}) does not exist; make it with skull "
+                                  f"calibrate --dir {named.parent} --name {named.stem}{again}, or fix [jaw] calibration")
+            chosen = named
+        else:
+            chosen = find_profile(named, path, what=source,
+                                  make=f"make it with skull calibrate --name {named.stem}{again}, or fix "
+                                       f"[jaw] calibration")
+    elif "calibration" not in data:
+        try:
+            chosen = find_profile("calibration/default.toml", path, what="the default profile", make="")
+        except ConfigError:
+            chosen = None  # no bundled file either: the built-in values, the same as the bundled file's
     if chosen is None:
         return cfg
     return dataclasses.replace(cfg, calibration=load_calibration(chosen),

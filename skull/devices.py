@@ -6,6 +6,7 @@ is ``factory.pin(17).drive_low()``.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 
 from gpiozero import LED, PWMLED, Button
@@ -16,6 +17,7 @@ from .core.errors import DeviceError
 from .machine import LedPattern
 from .ports import Device
 
+log = logging.getLogger("skull.devices")
 
 BREATHE_BLINK_S = (1.0, 2.0)
 """on and off seconds of the breathing pattern where the LED cannot dim"""
@@ -24,19 +26,55 @@ BREATHE_BLINK_S = (1.0, 2.0)
 def pin_factory(sim: bool, name: str = ""):
     """MockFactory (with PWM pins for the servo) when simulated or asked for (mock); otherwise ``name`` ([board]
     pin_factory: lgpio, pigpio, rpigpio, native) or gpiozero's default, which honours
-    GPIOZERO_PIN_FACTORY (lgpio on a Pi 5, pigpio where its daemon runs)."""
+    GPIOZERO_PIN_FACTORY (lgpio on a Pi 5, pigpio where its daemon runs). Where none works, one
+    DeviceError that says what to do (not gpiozero's warning per factory it tried)."""
     if sim or (name or os.environ.get("GPIOZERO_PIN_FACTORY", "")).lower() == "mock":
         from gpiozero.pins.mock import MockFactory
         return MockFactory(pin_class=CappedMockPWMPin)
     if name:
         os.environ["GPIOZERO_PIN_FACTORY"] = name
-    try:
-        from gpiozero import Device
-        return Device._default_pin_factory()
-    except Exception as exc:
-        raise DeviceError(f"no GPIO pin factory works here ({exc}); on a Pi install python3-lgpio, "
-                          f"set GPIOZERO_PIN_FACTORY={os.environ.get('GPIOZERO_PIN_FACTORY', 'lgpio')}, or run "
-                          f"with --sim") from exc
+    return default_pin_factory()
+
+
+def default_pin_factory():
+    """gpiozero's default pin factory, its fallback warnings (one per factory that would not
+    load) logged at debug level, or a DeviceError that says what to do."""
+    import warnings
+    from gpiozero import Device
+    with warnings.catch_warnings(record=True) as fallbacks:
+        warnings.simplefilter("always")
+        try:
+            factory = Device._default_pin_factory()
+        except Exception as exc:
+            tried = "; ".join(str(w.message) for w in fallbacks) or str(exc)
+            raise DeviceError(no_gpio_advice(tried)) from exc
+    for w in fallbacks:
+        log.debug("gpiozero: %s", w.message)
+    return factory
+
+
+def is_raspberry_pi() -> bool:
+    """Whether this machine says it is a Raspberry Pi (its device tree's model)."""
+    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+        try:
+            with open(path, "rb") as f:
+                return b"Raspberry Pi" in f.read()
+        except OSError:
+            continue
+    return False
+
+
+def no_gpio_advice(tried: str = "") -> str:
+    """One line: why no GPIO works here and what to do, on a Pi and elsewhere."""
+    forced = os.environ.get("GPIOZERO_PIN_FACTORY", "")
+    if is_raspberry_pi():
+        return (f"no GPIO library works on this Raspberry Pi ({tried or 'none loaded'}); install python3-lgpio "
+                f"(sudo apt install python3-lgpio; a venv needs --system-site-packages or pip install lgpio)"
+                + (f", or unset GPIOZERO_PIN_FACTORY={forced}" if forced else "")
+                + ", or run pigpiod and set [board] pin_factory = \"pigpio\"")
+    return ("no GPIO here: this machine is not a Raspberry Pi, and the board is \"gpio\" (a Pi's pins); "
+            "add --sim to simulate the button, LED and jaw, or set [board] driver = \"sim\", or \"serial\" / "
+            "\"firmata\" for an Arduino on USB")
 
 
 PIN_STATES_MAX = 6000

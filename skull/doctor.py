@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ def _audio(config: SkullConfig) -> list[Finding]:
         label = "microphone" if kind == "input" else "speaker"
         if not names:
             out.append(Finding(label, "FAIL", f"no audio {kind} device; plug in a USB {label} (then "
-                                              f"'python -m sounddevice' lists it)"))
+                                              f"'{sys.executable} -m sounddevice' lists it)"))
             continue
         try:
             chosen = sd.query_devices(want, kind=kind)
@@ -221,23 +222,51 @@ def _camera(config: SkullConfig) -> list[Finding]:
 def _serial(config: SkullConfig) -> list[Finding]:
     try:
         from .boards import serial_ports
+        from serial.tools import list_ports
         ports = serial_ports()
+        described = {p.device: p for p in list_ports.comports()}
     except ImportError as exc:
         return [Finding("serial", "FAIL", f"pyserial is missing ({exc}); run 'make bootstrap'")]
-    needed = config.board.driver in ("serial", "firmata")
+    driver = config.board.driver
+    needed = driver in ("serial", "firmata")
     if not ports:
         status = "FAIL" if needed else "OK"
         return [Finding("serial ports", status, "none found" + (
-            f"; [board] driver = {config.board.driver!r} needs the board on USB: plug it in" if needed else
-            " (not needed: [board] driver = " + repr(config.board.driver) + ")"))]
+            f"; [board] driver = {driver!r} needs the board on USB: plug it in" if needed else
+            " (not needed: [board] driver = " + repr(driver) + ")"))]
     out = []
     for port in ports:
-        out.append(Finding(f"serial {port}", "OK", _probe(port, config)))
+        kind = _port_kind(described.get(port), port)
+        answer, board = _probe(port, config)
+        if board:
+            out.append(Finding(f"serial {port}", "OK", f"{kind}: {answer}"))
+        elif not needed:
+            out.append(Finding(f"serial {port}", "OK", f"{kind}: {answer} (not needed: [board] driver = {driver!r})"))
+        else:
+            what = ("not where an Arduino's USB board appears (that is /dev/ttyACM* or /dev/ttyUSB*)"
+                    if kind.startswith("built-in") else "flash the firmware (firmware/README.md) or give "
+                    "[board] port")
+            out.append(Finding(f"serial {port}", "WARN", f"{kind}: {answer}; {what}"))
+    if needed and not any(f.status == "OK" for f in out):
+        out.append(Finding("board", "FAIL", f"no port answers as a {'SKULLJAW' if driver == 'serial' else 'Firmata'} "
+                                            f"board, and [board] driver = {driver!r} needs one: plug the Arduino in "
+                                            f"by USB and flash it (firmware/README.md)"))
     return out
 
 
-def _probe(port: str, config: SkullConfig) -> str:
-    """What answers on a port: SKULLJAW firmware, Firmata, or nothing we know."""
+def _port_kind(info, port: str) -> str:
+    """What a serial port is, in words: a USB serial device (with its description) or a UART
+    built into the computer (/dev/ttyS0, /dev/ttyAMA0: no USB board appears there)."""
+    hwid = getattr(info, "hwid", "") or ""
+    description = getattr(info, "description", "") or ""
+    if "USB" in hwid or "ttyACM" in port or "ttyUSB" in port or "usbmodem" in port:
+        return f"USB serial device{f' ({description})' if description and description != 'n/a' else ''}"
+    return "built-in UART of this computer"
+
+
+def _probe(port: str, config: SkullConfig) -> tuple[str, bool]:
+    """What answers on a port: SKULLJAW firmware, Firmata, or nothing we know; and whether a
+    board answered."""
     import serial
     try:
         with serial.Serial(port, config.board.baud or 115200, timeout=0.3) as s:
@@ -245,44 +274,52 @@ def _probe(port: str, config: SkullConfig) -> str:
             s.write(b"?\n")
             line = s.readline().decode("ascii", "replace").strip()
             if line.startswith("SKULLJAW"):
-                return f"{line} (use [board] driver = 'serial', port = '{port}')"
+                return f"{line} (use [board] driver = 'serial', port = '{port}')", True
         with serial.Serial(port, 57600, timeout=0.3) as s:
             s.write(bytes([0xF9]))
             reply = s.read(3)
             if len(reply) == 3 and reply[0] == 0xF9:
-                return f"Firmata {reply[1]}.{reply[2]} (use [board] driver = 'firmata', port = '{port}')"
-        return "no SKULLJAW or Firmata board answers here"
+                return f"Firmata {reply[1]}.{reply[2]} (use [board] driver = 'firmata', port = '{port}')", True
+        return "no SKULLJAW or Firmata board answers here", False
     except (serial.SerialException, OSError) as exc:
-        return f"cannot be opened ({exc}); are you in the 'dialout' group?"
+        return f"cannot be opened ({exc}); are you in the 'dialout' group?", False
 
 
 def _gpio(config: SkullConfig) -> list[Finding]:
     needed = config.board.driver == "gpio"
-    import warnings
+    if not needed:
+        return [Finding("GPIO", "OK", f"not needed: [board] driver = {config.board.driver!r}")]
+    from .core.errors import DeviceError
+    from .devices import default_pin_factory
+    if config.board.pin_factory:
+        os.environ["GPIOZERO_PIN_FACTORY"] = config.board.pin_factory
     try:
-        from gpiozero import Device
-        if config.board.pin_factory:
-            os.environ["GPIOZERO_PIN_FACTORY"] = config.board.pin_factory
-        with warnings.catch_warnings():  # gpiozero warns about each factory it falls back from
-            warnings.simplefilter("ignore")
-            factory = Device._default_pin_factory()
-        name = type(factory).__name__
-        factory.close()
-        return [Finding("GPIO", "OK", f"pin factory {name} (GPIOZERO_PIN_FACTORY="
-                                      f"{os.environ.get('GPIOZERO_PIN_FACTORY', 'unset')})")]
-    except Exception as exc:
-        hint = ("on a Raspberry Pi install python3-lgpio (Pi 5) or start pigpiod; elsewhere use "
-                "[board] driver = 'serial' or 'firmata', or run with --sim")
-        return [Finding("GPIO", "FAIL" if needed else "OK",
-                        f"no pin factory works here ({type(exc).__name__}: {exc}); " + hint if needed
-                        else f"not a Raspberry Pi (not needed: [board] driver = {config.board.driver!r})")]
+        factory = default_pin_factory()
+    except DeviceError as exc:
+        return [Finding("GPIO", "FAIL", str(exc))]
+    name = type(factory).__name__
+    factory.close()
+    return [Finding("GPIO", "OK", f"pin factory {name} (GPIOZERO_PIN_FACTORY="
+                                  f"{os.environ.get('GPIOZERO_PIN_FACTORY', 'unset')})")]
 
 
-def _calibration(config: SkullConfig) -> list[Finding]:
+def _calibration(config: SkullConfig, config_path=None) -> list[Finding]:
+    """Which profile is in use, and how it was found (skull.config.load_skull_config)."""
+    from .core.places import is_bundled
+    from .core.validate import read_toml
     c = config.calibration
-    where = config.jaw.calibration or "[calibration] defaults"
-    return [Finding("calibration", "OK", f"{where}: closed {c.closed_us:.0f} us, open {c.open_us:.0f} us, "
-                                         f"lead {c.lead_ms:.0f} ms")]
+    values = f"closed {c.closed_us:.0f} us, open {c.open_us:.0f} us, lead {c.lead_ms:.0f} ms"
+    if config.jaw.calibration:
+        where = config.jaw.calibration
+        if is_bundled(where) and config.board.driver != "sim":
+            return [Finding("calibration", "WARN", f"{where} (the bundled default, not this jaw's): {values}; "
+                                                   f"run skull calibrate to find this jaw's limits")]
+        return [Finding("calibration", "OK", f"{where}{' (the bundled default)' if is_bundled(where) else ''}: "
+                                             f"{values}")]
+    if config_path is not None and "calibration" in read_toml(config_path)[0]:
+        return [Finding("calibration", "OK", f"the [calibration] table of {config_path}: {values}")]
+    return [Finding("calibration", "WARN", f"built-in defaults (no profile file found): {values}; run skull "
+                                           f"calibrate to find this jaw's limits")]
 
 
 def _host(config: SkullConfig, timeout_s: float = 3.0) -> list[Finding]:
@@ -309,11 +346,13 @@ def _host(config: SkullConfig, timeout_s: float = 3.0) -> list[Finding]:
                                         f"[link] url / token")]
 
 
-def diagnose(config: SkullConfig) -> list[Finding]:
+def diagnose(config: SkullConfig, config_path=None) -> list[Finding]:
+    """Every check's findings. ``config_path``: the config file in use (None: built-in defaults),
+    to say where the calibration came from."""
     out = []
     for check in (_audio, _camera, _serial, _gpio, _calibration, _host):
         try:
-            out.extend(check(config))
+            out.extend(check(config, config_path) if check is _calibration else check(config))
         except Exception as exc:  # the doctor reports, it does not crash
             out.append(Finding(check.__name__.strip("_"), "FAIL", f"the check itself failed: {type(exc).__name__}: {exc}"))
     return out

@@ -100,6 +100,16 @@ def tls_problem(exc: BaseException, url: str, opened: bool) -> str | None:
     return None
 
 
+NAME_TAKEN_RETRY_S = 30.0
+"""seconds a skull waits before reconnecting after another skull with its name took its place"""
+
+
+UNREACHABLE_HINT = ("; is skull host running there? A host on another machine must listen on an address this "
+                    "skull can reach: it listens on 127.0.0.1 (its own machine only) unless started with --bind "
+                    "(skull host --bind 0.0.0.0 --token SECRET), and its port must be open in its firewall")
+"""the likely causes of a host that does not answer, said with the first failure of a run"""
+
+
 OnMessage = Callable[[p.Message, "bytes | None"], Awaitable[None]]
 OnState = Callable[[bool], Awaitable[None]]
 OnFault = Callable[[str, BaseException], None]
@@ -125,6 +135,8 @@ class Link:
         self.connected = False
         self.welcome: p.Welcome | None = None
         self.connects = 0
+        self.name_taken = False
+        """the last connection ended because another skull with this skull's name took its place"""
         self._out: asyncio.Queue | None = None
 
     def send(self, msg: p.Message, payload: bytes | None = None) -> bool:
@@ -146,8 +158,9 @@ class Link:
         """Connect, serve, reconnect; returns only by cancellation, raises LinkFatal."""
         c = self.config
         delays, tls, tls_said = None, tls_context(c), None
+        hinted = False  # the likely causes of an unreachable host are named once per run
         while True:
-            opened = False
+            opened, replaced = False, False
             try:
                 async with connect(c.url, open_timeout=5, ping_interval=c.ping_interval_s,
                                    ping_timeout=c.ping_timeout_s, close_timeout=2, max_size=p.TRANSPORT_MAX_BYTES,
@@ -162,15 +175,18 @@ class Link:
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
                 rcvd = getattr(exc, "rcvd", None) if isinstance(exc, ConnectionClosed) else None
                 said = None if rcvd is not None else tls_problem(exc, c.url, opened)
-                if rcvd is not None and rcvd.code == p.CLOSE_REPLACED:  # not a network fault
-                    log.warning("host %s: %s; retrying", c.url, rcvd.reason or f"another skull is using the name "
-                                                                             f"{c.name}")
+                if rcvd is not None and rcvd.code == p.CLOSE_REPLACED:  # not a network fault: another skull
+                    replaced = self.name_taken = True
+                    log.warning("another skull uses the name %r on the host at %s and took this skull's place; "
+                                "give each skull its own [link] name in skull.toml (or skull run --name); "
+                                "retrying in %.0f s", c.name, c.url, NAME_TAKEN_RETRY_S)
                 elif said is not None:  # a TLS setup problem will not mend by itself: said once, retried quietly
                     log.log(logging.ERROR if said != tls_said else logging.DEBUG, "%s; retrying", said)
                     tls_said = said
                 else:  # the first failure of an outage is a warning; the retries after it are not news
-                    log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s); retrying",
-                            c.url, exc or type(exc).__name__)
+                    log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s)%s; retrying",
+                            c.url, exc or type(exc).__name__, "" if hinted or opened else UNREACHABLE_HINT)
+                    hinted = hinted or not opened
             except InvalidURI as exc:
                 raise LinkFatal(f"link url {c.url!r} is not a websocket URL: {exc}") from None
             except ProtocolError as exc:  # the host answered hello with something unreadable
@@ -185,7 +201,9 @@ class Link:
                     self._out = None
                     await self.on_state(False)
             delays = delays or backoff_delays(c.reconnect_min_s, c.reconnect_max_s)
-            await asyncio.sleep(next(delays))
+            # a skull that lost its name to another waits long: two skulls under one name must
+            # not take the connection from each other several times a second
+            await asyncio.sleep(NAME_TAKEN_RETRY_S if replaced else next(delays))
 
     async def _serve(self, ws) -> None:
         c = self.config
@@ -207,6 +225,7 @@ class Link:
             raise ProtocolError(exc.code, f"the host did not answer hello with a valid welcome ({exc}); is [link] "
                                           f"url a skull host of protocol {p.PROTOCOL_VERSION}?") from None
         self.welcome, self.connected, self._out = welcome, True, asyncio.Queue()
+        self.name_taken = False
         self.connects += 1
         log.info("connected to %s (protocol %d, session %r)", c.url, welcome.protocol, welcome.session[:80])
         await self.on_state(True)

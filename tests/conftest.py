@@ -37,6 +37,20 @@ def state_home(tmp_path_factory):
         os.environ["XDG_STATE_HOME"] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def config_home(tmp_path_factory):
+    """The user's config folder (~/.config/skull: skull.toml, calibration profiles) is a
+    temporary one: no test reads the developer's own config or writes a profile there."""
+    folder = tmp_path_factory.mktemp("xdg-config")
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def backends():
     return build_backends(HostConfig())

@@ -156,7 +156,8 @@ def test_calibration_is_resolved_beside_the_config_file_not_the_current_folder(t
     with_table = _write(show, "[jaw]\ncalibration = 'calibration/wide.toml'\n", "table.toml")
     assert load_skull_config(with_table).calibration.closed_us == 1100
     assert load_skull_config(with_table, calibration="default").calibration.closed_us == 1250
-    with pytest.raises(ConfigError, match="calibration profile .*nope.toml does not exist; make it with skull "
+    with pytest.raises(ConfigError, match=r"calibration profile calibration/nope.toml \(--calibration\) is not in "
+                                          r"any of .*show/calibration/nope.toml, .*; make it with skull "
                                           "calibrate --name nope --config"):
         load_skull_config(config, calibration="nope")
     own = _write(show, "[calibration]\nclosed_us = 1400\nopen_us = 1600\n", "own.toml")

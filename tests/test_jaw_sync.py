@@ -136,9 +136,9 @@ def test_hello_with_a_bad_shape_is_refused_by_name():
 # --- skull calibrate -------------------------------------------------------------------------------
 
 def test_calibrate_non_interactive_profile_is_used_by_demo(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no config file: profiles go to ~/.config/skull/
     assert main(["calibrate", "--name", "test", "--closed-us", "1200", "--open-us", "1700", "--lead-ms", "60"]) == 0
-    cal = load_calibration(tmp_path / "calibration" / "test.toml")
+    cal = load_calibration(tmp_path / "skull" / "calibration" / "test.toml")
     assert (cal.closed_us, cal.open_us, cal.lead_ms) == (1200, 1700, 60)
     assert "skull run --calibration test" in capsys.readouterr().out
 
@@ -152,10 +152,10 @@ def test_calibrate_non_interactive_profile_is_used_by_demo(tmp_path, monkeypatch
 
 
 def test_calibrate_works_out_the_lead_when_not_given(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert main(["calibrate", "--name", "slow", "--closed-us", "1200", "--open-us", "1700", "--travel-ms", "150"]) == 0
     assert main(["calibrate", "--name", "fast", "--closed-us", "1200", "--open-us", "1700", "--travel-ms", "40"]) == 0
-    slow, fast = (load_calibration(tmp_path / "calibration" / f"{n}.toml") for n in ("slow", "fast"))
+    slow, fast = (load_calibration(tmp_path / "skull" / "calibration" / f"{n}.toml") for n in ("slow", "fast"))
     assert 10 < fast.lead_ms < slow.lead_ms < 150
 
 
@@ -163,10 +163,10 @@ def test_calibrate_works_out_the_lead_when_not_given(tmp_path, monkeypatch):
                                           (["--closed-us", "1500", "--open-us", "1520"], "open_us = 1520.0"),
                                           (["--closed-us", "1200", "--open-us", "1700", "--lead-ms", "900"], "lead_ms = 900.0")])
 def test_calibrate_refuses_out_of_range_values_by_name(tmp_path, monkeypatch, capsys, flags, words):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert main(["calibrate", "--name", "bad", *flags]) == 2
     assert words in capsys.readouterr().err
-    assert not (tmp_path / "calibration" / "bad.toml").exists()
+    assert not (tmp_path / "skull" / "calibration" / "bad.toml").exists()
 
 
 def test_agent_refuses_an_out_of_range_profile_naming_the_value(tmp_path):

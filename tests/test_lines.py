@@ -157,6 +157,47 @@ def test_a_voice_that_fails_sends_nothing_and_the_skull_keeps_its_set(tmp_path, 
     assert agent.voice.set_id == "old" and cache.id() == "old"
 
 
+def test_a_flaky_voice_is_asked_again_and_a_failed_set_comes_later(tmp_path, backends, monkeypatch):
+    """A voice that fails now and then (a model server's 500) still gets the whole set out: each
+    line is asked again; and a voice down at the connection is tried again while the skull stays,
+    so a skull connected all night still gets its lines once the voice is back."""
+    import host.lines
+    from skull.core.errors import BackendError
+    monkeypatch.setattr(host.lines, "RETRY_SET_S", (0.3, 0.6))
+    real = backends.tts
+
+    class Flaky:
+        name = "flaky"
+        calls = 0
+        down = True
+
+        def synthesize(self, text):
+            Flaky.calls += 1
+            if Flaky.down or Flaky.calls % 2:
+                raise BackendError("tts", "HTTP 500: the model is out of breath", retryable=True)
+            return real.synthesize(text)
+    flaky = dataclasses.replace(backends, tts=Flaky())
+
+    async def go():
+        host = await start_host(HostConfig(server=ServerConfig(port=0)), flaky)
+        try:
+            cfg = _config(host.port, tmp_path / "lines")
+            agent = Agent(cfg, sim_body(cfg))
+            task, got = await _run(agent)
+            await wait_for(lambda: agent.state is State.IDLE)
+            await asyncio.sleep(0.5)
+            early = [e for e in got if isinstance(e, ev.LinesCached)]
+            Flaky.down = False  # the voice is back; every other call still fails
+            await wait_for(lambda: any(isinstance(e, ev.LinesCached) for e in got), 30)
+            await _stop(task)
+            return early, [e for e in got if isinstance(e, ev.LinesCached)]
+        finally:
+            await host.stop()
+    early, cached = asyncio.run(go())
+    assert early == []
+    assert len(cached) == 1 and cached[0].source == "host" and sum(cached[0].kinds.values()) == 9
+
+
 def test_lines_config_is_checked(tmp_path):
     path = tmp_path / "host.toml"
     path.write_text('[lines]\nattract = ["Come here", ""]\n')

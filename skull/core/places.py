@@ -10,6 +10,11 @@ Config lookup, first found wins (:func:`find_config`):
 
 The current folder is not searched: a skull.toml lying where a command happens to run must not
 change a show's skull. Both sides use this one function (the host imports ``skull.core`` only).
+
+A servo profile named in a config file (``[jaw] calibration = "calibration/default.toml"``) or
+by name (``--calibration show``) is searched for by :func:`profile_candidates`, first found wins:
+the config file's folder, the user's config folder, then the bundled default profile shipped
+with skull (:func:`bundled_profiles`, read-only: ``skull calibrate`` never writes there).
 """
 from __future__ import annotations
 
@@ -29,6 +34,43 @@ def user_config_dir() -> Path:
     """``$XDG_CONFIG_HOME/skull``, else ``~/.config/skull``."""
     base = os.environ.get("XDG_CONFIG_HOME") or ""
     return (Path(base) if os.path.isabs(base) else Path.home() / ".config") / "skull"
+
+
+def bundled_root() -> Path:
+    """The folder the bundled ``calibration/`` lives in: the source tree skull is installed from
+    (``pip install -e``), which ships ``calibration/default.toml`` beside ``skull.example.toml``."""
+    return Path(__file__).resolve().parents[2]
+
+
+def bundled_profiles() -> Path:
+    """The bundled profiles folder (``calibration/`` of the source tree): read-only defaults."""
+    return bundled_root() / "calibration"
+
+
+def profile_candidates(relative: str | os.PathLike, config_path: str | os.PathLike | None) -> list[tuple[Path, str]]:
+    """Where a relative profile path (``calibration/show.toml``) is looked for, in order, each
+    with a word saying which place it is: beside the config file (when one is in use), in the
+    user's config folder, in the bundled defaults."""
+    places = []
+    if config_path is not None:
+        places.append((Path(config_path).absolute().parent, "beside the config file"))
+    places.append((user_config_dir(), "user config"))
+    places.append((bundled_root(), "bundled default, read-only"))
+    out, seen = [], set()
+    for folder, why in places:
+        path = folder / relative
+        if path not in seen:
+            seen.add(path)
+            out.append((path, why))
+    return out
+
+
+def is_bundled(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies in the bundled, read-only profiles folder."""
+    try:
+        return Path(path).resolve().is_relative_to(bundled_profiles().resolve())
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
