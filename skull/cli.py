@@ -258,7 +258,8 @@ def cmd_demo(args) -> int:
     image = Path(args.image) if args.image else bundled("snapshot.jpg")
     for what, path in (("question", question), ("image", image)):
         if not path.is_file():
-            raise SkullError(f"{what} file {path} does not exist")
+            raise SkullError(f"{what} file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}; "
+                             f"give --{what} a file, or leave it out for the bundled one")
     _record_dir(args.record)
     cfg = load_skull_config(args.config, calibration=args.calibration)
     host_cfg = None
