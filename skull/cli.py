@@ -545,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skull {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one line for the user, the traceback for whoever reports it
-        log.debug("unexpected error", exc_info=True)
+        if args.verbose:
+            log.error("unexpected error", exc_info=True)
         print(f"skull {args.command}: error: unexpected {type(exc).__name__}: {exc} (a bug; 'skull -v "
               f"{args.command} ...' shows where: please report it with that output)", file=sys.stderr)
         return 2

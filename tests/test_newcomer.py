@@ -211,3 +211,17 @@ def test_demo_answers_twenty_turns_and_prints_its_summary(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.count("(answered)") == 20
     assert "turn 20 (answered)" in out.stdout and "replied:" in out.stdout
+
+
+def test_an_unexpected_failure_is_one_line_unless_asked_for_more(monkeypatch, capsys):
+    """A bug still never shows a newcomer a traceback: one line that says how to see more."""
+    from skull import cli
+
+    def broken(args):
+        raise TypeError("unsupported operand")
+    monkeypatch.setattr(cli, "cmd_status", broken)
+    assert cli.main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip() == (
+        "skull status: error: unexpected TypeError: unsupported operand (a bug; 'skull -v status ...' shows where: "
+        "please report it with that output)")
