@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--name", metavar="NAME", help="this skull's name")
     dr.set_defaults(func=cmd_doctor)
 
-    d = sub.add_parser("demo", help="host and simulated skull in one process answer a question")
+    d = sub.add_parser("demo", help="a host and a simulated skull on this machine answer a question (try it first)")
     d.add_argument("--question", metavar="WAV", help="the question, a WAV file (any rate, mono or stereo); default: bundled")
     d.add_argument("--image", metavar="FILE", help="the snapshot, an image file; default: bundled")
     d.add_argument("--record", metavar="DIR", help="write each turn to DIR/turn-NNN/")
