@@ -46,4 +46,6 @@ def build_backends(config: HostConfig) -> Backends:
                                    BackendContext("tts", config.fallback.timeout_s))
     except BackendError as exc:
         raise ConfigError(f"{config.tts.source} [fallback]: {str(exc).split(': ', 1)[-1]}") from None
+    if fallback_voice.voice_problem:  # the voice of last resort must speak as configured
+        raise ConfigError(f"{config.tts.source} [fallback]: {fallback_voice.voice_problem}")
     return Backends(stt=stt, vision=vision, reply=reply, tts=tts, fallback_voice=fallback_voice)

@@ -37,7 +37,16 @@ class Camera(Device):
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         except AttributeError:
             pass
+        if isinstance(source, str) and Path(source).is_file():
+            still = cv2.imread(source, cv2.IMREAD_COLOR)  # a picture whatever its name ends with
+            if still is not None:
+                self._still = still
+                return
         cap = cv2.VideoCapture(source)
+        if not cap.isOpened() and isinstance(source, str) and Path(source).is_file():
+            cap.release()
+            raise DeviceError(f"camera file {source} is neither a picture nor a video OpenCV can read; give an "
+                              f"image (.jpg, .png...) or a video file (.mp4, .avi...)")
         if not cap.isOpened():
             raise DeviceError(f"camera {source!r} cannot be opened; is it plugged in and not used by another "
                               f"program? Set [camera] source in skull.toml (an index, /dev/videoN or a file)")

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -64,6 +65,26 @@ def _until_terminated(main):
         pass
 
 
+def _listen_error(exc: OSError, bind: str, port: int) -> SkullError:
+    """The socket error of a host that cannot listen, as one line saying what to change."""
+    import errno
+    where = f"{bind}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return SkullError(f"port {port} on {bind} is already in use (another skull host?): stop that program, "
+                          f"or pick another port with --port (or [server] port in host.toml)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return SkullError(f"cannot listen on {bind}: no network interface of this machine has that address; "
+                          f"give one of its addresses ('ip -brief address' lists them) or 0.0.0.0 for all, "
+                          f"with --bind (or [server] bind in host.toml)")
+    if exc.errno == errno.EACCES:
+        return SkullError(f"not allowed to listen on {where}: ports below 1024 need root; pick a port above "
+                          f"1024 with --port (default 8765)")
+    if isinstance(exc, socket.gaierror):
+        return SkullError(f"cannot listen on {bind!r}: not an address or a known host name; give an address "
+                          f"such as 127.0.0.1 or 0.0.0.0 with --bind")
+    return SkullError(f"cannot listen on {where}: {exc.strerror or exc}; check --bind and --port")
+
+
 def cmd_host(args) -> int:
     from host.build import build_backends
     from host.check import all_up, check_backends, render
@@ -99,7 +120,11 @@ def cmd_host(args) -> int:
     async def main():
         _log_unhandled()
         host = Host(cfg)  # refuses a non-loopback bind without a token
-        await host.start()
+        try:
+            await host.start()
+        except OSError as exc:
+            await host.stop()
+            raise _listen_error(exc, server.bind, server.port) from None
         if server.tls_cert:
             fingerprint = cert_fingerprint(server.tls_cert)
             print(f"skull host listening on wss://{server.bind}:{host.port}\ncertificate {fingerprint}: a skull "
@@ -147,11 +172,23 @@ def open_turn_log(settings, path: str | None = None):
     return JsonLines(path, max_mb=settings.max_mb, backups=settings.backups, key=key)
 
 
+def _record_dir(path: str | None) -> Path | None:
+    """--record's folder; a path that is a file is refused at once, not turn by turn."""
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise SkullError(f"--record {path} is a file, not a folder; give a folder to record the turns in "
+                         f"(it is made if missing), e.g. --record sessions/")
+    return folder
+
+
 def cmd_run(args) -> int:
     from .agent import Agent
     from .runtime import build_body
 
     cfg = _skull_config(args, announce=False)
+    _record_dir(args.record)
     turn_log = open_turn_log(cfg.log, args.turn_log)  # before the devices: a bad path opens nothing
     try:
         body = build_body(cfg, sim=args.sim, mic_file=args.mic_file, image=args.image, audio=not args.no_audio)
@@ -221,11 +258,25 @@ def cmd_demo(args) -> int:
     image = Path(args.image) if args.image else bundled("snapshot.jpg")
     for what, path in (("question", question), ("image", image)):
         if not path.is_file():
-            raise SkullError(f"{what} file {path} does not exist")
+            raise SkullError(f"{what} file {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}; "
+                             f"give --{what} a file, or leave it out for the bundled one")
+    _record_dir(args.record)
     cfg = load_skull_config(args.config, calibration=args.calibration)
+    host_cfg = None
+    if args.host_config is not None:
+        from host.config import load_host_config
+        if not Path(args.host_config).expanduser().is_file():
+            raise SkullError(f"--host-config {args.host_config} is not a file; give a host.toml (examples in "
+                             f"host/examples/), or leave --host-config out for the embedded models")
+        host_cfg = load_host_config(Path(args.host_config).expanduser())
+        # the demo's host listens where only its own skull finds it (plain ws:// on loopback, a
+        # free port), whatever [server] says; the stages are host.toml's
+        host_cfg = dataclasses.replace(host_cfg, server=dataclasses.replace(
+            host_cfg.server, bind="127.0.0.1", port=0, tls_cert="", tls_key=""))
     try:
-        agent = asyncio.run(run_demo(question, image, record=Path(args.record) if args.record else None,
-                                     audio=not args.no_audio, turns=args.turns, console=console, skull_config=cfg))
+        agent = asyncio.run(run_demo(question, image, record=_record_dir(args.record),
+                                     audio=not args.no_audio, turns=args.turns, console=console, skull_config=cfg,
+                                     host_config=host_cfg, timeout_s=args.turn_timeout))
     except KeyboardInterrupt:
         console.print("interrupted; the jaw is closed and the LED is off")
         return 130
@@ -267,22 +318,96 @@ def cmd_status(args) -> int:
 CONFIG_LOOKUP = "; default: $SKULL_CONFIG, ~/.config/skull/skull.toml, /etc/skull/skull.toml, built-in defaults"
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows an option's default where it has one and its text does not say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or isinstance(action, (argparse._VersionAction, argparse._HelpAction))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """The skull's parsers (subcommands included): help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("talking-skull")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+        return __version__
+
+
+def _loudness(parser: argparse.ArgumentParser, after_subcommand: bool) -> None:
+    """-v/-q, accepted before the subcommand and after it (``skull run --sim -v``). After it they
+    count into their own names, added to the ones before by ``main``."""
+    prefix, default = ("sub_", argparse.SUPPRESS) if after_subcommand else ("", 0)
+    parser.add_argument("-v", "--verbose", dest=f"{prefix}verbose", action="count", default=default,
+                        help="more log output: -v shows the info lines, -vv the debug ones")
+    parser.add_argument("-q", "--quiet", dest=f"{prefix}quiet", action="count", default=default,
+                        help="warnings and errors only: no status line per state change or turn")
+
+
+DESCRIPTIONS = {
+    "host": "Run the host: it hears the skull's question, looks at its snapshot, finds a reply and speaks it "
+            "back with a jaw track. With no host.toml every model is embedded (no servers needed).",
+    "run": "Run the skull's agent: button, LED, microphone, camera, speaker and jaw servo, connected to a "
+           "host. --sim simulates the button, LED and servo so it runs on any PC.",
+    "calibrate": "Find the jaw servo's closed and open pulses, its travel time and lead, and save them as a "
+                 "profile (interactive, or give --closed-us and --open-us).",
+    "replay": "Play a recorded session (skull run --record) through the jaw again and measure how well the "
+              "jaw kept time with the sound.",
+    "doctor": "Check the skull's devices, boards, calibration and host, and say what to fix.",
+    "demo": "Start a host and a simulated skull in one go and let a scripted visitor ask a question: the "
+            "quickest way to see the whole product work, with no hardware and no model servers.",
+    "service": "Install or remove the systemd unit that starts the host or the skull at boot (docs/service.md).",
+    "status": "The running skull at a glance: state, connection, turns and disk.",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too few: give 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} s: give more than 0 seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="skull", description="The talking skull: an AI animatronic prop.")
-    ap.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    ap.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (no status lines)")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="skull", description="The talking skull: an AI animatronic prop. Try 'skull demo' first; "
+                                           "'skull COMMAND -h' tells more about each command.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _loudness(ap, after_subcommand=False)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     h = sub.add_parser("host", help="run the host that hears, looks, replies and speaks")
-    h.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="warnings and errors only: no status line per state change or turn")
-    h.add_argument("--bind", help="address to listen on (default 127.0.0.1; others need a token)")
-    h.add_argument("--port", type=int, help="port (default 8765)")
-    h.add_argument("--token", help="shared secret skulls must send (default: $SKULL_TOKEN)")
-    h.add_argument("--config", help="host.toml (examples in host/examples/); default: $SKULL_HOST_CONFIG, "
+    h.add_argument("--bind", metavar="ADDRESS", help="address to listen on (default 127.0.0.1; others need a token)")
+    h.add_argument("--port", metavar="PORT", type=int, help="port (default 8765)")
+    h.add_argument("--token", metavar="SECRET", help="shared secret skulls must send (default: $SKULL_TOKEN)")
+    h.add_argument("--config", metavar="FILE", help="host.toml (examples in host/examples/); default: $SKULL_HOST_CONFIG, "
                                     "~/.config/skull/host.toml, /etc/skull/host.toml, built-in defaults")
-    h.add_argument("--tls-cert", help="serve wss:// with this PEM certificate (chain) file (docs/internet.md)")
-    h.add_argument("--tls-key", help="the certificate's PEM private key file")
+    h.add_argument("--tls-cert", metavar="FILE", help="serve wss:// with this PEM certificate (chain) file (docs/internet.md)")
+    h.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key file")
     h.add_argument("--print-fingerprint", action="store_true", help="print the certificate's SHA-256 "
                                                                     "fingerprint (for [link] tls_fingerprint) and exit")
     h.add_argument("--check", action="store_true", help="check every configured backend (up/down, model, "
@@ -291,26 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_host)
 
     r = sub.add_parser("run", help="run the skull's agent")
-    r.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="warnings and errors only: no status line per state change or turn")
     r.add_argument("--sim", action="store_true", help="simulated button, LED and servo (gpiozero MockFactory); "
                                                       "Enter toggles the button")
-    r.add_argument("--url", help="host websocket URL (default ws://127.0.0.1:8765)")
-    r.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
-    r.add_argument("--name", help="this skull's name")
-    r.add_argument("--tls-fingerprint", help="wss:// only: trust exactly the host certificate with this SHA-256 "
+    r.add_argument("--url", metavar="URL", help="host websocket URL (default ws://127.0.0.1:8765)")
+    r.add_argument("--token", metavar="SECRET", help="shared secret (default: $SKULL_TOKEN)")
+    r.add_argument("--name", metavar="NAME", help="this skull's name")
+    r.add_argument("--tls-fingerprint", metavar="SHA256", help="wss:// only: trust exactly the host certificate with this SHA-256 "
                                              "fingerprint (sha256:AB:CD:..., from skull host --print-fingerprint)")
-    r.add_argument("--tls-ca", help="wss:// only: a PEM file of certificate authorities to trust instead of the "
+    r.add_argument("--tls-ca", metavar="FILE", help="wss:// only: a PEM file of certificate authorities to trust instead of the "
                                     "system's")
-    r.add_argument("--config", help="skull.toml" + CONFIG_LOOKUP)
-    r.add_argument("--mic-file", help="a WAV played as the microphone on each press")
-    r.add_argument("--image", help="a picture used as the camera")
+    r.add_argument("--config", metavar="FILE", help="skull.toml" + CONFIG_LOOKUP)
+    r.add_argument("--mic-file", metavar="WAV", help="a WAV played as the microphone on each press")
+    r.add_argument("--image", metavar="FILE", help="a picture used as the camera")
     r.add_argument("--no-audio", action="store_true", help="no sound devices (needs --mic-file)")
-    r.add_argument("--record", help="record each turn under this folder (turn-001/, turn-002/...); paused while "
+    r.add_argument("--record", metavar="DIR", help="record each turn under this folder (turn-001/, turn-002/...); paused while "
                                     "its disk has less than [record] min_free_mb free")
-    r.add_argument("--turn-log", help="append one JSON line per finished turn to this file, rotated by size "
+    r.add_argument("--turn-log", metavar="FILE", help="append one JSON line per finished turn to this file, rotated by size "
                                       "(default: skull.toml [log] turns; '' for none)")
-    r.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml beside the config file, "
+    r.add_argument("--calibration", metavar="PROFILE", help="servo profile: a NAME (calibration/NAME.toml beside the config file, "
                                          "else in ~/.config/skull/) or a path; default: skull.toml's, else "
                                          "calibration/default.toml found the same way, else the bundled one")
     r.set_defaults(func=cmd_run)
@@ -318,29 +441,29 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="find the jaw servo's closed and open pulses, travel time and lead; "
                                          "save calibration/NAME.toml beside the config file in use (else in "
                                          "~/.config/skull/)")
-    c.add_argument("--name", default="default", help="profile name (calibration/NAME.toml; default: default, "
+    c.add_argument("--name", metavar="NAME", default="default", help="profile name (calibration/NAME.toml; default: default, "
                                                      "which skull run uses unless told otherwise)")
-    c.add_argument("--closed-us", type=float, help="pulse with the jaw shut, microseconds (non-interactive)")
-    c.add_argument("--open-us", type=float, help="pulse with the jaw fully open, microseconds (non-interactive)")
-    c.add_argument("--lead-ms", type=float, help="command the jaw this early; default: worked out from the travel")
-    c.add_argument("--travel-ms", type=float, help="servo time from closed to open (default 42: an SG90 at 6 V)")
+    c.add_argument("--closed-us", metavar="US", type=float, help="pulse with the jaw shut, microseconds (non-interactive)")
+    c.add_argument("--open-us", metavar="US", type=float, help="pulse with the jaw fully open, microseconds (non-interactive)")
+    c.add_argument("--lead-ms", metavar="MS", type=float, help="command the jaw this early; default: worked out from the travel")
+    c.add_argument("--travel-ms", metavar="MS", type=float, help="servo time from closed to open (default 42: an SG90 at 6 V)")
     c.add_argument("--board", choices=("sim", "gpio", "firmata", "serial"),
                    help="the board whose jaw to jog, as skull.toml's [board] driver (default: skull.toml's)")
     c.add_argument("--sim", action="store_true", help="the same as --board sim: a simulated jaw, shown as a bar")
     c.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help=argparse.SUPPRESS)  # now --board
-    c.add_argument("--config", help="skull.toml (board, pins, port)" + CONFIG_LOOKUP)
-    c.add_argument("--dir", help="folder of the profiles (default: calibration/ beside the config file in use, "
+    c.add_argument("--config", metavar="FILE", help="skull.toml (board, pins, port)" + CONFIG_LOOKUP)
+    c.add_argument("--dir", metavar="DIR", help="folder of the profiles (default: calibration/ beside the config file in use, "
                                  "else ~/.config/skull/calibration/; never the bundled default)")
     c.set_defaults(func=cmd_calibrate)
 
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
-    rp.add_argument("session", help="a folder written by --record (turn-NNN/ folders), or one turn-NNN folder")
-    rp.add_argument("--turn", type=int, help="only this turn number")
+    rp.add_argument("session", metavar="DIR", help="a folder written by --record (turn-NNN/ folders), or one turn-NNN folder")
+    rp.add_argument("--turn", metavar="N", type=int, help="only this turn number")
     rp.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), default="sim",
                     help="which jaw moves (default sim; board settings come from skull.toml)")
     rp.add_argument("--report", action="store_true", help="print lag, correlation, commands/s, largest step, "
                                                           "time outside limits")
-    rp.add_argument("--plot", help="draw waveform, envelope, commanded and physical jaw into this .png")
+    rp.add_argument("--plot", metavar="PNG", help="draw waveform, envelope, commanded and physical jaw into this .png")
     rp.add_argument("--retrack", action="store_true", help="remake the jaw track with skull.toml's [shape] "
                                                            "(to tune it) instead of the recorded one")
     rp.add_argument("--no-audio", action="store_true", help="do not open the speaker (timed, not heard)")
@@ -348,27 +471,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score the jaw against what the speaker really played (the sound server's monitor); "
                          "default: whenever the speaker is a real device behind PulseAudio or PipeWire. "
                          "--no-heard: against the sound as scheduled")
-    rp.add_argument("--config", help="skull.toml ([board], [jaw], [shape])" + CONFIG_LOOKUP)
-    rp.add_argument("--calibration", help="servo profile NAME or path (lead and travel come from it)")
+    rp.add_argument("--config", metavar="FILE", help="skull.toml ([board], [jaw], [shape])" + CONFIG_LOOKUP)
+    rp.add_argument("--calibration", metavar="PROFILE", help="servo profile NAME or path (lead and travel come from it)")
     rp.set_defaults(func=cmd_replay)
 
     dr = sub.add_parser("doctor", help="check the skull's devices, boards, calibration and host, and say what to fix")
-    dr.add_argument("--config", help="skull.toml" + CONFIG_LOOKUP)
+    dr.add_argument("--config", metavar="FILE", help="skull.toml" + CONFIG_LOOKUP)
     dr.add_argument("--sim", action="store_true", help="check as for skull run --sim: a simulated board "
                                                       "([board] driver = \"sim\"), so no GPIO or USB board is needed")
-    dr.add_argument("--url", help="host websocket URL (default from skull.toml)")
-    dr.add_argument("--token", help="shared secret (default: $SKULL_TOKEN)")
-    dr.add_argument("--name", help="this skull's name")
+    dr.add_argument("--url", metavar="URL", help="host websocket URL (default from skull.toml)")
+    dr.add_argument("--token", metavar="SECRET", help="shared secret (default: $SKULL_TOKEN)")
+    dr.add_argument("--name", metavar="NAME", help="this skull's name")
     dr.set_defaults(func=cmd_doctor)
 
-    d = sub.add_parser("demo", help="host and simulated skull in one process answer a question")
-    d.add_argument("--question", help="the question, a WAV file (any rate, mono or stereo); default: bundled")
-    d.add_argument("--image", help="the snapshot, an image file; default: bundled")
-    d.add_argument("--record", help="write each turn to DIR/turn-NNN/")
+    d = sub.add_parser("demo", help="a host and a simulated skull on this machine answer a question (try it first)")
+    d.add_argument("--question", metavar="WAV", help="the question, a WAV file (any rate, mono or stereo); default: bundled")
+    d.add_argument("--image", metavar="FILE", help="the snapshot, an image file; default: bundled")
+    d.add_argument("--record", metavar="DIR", help="write each turn to DIR/turn-NNN/")
     d.add_argument("--no-audio", action="store_true", help="do not open sound devices")
-    d.add_argument("--turns", type=int, default=1, help="how many times to ask (default 1)")
-    d.add_argument("--config", help="skull.toml")
-    d.add_argument("--calibration", help="servo profile: a NAME (calibration/NAME.toml) or a path")
+    d.add_argument("--turns", metavar="N", type=_positive_int, default=1, help="how many times to ask (default 1)")
+    d.add_argument("--turn-timeout", metavar="SECONDS", type=_positive_float, default=120.0,
+                   help="each turn may take this long beyond the question's own length")
+    d.add_argument("--host-config", metavar="FILE", help="a host.toml whose backends (model servers) answer "
+                                                         "(examples in host/examples/); default: embedded models")
+    d.add_argument("--config", metavar="FILE", help="a skull.toml for the simulated skull (default: built-in defaults)")
+    d.add_argument("--calibration", metavar="PROFILE", help="servo profile: a NAME (calibration/NAME.toml) or a path")
     d.set_defaults(func=cmd_demo)
 
     sv = sub.add_parser("service", help="install or remove the systemd unit that runs the host or the skull at "
@@ -379,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--user", action="store_true", help="a unit of your own user (~/.config/systemd/user/), "
                                                         "where the sound server runs; default: a system unit "
                                                         "(/etc/systemd/system/, needs sudo)")
-    si.add_argument("--config", help="the config file the unit runs with (default: the one skull would find now)")
+    si.add_argument("--config", metavar="FILE", help="the config file the unit runs with (default: the one skull would find now)")
     si.add_argument("--no-start", action="store_true", help="write the unit only; print the systemctl commands")
     si.add_argument("--print", action="store_true", help="print the unit and write nothing")
     su = svs.add_parser("uninstall", help="stop, disable and remove the unit, then systemctl daemon-reload")
@@ -389,19 +516,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="the running skull at a glance; exit 0 when it runs and is connected, "
                                        "1 when offline or its disk is low, 3 when it is not running")
-    st.add_argument("--name", help="the skull's name (default: the only skull running)")
+    st.add_argument("--name", metavar="NAME", help="the skull's name (default: the only skull running)")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
-    st.add_argument("--min-free-mb", type=float, default=200.0,
+    st.add_argument("--min-free-mb", metavar="MB", type=float, default=200.0,
                     help="the record folder's disk is low below this many free megabytes (default 200)")
     st.set_defaults(func=cmd_status)
+    for name, parser in sub.choices.items():
+        parser.description = parser.description or DESCRIPTIONS.get(name)
+        _loudness(parser, after_subcommand=True)
+    for choice in svs._choices_actions:  # install, uninstall: their help says it all
+        parser = svs.choices[choice.dest]
+        parser.description = parser.description or choice.help[:1].upper() + choice.help[1:] + "."
+        _loudness(parser, after_subcommand=True)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.verbose += getattr(args, "sub_verbose", 0)
+    args.quiet = bool(args.quiet + getattr(args, "sub_quiet", 0))
     _logging(args.verbose, quiet_console=args.command == "demo", quiet=args.quiet)
     try:
         return args.func(args)
     except SkullError as exc:
         print(f"skull {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"skull {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback for whoever reports it
+        if args.verbose:
+            log.error("unexpected error", exc_info=True)
+        print(f"skull {args.command}: error: unexpected {type(exc).__name__}: {exc} (a bug; 'skull -v "
+              f"{args.command} ...' shows where: please report it with that output)", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from host.process import HostProcess
 from .agent import Agent, shown
 from .audio.recorder import FileMic
 from .config import SkullConfig
+from .core.errors import SkullError
 from .machine import LedPattern, State
 from .runtime import build_body
 
@@ -65,7 +65,11 @@ def render(agent: Agent, started: float) -> Group:
 async def run_demo(question: Path, image: Path, *, record: Path | None = None, audio: bool = True,
                    turns: int = 1, console: Console | None = None, skull_config: SkullConfig | None = None,
                    host_config: HostConfig | None = None, timeout_s: float = 120.0) -> Agent:
-    """Runs ``turns`` turns and returns the agent (its ``finished`` turn records)."""
+    """Runs ``turns`` turns and returns the agent (its ``finished`` turn records). Each turn
+    may take ``timeout_s`` seconds beyond the question's own length (a limit per turn, so any
+    number of turns can run); a turn that takes longer is a SkullError naming it."""
+    if turns < 1:
+        raise SkullError(f"turns = {turns}: the demo needs at least 1 turn")
     console = console or Console()
     hcfg = host_config or HostConfig(server=ServerConfig(port=0))
     host = HostProcess(hcfg)
@@ -84,7 +88,7 @@ async def run_demo(question: Path, image: Path, *, record: Path | None = None, a
             # the view is a subscriber of the skull's bus: it redraws on every change it publishes
             agent.events.subscribe(lambda e: live.update(render(agent, started)))
             agent_task = asyncio.create_task(agent.run(), name="agent")
-            await asyncio.wait_for(visitor(agent, turns, live, started), timeout_s)
+            await visitor(agent, turns, live, started, timeout_s)
             live.update(render(agent, started))
     finally:
         if agent_task is not None:
@@ -120,10 +124,10 @@ async def _until(predicate, step_s: float = 0.01) -> None:
         await asyncio.sleep(step_s)
 
 
-async def visitor(agent: Agent, turns: int, live: Live, started: float) -> None:
+async def visitor(agent: Agent, turns: int, live: Live, started: float, timeout_s: float = 120.0) -> None:
     """The scripted visitor: press, speak the question, release, wait for the answer. With the
     voice trigger: speak (the mic file plays when the skull is first ready, then again for each
-    turn) and wait for the answer."""
+    turn) and wait for the answer. Each turn has ``timeout_s`` beyond the question's length."""
     mic = agent.body.mic
     pin = agent.body.panel.button.pin
     by_voice = isinstance(mic, FileMic) and any(t.name == "voice" for t in agent.hands_free)
@@ -138,27 +142,45 @@ async def visitor(agent: Agent, turns: int, live: Live, started: float) -> None:
             live.update(render(agent, started))
             await asyncio.sleep(0.05)
 
+    async def one_turn(turn: int) -> None:
+        while agent.state is not State.IDLE:
+            await asyncio.sleep(0.05)
+        released.clear()
+        agent.turn_ended.clear()
+        if by_voice:
+            if turn:
+                mic.say()
+            await agent.turn_ended.wait()
+            return
+        if isinstance(mic, FileMic):
+            mic.on_finished = speak_done
+        pin.drive_low()  # press
+        if agent.hands_free:  # the mic is open already: speak once the skull listens
+            await _until(lambda: agent.state is State.LISTENING)
+            mic.say()
+        # the question ends, or the skull stops listening first (past [audio] max_record_s)
+        ended = asyncio.create_task(agent.turn_ended.wait())
+        spoke = asyncio.create_task(released.wait())
+        try:
+            await asyncio.wait({ended, spoke}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            spoke.cancel()
+            ended.cancel()
+        pin.drive_high()  # release
+        await agent.turn_ended.wait()
+
+    limit_s = timeout_s + (mic.seconds if isinstance(mic, FileMic) else 0.0)
     ticker = asyncio.create_task(refresh())
     try:
         for turn in range(turns):
-            while agent.state is not State.IDLE:
-                await asyncio.sleep(0.05)
-            released.clear()
-            agent.turn_ended.clear()
-            if by_voice:
-                if turn:
-                    mic.say()
-                await agent.turn_ended.wait()
-                continue
-            if isinstance(mic, FileMic):
-                mic.on_finished = speak_done
-            pin.drive_low()  # press
-            if agent.hands_free:  # the mic is open already: speak once the skull listens
-                await _until(lambda: agent.state is State.LISTENING)
-                mic.say()
-            await released.wait()
-            pin.drive_high()  # release
-            await agent.turn_ended.wait()
+            try:
+                await asyncio.wait_for(one_turn(turn), limit_s)
+            except TimeoutError:
+                pin.drive_high()  # the visitor lets go
+                waited = f"still {agent.state.value}" + (f"; {agent.last_error}" if agent.last_error else "")
+                raise SkullError(f"turn {turn + 1} of {turns} got no answer within {limit_s:.0f} s (the skull was "
+                                 f"{waited}); run with -v to see what the host did, or give more "
+                                 f"--turn-timeout") from None
     finally:
         ticker.cancel()
 
@@ -177,5 +199,5 @@ def print_summary(agent: Agent, console: Console) -> int:
     for path in agent.recorded:
         console.print(f"  recorded in {path}")
     if not agent.finished:
-        console.print("[red]no turn finished[/]", file=sys.stderr)
+        console.print("[red]no turn finished[/]")
     return 0 if ok and agent.finished else 1

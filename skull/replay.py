@@ -123,7 +123,8 @@ class TurnReplay:
 def turn_folders(session: Path, turn: int | None = None) -> list[Path]:
     session = Path(session)
     if not session.is_dir():
-        raise SkullError(f"session folder {session} does not exist; record one with skull demo --record DIR "
+        what = "is a file, not a session folder" if session.exists() else "does not exist"
+        raise SkullError(f"session folder {session} {what}; give a folder recorded with skull demo --record DIR "
                          f"or skull run --record DIR")
     if (session / "reply.wav").is_file():
         folders = [session]

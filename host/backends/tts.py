@@ -42,6 +42,50 @@ def _check_speed(speed: float, where: str) -> None:
     need(0.25 <= speed <= 4.0, where, "speed", speed, "must be 0.25..4.0 (1.0 normal, 0.5 half, 2.0 double)")
 
 
+_VOICES: dict[tuple[str, str], frozenset[str] | None] = {}
+_VOICES_LOCK = threading.Lock()
+
+
+def _espeak_names(binary: str, which: str) -> frozenset[str] | None:
+    """Every name ``espeak-ng -v`` takes for a voice (``which`` = "") or a variant ("variant"):
+    language codes, voice names, file names, lower-cased; None when the list cannot be had
+    (then nothing is refused). Asked once per binary."""
+    with _VOICES_LOCK:
+        if (binary, which) not in _VOICES:
+            option = "--voices=variant" if which else "--voices"
+            try:
+                out = subprocess.run([binary, option], capture_output=True, timeout=10, check=False)
+                lines = out.stdout.decode("utf-8", errors="replace").splitlines()[1:] if out.returncode == 0 else []
+            except (OSError, subprocess.TimeoutExpired):
+                lines = []
+            names = set()
+            for line in lines:
+                words = line.split()
+                if len(words) < 5:
+                    continue
+                lang, voice_name = words[1], words[3]
+                file = " ".join(w for w in words[4:] if not w.startswith("(") and not w[0].isdigit())
+                names.update({lang, voice_name, voice_name.replace("_", " "), file, file.rsplit("/", 1)[-1]})
+                names.update(re.findall(r"\((\S+) \d+\)", line))
+            _VOICES[(binary, which)] = frozenset(n.lower() for n in names if n) if names else None
+        return _VOICES[(binary, which)]
+
+
+def espeak_voice_problem(binary: str, voice: str) -> str | None:
+    """Why espeak-ng would not speak with ``voice`` ("en-us+m3": a voice, then an optional
+    variant), or None when it would. espeak-ng itself falls back to its default voice without a
+    word for a name it does not know; this says so instead."""
+    base, _, variant = voice.partition("+")
+    voices, variants = _espeak_names(binary, ""), _espeak_names(binary, "variant")
+    if voices is not None and base.lower() not in voices:
+        return (f"voice {voice!r}: espeak-ng has no voice {base!r}; 'espeak-ng --voices' lists them "
+                f"(e.g. 'en-us', 'en-gb', 'de')")
+    if variant and variants is not None and variant.lower() not in variants:
+        return (f"voice {voice!r}: espeak-ng has no variant {variant!r}; 'espeak-ng --voices=variant' lists "
+                f"them (e.g. 'm3', 'f2', 'klatt')")
+    return None
+
+
 @dataclass(frozen=True)
 class EspeakSettings:
     """``[tts.espeak-ng]``: the embedded voice."""
@@ -71,11 +115,15 @@ class EspeakTTS:
                                           "espeak-ng' (make demo and make test do this for you)")
         self.voice, self.pitch, self.timeout_s = settings.voice, settings.pitch, ctx.timeout_s
         self.wpm, self.stage = round(ESPEAK_WPM * settings.speed), ctx.stage
+        self.voice_problem = espeak_voice_problem(self.binary, self.voice)
+        """why the voice cannot be used (the stage is down: its turns get the fallback voice), or None"""
 
     def synthesize(self, text: str) -> Speech:
         """The text spoken; no audio at all when nothing speakable is left of it. The text goes
         in on standard input, never on the command line, so a sentence that starts with ``-`` is
         spoken, not taken for an option, and no length of it meets the command line's limit."""
+        if self.voice_problem:  # never the default voice in its place without a word
+            raise BackendError(self.stage, self.voice_problem)
         text = speakable(text)
         if not text:
             return Speech(np.zeros(0, np.float32), ESPEAK_RATE)
@@ -92,6 +140,8 @@ class EspeakTTS:
         return Speech(to_mono(audio), audio.rate)
 
     def check(self) -> str:
+        if self.voice_problem:
+            raise BackendError(self.stage, self.voice_problem)
         return f"embedded ({self.binary}, voice {self.voice})"
 
 
