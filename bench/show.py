@@ -439,7 +439,7 @@ def main() -> int:
     ap.add_argument("--cut-rate", type=float, default=0.02, help="share of turns whose link is cut mid-answer")
     ap.add_argument("--stall-rate", type=float, default=0.01, help="share of turns whose link stalls mid-answer")
     ap.add_argument("--stall-s", type=float, default=10.0, help="how long a stalled link forwards nothing")
-    ap.add_argument("--speed", type=float, default=16.0, help="the question and the answer play this much faster")
+    ap.add_argument("--speed", type=float, default=32.0, help="the question and the answer play this much faster")
     ap.add_argument("--scale", type=float, default=0.15, help="multiply every fake server delay by this")
     ap.add_argument("--idle-every", type=int, default=100,
                     help="every N turns nobody comes for a while (an attract line is due)")
