@@ -281,6 +281,27 @@ class Heard(Message):
     caption: str
 
 
+def _check_sound(msg, max_bytes: int, too_large: str, jaw_fits: bool = False) -> None:
+    """The PCM fields and the jaw track of a ``speech`` or ``line`` message: ``bytes`` 1..``max_bytes``
+    (over it: error code ``too_large``) of whole frames, ``jaw_fps`` 1..1000, ``jaw`` numbers 0..1,
+    and with ``jaw_fits`` no more jaw frames than the sound lasts (plus a second)."""
+    _check_pcm(msg.rate, msg.width, msg.channels)
+    if not 0 < msg.bytes <= max_bytes:
+        raise _fail(too_large if msg.bytes > 0 else E_BAD_FIELD, f"field 'bytes' must be 1..{max_bytes}, got {msg.bytes}")
+    if msg.bytes % (msg.width * msg.channels):
+        raise _fail(E_BAD_FIELD, f"field 'bytes' ({msg.bytes}) is not a whole number of frames")
+    if not 1 <= msg.jaw_fps <= 1000:
+        raise _fail(E_BAD_FIELD, f"field 'jaw_fps' must be 1..1000, got {msg.jaw_fps}")
+    if jaw_fits:
+        seconds = msg.bytes / (msg.width * msg.channels * msg.rate)
+        if len(msg.jaw) > seconds * msg.jaw_fps + msg.jaw_fps:
+            raise _fail(E_BAD_FIELD, f"field 'jaw' has {len(msg.jaw)} frames for {seconds:.2f} s of sound at "
+                                     f"{msg.jaw_fps} frames/s")
+    for v in msg.jaw:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+            raise _fail(E_BAD_FIELD, f"field 'jaw' must hold numbers 0..1, got {v!r}"[:120])
+
+
 @dataclass(frozen=True)
 class Speech(Message):
     """One spoken sentence of the reply; one binary frame of raw PCM (``bytes`` bytes) follows."""
@@ -302,18 +323,9 @@ class Speech(Message):
 
     def validate(self) -> None:
         _check_turn(self.turn)
-        _check_pcm(self.rate, self.width, self.channels)
         if self.seq < 0:
             raise _fail(E_BAD_FIELD, f"field 'seq' must be 0 or more, got {self.seq}")
-        if not 0 < self.bytes <= MAX_BINARY_BYTES:
-            raise _fail(E_BAD_FIELD, f"field 'bytes' must be 1..{MAX_BINARY_BYTES}, got {self.bytes}")
-        if self.bytes % (self.width * self.channels):
-            raise _fail(E_BAD_FIELD, f"field 'bytes' ({self.bytes}) is not a whole number of frames")
-        if not 1 <= self.jaw_fps <= 1000:
-            raise _fail(E_BAD_FIELD, f"field 'jaw_fps' must be 1..1000, got {self.jaw_fps}")
-        for v in self.jaw:
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
-                raise _fail(E_BAD_FIELD, f"field 'jaw' must hold numbers 0..1, got {v!r}")
+        _check_sound(self, MAX_BINARY_BYTES, E_BAD_FIELD)
 
 
 @dataclass(frozen=True)
@@ -353,21 +365,7 @@ class Line(Message):
             raise _fail(E_BAD_FIELD, f"field 'kind' must be one of {', '.join(LINE_KINDS)}, got {self.kind[:40]!r}")
         if len(self.text) > 1000:
             raise _fail(E_BAD_FIELD, f"field 'text' must be at most 1000 characters, got {len(self.text)}")
-        _check_pcm(self.rate, self.width, self.channels)
-        if not 0 < self.bytes <= MAX_LINE_BYTES:
-            raise _fail(E_TOO_LARGE if self.bytes > 0 else E_BAD_FIELD,
-                        f"field 'bytes' must be 1..{MAX_LINE_BYTES}, got {self.bytes}")
-        if self.bytes % (self.width * self.channels):
-            raise _fail(E_BAD_FIELD, f"field 'bytes' ({self.bytes}) is not a whole number of frames")
-        if not 1 <= self.jaw_fps <= 1000:
-            raise _fail(E_BAD_FIELD, f"field 'jaw_fps' must be 1..1000, got {self.jaw_fps}")
-        seconds = self.bytes / (self.width * self.channels * self.rate)
-        if len(self.jaw) > seconds * self.jaw_fps + self.jaw_fps:
-            raise _fail(E_BAD_FIELD, f"field 'jaw' has {len(self.jaw)} frames for {seconds:.2f} s of sound at "
-                                     f"{self.jaw_fps} frames/s")
-        for v in self.jaw:
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
-                raise _fail(E_BAD_FIELD, f"field 'jaw' must hold numbers 0..1, got {v!r}"[:120])
+        _check_sound(self, MAX_LINE_BYTES, E_TOO_LARGE, jaw_fits=True)
 
 
 @dataclass(frozen=True)
