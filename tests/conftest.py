@@ -23,32 +23,31 @@ from skull.runtime import build_body
 DATA = Path(__file__).parent / "data"
 
 
+def _xdg_folder(tmp_path_factory, variable: str):
+    """Point ``variable`` (an XDG base directory) at a fresh temporary folder for the session;
+    child processes inherit it. Yields the folder, then puts the variable back."""
+    folder = tmp_path_factory.mktemp(variable.lower().replace("_", "-"))
+    before = os.environ.get(variable)
+    os.environ[variable] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop(variable, None)
+    else:
+        os.environ[variable] = before
+
+
 @pytest.fixture(scope="session", autouse=True)
 def state_home(tmp_path_factory):
     """Every skull of the session keeps its state (cached lines) in a temporary folder, never in
-    the user's ~/.local/state; child processes inherit it."""
-    folder = tmp_path_factory.mktemp("xdg-state")
-    before = os.environ.get("XDG_STATE_HOME")
-    os.environ["XDG_STATE_HOME"] = str(folder)
-    yield folder
-    if before is None:
-        os.environ.pop("XDG_STATE_HOME", None)
-    else:
-        os.environ["XDG_STATE_HOME"] = before
+    the user's ~/.local/state."""
+    yield from _xdg_folder(tmp_path_factory, "XDG_STATE_HOME")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def config_home(tmp_path_factory):
     """The user's config folder (~/.config/skull: skull.toml, calibration profiles) is a
     temporary one: no test reads the developer's own config or writes a profile there."""
-    folder = tmp_path_factory.mktemp("xdg-config")
-    before = os.environ.get("XDG_CONFIG_HOME")
-    os.environ["XDG_CONFIG_HOME"] = str(folder)
-    yield folder
-    if before is None:
-        os.environ.pop("XDG_CONFIG_HOME", None)
-    else:
-        os.environ["XDG_CONFIG_HOME"] = before
+    yield from _xdg_folder(tmp_path_factory, "XDG_CONFIG_HOME")
 
 
 @pytest.fixture(scope="session")
