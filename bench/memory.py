@@ -34,9 +34,12 @@ from host.fakes.workload import Workload  # noqa: E402
 from skull.machine import State  # noqa: E402
 
 
-def serve_workload(scale: float, conn) -> None:
-    """In a child process: the fake servers, until the parent sends anything (or goes away)."""
-    servers = Workload(jitter=0.0, failure_rate=0.0, crash_rate=0.0, warmup_s=0.0, seed=1).scaled(scale).start()
+def serve_workload(scale: float, conn, **misbehaving) -> None:
+    """In a child process: the fake servers, until the parent sends anything (or goes away).
+    ``misbehaving``: Workload's jitter, failure_rate, crash_rate, warmup_s and seed (default:
+    none of it); the host.toml that points at them goes to the parent first."""
+    how = dict(jitter=0.0, failure_rate=0.0, crash_rate=0.0, warmup_s=0.0, seed=1) | misbehaving
+    servers = Workload(**how).scaled(scale).start()
     try:
         conn.send(Workload.host_toml(servers, streaming=True, timeout_s=5.0))
         try:

@@ -1,36 +1,44 @@
 """A show night in fast motion: a simulated skull, a host that is killed now and then, a network
 that drops and stalls, model servers that fail, and nobody touching anything.
 
-    python bench/show.py                 # 1,000 turns, about 30 minutes here
+    python bench/show.py                 # 1,000 turns, under half an hour here
     python bench/show.py --turns 60 --kill-every 20
 
-The host runs as its own process (``skull host``) against the standard fake workload with its
-delays scaled down and failures switched on (each server fails 10 % of its calls, drops the
-connection mid-answer on 2 %, scales every wait by 0.7..1.3 and pays a warm-up on its first
-call). Between the skull and the host sits :class:`FlakyProxy`, a TCP proxy that now and then
-cuts every connection at once (as a switch or Wi-Fi does) and now and then forwards nothing for
-``--stall-s`` seconds (a link that hangs without closing). Every ``--kill-every`` turns (±20 %)
-the host process gets SIGKILL mid-answer and a new one starts a moment later, so a few presses
-find no host at all. The skull (this process; its agent is what a ``skull run`` runs) has a
-simulated body: MockFactory button, LED and servo, the workload's question as its microphone
-played ``--speed`` times faster than real time, and a speaker as fast.
+The host runs as its own process (``skull host``) against the standard fake workload (in a
+process of its own) with its delays scaled down and failures switched on (each server fails 10 %
+of its calls, drops the connection mid-answer on 2 %, scales every wait by 0.7..1.3 and pays a
+warm-up on its first call). Between the skull and the host sits :class:`FlakyProxy`, a TCP proxy
+that now and then cuts every connection at once (as a switch or Wi-Fi does) and now and then
+forwards nothing for ``--stall-s`` seconds (a link that hangs without closing). Every
+``--kill-every`` turns (±20 %) the host process gets SIGKILL mid-answer and a new one starts
+after a visitor or two pressed with no host. The skull (this process; its agent is what a
+``skull run`` runs) has a simulated body: MockFactory button, LED and servo, the workload's
+question as its microphone played ``--speed`` times faster than real time, and a speaker as
+fast. It says attract lines after 6 s with nobody ([idle]), its LED breathes and its jaw moves a
+little while idle, and its button counts as stuck after 5 s.
 
 Visitors press, speak, release and listen to the whole answer. A turn counts as *spoken* when the
-skull played something: the answer, a fallback line or, with no host, a line of its own. After
-every link loss (a cut, a stall the skull noticed, a host killed) the bench measures how long
-the jaw took to close, from the loss (the cut or the kill; for a stall, the moment the skull
-noticed it).
+skull played something: the answer, a fallback line or, with no host, a line of its own. Halfway
+through, the button is held down for 6 s (stuck: reported once, freed once); every
+``--idle-every`` turns nobody comes for a while, and an attract line must come. After every link
+loss (a cut, a stall the skull noticed, a host killed) the bench measures how long the jaw took
+to close, from the loss (the cut or the kill; for a stall, the moment the skull noticed it).
 
 Last line:
 
     turns=… spoken=… answered=… fallbacks=… offline_lines=… mute=… skull_exits=… host_restarts=…
     link_cuts=… stalls=… jaw_closed_after_loss_ms_max=… rss_growth_pct=… host_rss_growth_pct=… fds_growth=…
+    host_fds_growth=… attract_lines=… idle_periods=… stuck_reports=… stuck_freed=…
 
 ``rss_growth_pct``: this process (the skull) from turn 100 (or a tenth of the run when shorter)
-to the end; ``host_rss_growth_pct``: the host's RSS at the end of its last life against the end
-of its first (each life serves about the same number of turns); ``fds_growth``: the skull's
-open files, same two points. Exit status 1 unless mute=0, skull_exits=0, every jaw closed
-within 250 ms of a loss, both RSS growths < 5 % and fds_growth <= 2.
+to the end; ``host_rss_growth_pct``: the host's RSS at the end of its fullest life against the end of its
+first (each life serves about the same number of turns; a last life of under half a life's turns
+is left out); ``fds_growth``: the skull's
+open files, same two points; ``host_fds_growth``: the host's, like its RSS. Exit status 1 unless
+mute=0, skull_exits=0, every jaw closed within 250 ms of a loss, both RSS growths < 5 %, both
+fds growths <= 2, every idle period brought an attract line and the stuck button was reported
+and freed once. ``SHOW_DEBUG=1`` prints every step; ``SHOW_TRACEMALLOC=1`` what grew in the
+skull's Python memory between the two samples.
 """
 from __future__ import annotations
 
@@ -39,18 +47,21 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import multiprocessing
 import os
 import random
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import HostProcess, skull  # noqa: E402
+from memory import serve_workload  # noqa: E402
 
 from host.config import FallbackConfig  # noqa: E402
-from host.fakes.workload import Workload, question_wav  # noqa: E402
+from host.fakes.workload import question_wav  # noqa: E402
 from skull import events as ev  # noqa: E402
 from skull.machine import State  # noqa: E402
 
@@ -175,14 +186,17 @@ class JawWatch:
 class Night:
     """The show: turns, and the trouble scheduled between and inside them."""
 
-    def __init__(self, args, work: Workload, host: HostProcess, proxy: FlakyProxy, workdir: Path, config_text: str):
-        self.args, self.work, self.host, self.proxy = args, work, host, proxy
+    def __init__(self, args, host: HostProcess, proxy: FlakyProxy, workdir: Path, config_text: str):
+        self.args, self.host, self.proxy = args, host, proxy
         self.workdir, self.config_text = workdir, config_text
         self.rng = random.Random(args.seed)
         self.stats = collections.Counter()
         self.fallbacks = set(vars(FallbackConfig()).values())
         self.host_rss_at_life_end: list[int] = []
+        self.host_life_turns: list[int] = []
         self.host_fds_at_life_end: list[int] = []
+        self.mutes: list[str] = []
+        """what became of each turn nobody heard anything in"""
         self.lives = 0
         self.played_s = 0.0
         self.host_start_s: list[float] = []
@@ -195,6 +209,7 @@ class Night:
 
     def host_life_ends(self) -> None:
         self.host_rss_at_life_end.append(self.host.rss_kib())
+        self.host_life_turns.append(self.stats["turns"] - sum(self.host_life_turns))
         self.host_fds_at_life_end.append(_fds(self.host.proc.pid))
 
     async def kill_host(self, watch: JawWatch) -> None:
@@ -358,12 +373,19 @@ class Night:
             self.tally(rec, trouble)
             if turn == max(1, min(100, self.args.turns // 10)):
                 self.samples["start"] = (_rss_kib(os.getpid()), _fds(os.getpid()))
+                if tracemalloc.is_tracing():
+                    self.traced = tracemalloc.take_snapshot()
             if turn % self.args.report_every == 0:
                 print(f"  {turn:5d} turns  spoken {self.stats['spoken']}  mute {self.stats['mute']}  "
                       f"host restarts {self.stats['host_restarts']}  jaw closed within "
                       f"{max(watch.closed_after_ms, default=0):.0f} ms  skull RSS {_rss_kib(os.getpid())} KiB",
                       flush=True)
         self.samples["end"] = (_rss_kib(os.getpid()), _fds(os.getpid()))
+        if tracemalloc.is_tracing() and getattr(self, "traced", None) is not None:
+            grew = tracemalloc.take_snapshot().compare_to(self.traced, "lineno")
+            print("# SHOW_TRACEMALLOC: what grew since the first sample", flush=True)
+            for stat in grew[:15]:
+                print(f"#   {stat}", flush=True)
         self.host_life_ends()
 
     def tally(self, rec, trouble: str | None) -> None:
@@ -374,11 +396,12 @@ class Night:
                 self.stats["fallbacks"] += 1
             elif rec.outcome == "answered":
                 self.stats["answered"] += 1
-        elif trouble is None:
-            self.stats["mute"] += 1
         else:
-            self.stats["cut_before_a_word"] += 1  # the link went before the answer's first word
             self.stats["mute"] += 1
+            if trouble is not None:
+                self.stats["cut_before_a_word"] += 1  # the link went before the answer's first word
+            self.mutes.append(f"{self.stats['turns']} ({trouble or 'calm'}: "
+                              f"{rec.outcome if rec else 'no turn ended'}, {len(spoken)} sentences)")
 
     async def trouble_mid_answer(self, agent, trouble: str, watch: JawWatch) -> None:
         """Wait for the answer's first sound, then let the trouble happen a moment into it."""
@@ -401,11 +424,11 @@ class Night:
             await stall
 
 
-async def night(args, work, host, workdir, config_text) -> tuple[Night, bool]:
+async def night(args, host, workdir, config_text) -> tuple[Night, bool]:
     proxy = await FlakyProxy(host.port).start()
     agent = skull(proxy.port, "showskull", mic_speed=args.speed, play_speed=args.speed,
                   question=workdir / "question.wav", tweak=show_config)
-    show = Night(args, work, host, proxy, workdir, config_text)
+    show = Night(args, host, proxy, workdir, config_text)
     task = asyncio.create_task(agent.run())
     if os.environ.get("SHOW_DEBUG"):
         async def tell():
@@ -446,32 +469,44 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--report-every", type=int, default=50)
     args = ap.parse_args()
+    if os.environ.get("SHOW_TRACEMALLOC"):
+        tracemalloc.start(8)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("skull").setLevel(logging.CRITICAL if not os.environ.get("SHOW_DEBUG") else logging.INFO)
-    work = Workload(jitter=0.3, failure_rate=0.1, crash_rate=0.02, warmup_s=2.0, seed=args.seed).scaled(args.scale)
-    servers = work.start()
+    misbehaving = dict(jitter=0.3, failure_rate=0.1, crash_rate=0.02, warmup_s=2.0, seed=args.seed)
+    # the fake servers in a process of their own, as model servers are: they keep their last
+    # requests, audio included, which is no part of the skull's memory
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    fakes = ctx.Process(target=serve_workload, args=(args.scale, child), kwargs=misbehaving, name="fake-servers",
+                        daemon=True)
+    fakes.start()
     t0 = time.monotonic()
     try:
+        config_text = parent.recv()
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             question_wav(workdir / "question.wav")
-            config_text = Workload.host_toml(servers, streaming=True, timeout_s=5.0)
             host = HostProcess(config_text, workdir, "host-0")
             try:
                 print(f"show: {args.turns} turns, host killed about every {args.kill_every}, link cut on "
                       f"{args.cut_rate:.0%} and stalled {args.stall_s:g} s on {args.stall_rate:.0%} of turns, fake "
-                      f"servers failing {work.failure_rate:.0%} / crashing {work.crash_rate:.0%}", flush=True)
-                show, exited = asyncio.run(night(args, work, host, workdir, config_text))
+                      f"servers failing {misbehaving['failure_rate']:.0%} / crashing {misbehaving['crash_rate']:.0%}",
+                      flush=True)
+                show, exited = asyncio.run(night(args, host, workdir, config_text))
             finally:
                 show_host = locals().get("show")
                 (show_host.host if show_host else host).stop()
     finally:
-        for s in servers.values():
-            s.stop()
+        parent.send("stop")
+        fakes.join(10)
     s = show.stats
     (rss0, fds0), (rss1, fds1) = show.samples.get("start", show.samples["end"]), show.samples["end"]
     lives = show.host_rss_at_life_end
-    host_growth = 100.0 * (lives[-1] - lives[0]) / lives[0] if len(lives) > 1 and lives[0] else 0.0
+    # the host's memory: the fullest life against the first; a last life cut short by the end of
+    # the night (under half the turns of a life) has not had the time to fill what the others did
+    whole = [rss for rss, n in zip(lives, show.host_life_turns) if n >= args.kill_every / 2] or lives
+    host_growth = 100.0 * (max(whole) - whole[0]) / whole[0] if len(whole) > 1 and whole[0] else 0.0
     jaw_max = max(show.watch.closed_after_ms, default=0.0)
     figures = dict(turns=s["turns"], spoken=s["spoken"], answered=s["answered"], fallbacks=s["fallbacks"],
                    offline_lines=s["offline_lines"], mute=s["mute"], skull_exits=int(exited),
@@ -481,13 +516,14 @@ def main() -> int:
                    host_fds_growth=show.host_fds_at_life_end[-1] - show.host_fds_at_life_end[0],
                    attract_lines=s["said_attract"], idle_periods=s["idle_periods"],
                    stuck_reports=s["stuck_reports"], stuck_freed=s["stuck_freed"])
-    print(f"# {time.monotonic() - t0:.0f} s; host RSS at the end of each life (KiB): {lives}; "
+    print(f"# {time.monotonic() - t0:.0f} s; host RSS at the end of each life (KiB): {lives} "
+          f"after {show.host_life_turns} turns; "
           f"mute presses with no host: {s['offline_presses'] - s['offline_lines']} of {s['offline_presses']}, "
           f"links lost before a word: {s['cut_before_a_word']}; host starts took "
           f"{', '.join(f'{x:.1f}' for x in show.host_start_s) or '-'} s; longest wait for an idle skull "
           f"{max(show.waits_s, default=0):.1f} s; lines of its own said: "
           f"{ {k[5:]: v for k, v in s.items() if k.startswith('said_')} }; host open files at the end of each life: "
-          f"{show.host_fds_at_life_end}", flush=True)
+          f"{show.host_fds_at_life_end}; mute turns: {', '.join(show.mutes) or 'none'}", flush=True)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
     ok = (figures["mute"] == 0 and not exited and jaw_max <= JAW_CLOSED_MAX_MS and figures["rss_growth_pct"] < 5
           and host_growth < 5 and figures["fds_growth"] <= 2 and figures["host_fds_growth"] <= 2
