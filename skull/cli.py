@@ -318,6 +318,9 @@ def cmd_replay(args) -> int:
         print(f"skull replay: --jaw is now --board (skull.toml's [board] driver): use --board {args.jaw}",
               file=sys.stderr, flush=True)
         args.board = args.jaw
+    if args.sim and args.board not in (None, "sim"):
+        raise SkullError(f"--sim and --board {args.board} disagree: give one of them")
+    args.board = "sim" if args.sim else (args.board or "sim")
     args.jaw = args.board  # the replay code's name for it
     cfg = load_skull_config(_config_file("skull.toml", args.config).path, calibration=args.calibration)
     return run(args, cfg)
@@ -479,9 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
     rp.add_argument("session", metavar="DIR", help="a folder written by --record (turn-NNN/ folders), or one turn-NNN folder")
     rp.add_argument("--turn", metavar="N", type=int, help="only this turn number")
-    rp.add_argument("--board", choices=("sim", "gpio", "firmata", "serial"), default="sim",
+    rp.add_argument("--board", choices=("sim", "gpio", "firmata", "serial"),
                     help="the board whose jaw moves, as skull.toml's [board] driver (default sim; the board's "
                          "settings come from skull.toml)")
+    rp.add_argument("--sim", action="store_true", help="the same as --board sim: a simulated jaw (the default)")
     rp.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help=argparse.SUPPRESS)  # now --board
     rp.add_argument("--report", action="store_true", help="print lag, correlation, commands/s, largest step, "
                                                           "time outside limits")
