@@ -366,6 +366,7 @@ def test_the_readme_commands_work_as_written(tmp_path):
         # 4. during the show: the Pi's skull (what the unit runs) is up; both checks say well
         show_skull = start(".venv/bin/skull run --no-audio --mic-file my-question.wav", show, stdin=True)
         show_skull.wait_for(rf"connected to ws://127\.0\.0\.1:{show_port} as yorick")
+        assert f"calibration: {profile}: closed 1200 us, open 1700 us, lead 60 ms" in show_skull.text, show_skull.text
         deadline = time.monotonic() + 30
         while True:
             status = start(".venv/bin/skull status", show).finish(30)
