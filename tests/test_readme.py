@@ -232,8 +232,9 @@ def _newcomer_env(tmp: Path, name: str, work: Path, venv: Path) -> dict:
     home, run = tmp / f"home-{name}", tmp / f"run-{name}"
     home.mkdir()
     run.mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("XDG_", "SKULL_", "VIRTUAL_ENV", "PYTEST_")) and k not in ("VENV", "EXTRAS")}
+    env = {k: v for k, v in os.environ.items()  # nothing of this session's: its config, venv, make
+           if not k.startswith(("XDG_", "SKULL_", "VIRTUAL_ENV", "PYTEST_"))
+           and k not in ("VENV", "EXTRAS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(run), PYTHONPATH=str(work),
                PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
     return env
