@@ -291,7 +291,8 @@ def _calibration_line(cfg, config_path) -> str:
     c = cfg.calibration
     values = f"closed {c.closed_us:.0f} us, open {c.open_us:.0f} us, lead {c.lead_ms:.0f} ms"
     if cfg.jaw.calibration:
-        bundled = " (the bundled default; skull calibrate makes this jaw's own)" if is_bundled(cfg.jaw.calibration) else ""
+        bundled = (" (the bundled default; skull calibrate makes this jaw's own)"
+                   if is_bundled(cfg.jaw.calibration) else "")
         return f"calibration: {cfg.jaw.calibration}{bundled}: {values}"
     if config_path is not None and "calibration" in read_toml(config_path)[0]:
         return f"calibration: the [calibration] table of {config_path}: {values}"
