@@ -407,3 +407,27 @@ def test_the_readme_commands_work_as_written(tmp_path):
             shell.stop()
     for shell in started:
         assert "Traceback" not in shell.text, f"`{shell.command}`:\n{shell.text}"
+
+
+def test_skull_run_names_the_profile_in_use(tmp_path):
+    """The README: `skull run` names the servo profile in use after its config line."""
+    venv = _venv()
+    env = _newcomer_env(tmp_path, "run", ROOT, venv)
+    config = tmp_path / "skull.toml"
+    unreachable = f'[link]\nurl = "ws://127.0.0.1:{_free_port()}"\n'
+    from skull.config import load_calibration
+    bundled = ROOT / "calibration" / "default.toml"
+    b = load_calibration(bundled)
+    for text, line in (
+            (unreachable, f"calibration: {bundled} (the bundled default; skull calibrate makes this jaw's own): "
+                          f"closed {b.closed_us:.0f} us, open {b.open_us:.0f} us, lead {b.lead_ms:.0f} ms"),
+            (unreachable + "[calibration]\nclosed_us = 1250\nopen_us = 1750\nlead_ms = 50\n",
+             f"calibration: the [calibration] table of {config}: closed 1250 us, open 1750 us, lead 50 ms")):
+        config.write_text(text)
+        skull = Shell(f"exec skull run --sim --no-audio --mic-file {QUESTION} --config {config}", env, tmp_path)
+        try:
+            skull.wait_for(r"connecting to ws://", timeout=60)
+        finally:
+            skull.stop()
+        lines = skull.text.splitlines()
+        assert line in lines and lines.index(line) == lines.index(f"config: {config} (--config)") + 1, skull.text
