@@ -66,8 +66,8 @@ def readme_commands() -> list[str]:
     return commands
 
 
-# Commands that cannot run here as written: why, and what is run or checked instead (see
-# _listed_checks below: each entry has one).
+# Commands that cannot run here as written: why, and what test_the_readme_commands_work_as_written
+# runs or checks instead ("none" where nothing can stand in).
 LISTED = {
     "make test": ("it is the test suite this test belongs to", "`make -n test` shows it runs pytest"),
     "skull run --sim": ("no microphone or speaker on a CI machine",
