@@ -91,7 +91,7 @@ def non_interactive(args, console: Console) -> int:
     travel = args.travel_ms if args.travel_ms is not None else base.travel_ms
     cal = Calibration(closed_us=float(args.closed_us), open_us=float(args.open_us),
                       lead_ms=base.lead_ms, travel_ms=float(travel))
-    cal.check("skull calibrate")  # pulses and travel first, before the lead search
+    cal.check("--closed-us/--open-us/--travel-ms")  # pulses and travel first, before the lead search
     path = writable_profile(profile_path(args.name, profiles_folder(args)))
     lead = float(args.lead_ms) if args.lead_ms is not None else suggested_lead_ms(travel)
     cal = dataclasses.replace(cal, lead_ms=lead)

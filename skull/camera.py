@@ -25,6 +25,9 @@ class Camera(Device):
         self._cap = None
         self._lock = threading.Lock()
         if isinstance(source, str) and Path(source).suffix.lower() in _IMAGE_SUFFIXES:
+            if not Path(source).is_file():  # before OpenCV, whose own warning would come first
+                raise DeviceError(f"camera image {source} does not exist; check the path (--image or [camera] "
+                                  f"source)")
             img = cv2.imread(source, cv2.IMREAD_COLOR)
             if img is None:
                 raise DeviceError(f"camera image {source} cannot be read; check the path and that it is a picture")

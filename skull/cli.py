@@ -197,6 +197,7 @@ def cmd_run(args) -> int:
             turn_log.close()
         raise
     print(args.config_choice.line(), file=sys.stderr, flush=True)  # once the skull's devices are open
+    print(_calibration_line(cfg, args.config_choice.path), file=sys.stderr, flush=True)
     agent = Agent(cfg, body, record_dir=args.record, turn_log=turn_log)
     from .console import StatusLines
     StatusLines(agent)  # connected, listening, heard, said...: shown by default, hidden by -q
@@ -283,6 +284,21 @@ def cmd_demo(args) -> int:
     return print_summary(agent, console)
 
 
+def _calibration_line(cfg, config_path) -> str:
+    """The servo profile in use, as one line like the config line: ``calibration: FILE``."""
+    from .core.places import is_bundled
+    from .core.validate import read_toml
+    c = cfg.calibration
+    values = f"closed {c.closed_us:.0f} us, open {c.open_us:.0f} us, lead {c.lead_ms:.0f} ms"
+    if cfg.jaw.calibration:
+        bundled = (" (the bundled default; skull calibrate makes this jaw's own)"
+                   if is_bundled(cfg.jaw.calibration) else "")
+        return f"calibration: {cfg.jaw.calibration}{bundled}: {values}"
+    if config_path is not None and "calibration" in read_toml(config_path)[0]:
+        return f"calibration: the [calibration] table of {config_path}: {values}"
+    return f"calibration: built-in defaults (no profile file found): {values}"
+
+
 def cmd_calibrate(args) -> int:
     from .calibrate import cmd_calibrate as run
     if args.jaw:  # the old spelling, before the flag took skull.toml's name
@@ -299,6 +315,14 @@ def cmd_calibrate(args) -> int:
 def cmd_replay(args) -> int:
     from .config import load_skull_config
     from .replay import cmd_replay as run
+    if args.jaw:  # the old spelling, before the flag took skull.toml's name
+        print(f"skull replay: --jaw is now --board (skull.toml's [board] driver): use --board {args.jaw}",
+              file=sys.stderr, flush=True)
+        args.board = args.jaw
+    if args.sim and args.board not in (None, "sim"):
+        raise SkullError(f"--sim and --board {args.board} disagree: give one of them")
+    args.board = "sim" if args.sim else (args.board or "sim")
+    args.jaw = args.board  # the replay code's name for it
     cfg = load_skull_config(_config_file("skull.toml", args.config).path, calibration=args.calibration)
     return run(args, cfg)
 
@@ -459,8 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="play a recorded session through the jaw and measure the sync")
     rp.add_argument("session", metavar="DIR", help="a folder written by --record (turn-NNN/ folders), or one turn-NNN folder")
     rp.add_argument("--turn", metavar="N", type=int, help="only this turn number")
-    rp.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), default="sim",
-                    help="which jaw moves (default sim; board settings come from skull.toml)")
+    rp.add_argument("--board", choices=("sim", "gpio", "firmata", "serial"),
+                    help="the board whose jaw moves, as skull.toml's [board] driver (default sim; the board's "
+                         "settings come from skull.toml)")
+    rp.add_argument("--sim", action="store_true", help="the same as --board sim: a simulated jaw (the default)")
+    rp.add_argument("--jaw", choices=("sim", "gpio", "firmata", "serial"), help=argparse.SUPPRESS)  # now --board
     rp.add_argument("--report", action="store_true", help="print lag, correlation, commands/s, largest step, "
                                                           "time outside limits")
     rp.add_argument("--plot", metavar="PNG", help="draw waveform, envelope, commanded and physical jaw into this .png")

@@ -102,3 +102,14 @@ def test_image_camera_gives_the_same_picture_every_time():
     cam = Camera(bundled("snapshot.jpg"))  # a Path, as the demo passes it
     shots = [cam.snapshot() for _ in range(3)]
     assert shots[0][:2] == b"\xff\xd8" and shots[0] == shots[1] == shots[2]
+
+
+def test_a_missing_camera_image_is_one_line_of_ours(tmp_path, capfd):
+    from skull.camera import Camera
+    from skull.core.errors import DeviceError
+    with pytest.raises(DeviceError) as err:
+        Camera(tmp_path / "my-room.jpg")
+    assert str(err.value) == (f"camera image {tmp_path / 'my-room.jpg'} does not exist; check the path (--image or "
+                              f"[camera] source)")
+    out = capfd.readouterr()
+    assert out.out + out.err == ""  # no OpenCV warning before it

@@ -267,8 +267,18 @@ def test_replay_reports_and_plots_a_recorded_session(session, tmp_path, capsys):
 
 def test_replay_through_the_gpio_jaw_on_mock_pins(session, capsys, monkeypatch):
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    assert main(["replay", str(session), "--jaw", "gpio", "--no-audio"]) == 0
+    assert main(["replay", str(session), "--board", "gpio", "--no-audio"]) == 0
     assert "outside limits 0.000 s" in capsys.readouterr().out
+
+
+def test_replay_takes_the_old_jaw_spelling_and_says_the_new_one(session, capsys, monkeypatch):
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    assert main(["replay", str(session), "--jaw", "gpio", "--no-audio"]) == 0
+    out = capsys.readouterr()
+    assert "outside limits 0.000 s" in out.out
+    assert "skull replay: --jaw is now --board (skull.toml's [board] driver): use --board gpio" in out.err
+    assert main(["replay", str(session), "--sim", "--board", "gpio"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "skull replay: error: --sim and --board gpio disagree: give one of them"
 
 
 def test_replay_names_a_missing_or_empty_session(tmp_path, capsys):

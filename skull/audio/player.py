@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -294,8 +295,8 @@ class SoundDevicePlayer(Device):
         try:
             info = sd.query_devices(device, kind="output")
         except Exception as exc:
-            raise DeviceError(f"no speaker {'named ' + repr(device) if device is not None else ''} found ({exc}); "
-                              f"plug one in, choose one from 'python -m sounddevice' in skull.toml [audio] "
+            raise DeviceError(f"no speaker {'named ' + repr(device) + ' ' if device is not None else ''}found ({exc}); "
+                              f"plug one in, choose one from '{sys.executable} -m sounddevice' in skull.toml [audio] "
                               f"output_device, or run with --no-audio") from None
         self.name = f"{info['name']} (sound device)"
         self.rate = int(rate or info["default_samplerate"])

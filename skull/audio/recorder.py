@@ -5,6 +5,7 @@ Both deliver signed 16-bit mono chunks at ``rate`` Hz to ``on_chunk`` from a wor
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Callable
@@ -113,8 +114,8 @@ class SoundDeviceMic(Device):
         try:
             info = sd.query_devices(device, kind="input")
         except Exception as exc:
-            raise DeviceError(f"no microphone {'named ' + repr(device) if device is not None else ''} found ({exc}); "
-                              f"plug one in, pick one from 'python -m sounddevice' in skull.toml [audio] "
+            raise DeviceError(f"no microphone {'named ' + repr(device) + ' ' if device is not None else ''}found ({exc}); "
+                              f"plug one in, pick one from '{sys.executable} -m sounddevice' in skull.toml [audio] "
                               f"input_device, or use --mic-file FILE.wav") from None
         self.name = info["name"]
         self.native_rate = int(info["default_samplerate"])
