@@ -196,6 +196,8 @@ class Night:
         self.host_life_turns: list[int] = []
         self.host_fds_at_life_end: list[int] = []
         self.mutes: list[str] = []
+        self.unheard: list[str] = []
+        """presses that started no recording, with the skull's state before and after"""
         """what became of each turn nobody heard anything in"""
         self.lives = 0
         self.played_s = 0.0
@@ -265,11 +267,12 @@ class Night:
         spoken = asyncio.Event()
         agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
         last_before = agent.finished[-1] if agent.finished else None  # agent.finished keeps a few only
+        before = self.skull_state(agent)
         pin.drive_low()
         try:
             await asyncio.wait_for(spoken.wait(), 20)
-        except asyncio.TimeoutError:
-            pass
+        except asyncio.TimeoutError:  # the press started no recording: say in what state it found the skull
+            self.unheard.append(f"at the press {before}; 20 s later {self.skull_state(agent)}")
         pin.drive_high()
         deadline = loop.time() + 30
         while loop.time() < deadline:
@@ -279,6 +282,12 @@ class Night:
                 return None
             await asyncio.sleep(0.01)
         return None
+
+    @staticmethod
+    def skull_state(agent) -> str:
+        guards = "; ".join(f"button down={g.down} stuck={g.stuck}" for g in agent.guards.values())
+        return (f"{agent.state.name} turn {agent.machine.turn} saying={agent.machine.saying} "
+                f"connected={agent.link.connected} {guards}")
 
     def count_playing(self, agent) -> None:
         """Count the seconds of sound the skull queues for its speaker, whatever queues it."""
@@ -524,6 +533,8 @@ def main() -> int:
           f"{max(show.waits_s, default=0):.1f} s; lines of its own said: "
           f"{ {k[5:]: v for k, v in s.items() if k.startswith('said_')} }; host open files at the end of each life: "
           f"{show.host_fds_at_life_end}; mute turns: {', '.join(show.mutes) or 'none'}", flush=True)
+    for what in show.unheard:
+        print(f"# a press that started no recording: {what}", flush=True)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
     ok = (figures["mute"] == 0 and not exited and jaw_max <= JAW_CLOSED_MAX_MS and figures["rss_growth_pct"] < 5
           and host_growth < 5 and figures["fds_growth"] <= 2 and figures["host_fds_growth"] <= 2
