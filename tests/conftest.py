@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import queue
+import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +134,39 @@ def stereo_question(tmp_path_factory) -> Path:
     x = resample(to_mono(read_wav(bundled("question.wav"))), 16000, 22050)
     write_wav(path, np.stack([x, x * 0.8], axis=1), 22050)
     return path
+
+
+class Watched:
+    """A subprocess (``self.p``) whose output lines are collected as they come, a thread per
+    stream; :meth:`wait_for` waits for a pattern in them. Subclasses start the process and call
+    :meth:`_watch`."""
+    WAIT_S = 60.0
+
+    def _watch(self, name: str, *streams) -> None:
+        self.name, self.lines, self._new = name, [], queue.Queue()
+        for stream in streams:
+            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+            self._new.put(line)
+        self._new.put("")
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float | None = None) -> re.Match:
+        deadline = time.monotonic() + (self.WAIT_S if timeout is None else timeout)
+        while True:
+            found = re.search(pattern, self.text)
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0 or self.p.poll() is not None and self._new.empty():
+                raise AssertionError(f"no {pattern!r} in the output of {self.name}:\n{self.text}")
+            try:
+                self._new.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                pass

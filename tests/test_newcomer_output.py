@@ -6,17 +6,17 @@ engines and espeak-ng."""
 import json
 import logging
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import Watched
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = ROOT / "skull" / "data" / "question.wav"  # "Do you like my costume?", 2.7 s
@@ -30,40 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Proc:
+class Proc(Watched):
     """A `skull ...` subprocess whose stdout and stderr lines are collected as they come."""
 
     def __init__(self, args: list[str], env: dict, cwd: Path, stdin: bool = False):
         self.p = subprocess.Popen([sys.executable, "-m", "skull", *args], cwd=cwd, env=env, text=True,
                                   stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._new: queue.Queue = queue.Queue()
-        for stream in (self.p.stdout, self.p.stderr):
-            threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append(line.rstrip("\n"))
-            self._new.put(line)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(pattern, self.text)
-            if found:
-                return found
-            left = deadline - time.monotonic()
-            if left <= 0 or self.p.poll() is not None and self._new.empty():
-                raise AssertionError(f"no {pattern!r} in the output of {self.p.args[3:]}:\n{self.text}")
-            try:
-                self._new.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                pass
+        self._watch(str(args), self.p.stdout, self.p.stderr)
 
     def press(self, hold_s: float) -> None:
         """Enter presses the simulated button, Enter again releases it."""

@@ -9,16 +9,16 @@ listed one that the README no longer has: neither can drift from the other.
 Everything slow (three demos, a replay, four servers and two skulls) runs side by side: the
 demos spend their time waiting for a simulated speaker, not computing."""
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import tomllib
 from pathlib import Path
+
+from conftest import Watched
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,41 +149,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Shell:
+class Shell(Watched):
     """One README line in bash, in the background; its output lines collected as they come."""
+    WAIT_S = 90.0
 
     def __init__(self, command: str, env: dict, cwd: Path, stdin: bool = False):
         self.command = command
         self.p = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, text=True, start_new_session=True,
                                   stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.lines: list[str] = []
-        self._new: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip("\n"))
-            self._new.put(line)
-        self._new.put("")
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = re.search(pattern, self.text)
-            if found:
-                return found
-            left = deadline - time.monotonic()
-            if left <= 0 or self.p.poll() is not None and self._new.empty():
-                raise AssertionError(f"no {pattern!r} in the output of `{self.command}`:\n{self.text}")
-            try:
-                self._new.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                pass
+        self._watch(f"`{command}`", self.p.stdout)
 
     def finish(self, timeout: float = 120.0) -> "Shell":
         """Wait for it to end by itself."""
