@@ -102,9 +102,10 @@ async def wait_for(predicate, timeout: float = 10.0, step: float = 0.02):
         await asyncio.sleep(step)
 
 
-def one_turn(config, backends, *, question=None, speed: float = 3.0, record_dir=None, events=None):
+def one_turn(config, backends, *, question=None, speed: float = 3.0, record_dir=None, events=None, turn_log=None):
     """A host with ``config`` and ``backends``, and a simulated skull asking ``question`` once;
-    both stopped after. Returns (agent, turn record); the host's turn events go to ``events``."""
+    both stopped after. Returns (agent, turn record); the host's turn events go to ``events``,
+    the skull's turn log to ``turn_log`` (a JsonLines)."""
     from skull.agent import Agent
     from skull.machine import State
 
@@ -113,7 +114,7 @@ def one_turn(config, backends, *, question=None, speed: float = 3.0, record_dir=
         if events is not None:
             host.events.subscribe(events.append)
         cfg = skull_config(host.port)
-        agent = Agent(cfg, sim_body(cfg, question=question, speed=speed), record_dir=record_dir)
+        agent = Agent(cfg, sim_body(cfg, question=question, speed=speed), record_dir=record_dir, turn_log=turn_log)
         task = asyncio.create_task(agent.run())
         try:
             await wait_for(lambda: agent.state is State.IDLE)

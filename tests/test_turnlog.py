@@ -8,14 +8,12 @@ import logging
 
 import pytest
 
-from conftest import ask, sim_body, skull_config, start_host, wait_for
+from conftest import one_turn
 from host import events as hev
 from host.build import build_backends
-from skull.agent import Agent
 from skull.cli import main as skull_main
 from skull.config import LogConfig
 from skull.core.jsonlog import JsonLines
-from skull.machine import State
 from test_faults import Skull, fake_servers_host, short_question
 
 
@@ -65,22 +63,8 @@ def test_a_real_turn_is_logged_on_both_sides(workload_host, tmp_path):
     host_cfg = dataclasses.replace(workload_host, server=dataclasses.replace(
         workload_host.server, turn_log=str(tmp_path / "host.jsonl")))
 
-    async def run():
-        host = await start_host(host_cfg, build_backends(host_cfg))
-        cfg = skull_config(host.port)
-        agent = Agent(cfg, sim_body(cfg, question=short_question(), speed=8.0),
+    _, rec = one_turn(host_cfg, build_backends(host_cfg), question=short_question(), speed=8.0,
                       turn_log=JsonLines(tmp_path / "skull.jsonl"))
-        task = asyncio.create_task(agent.run())
-        try:
-            await wait_for(lambda: agent.state is State.IDLE)
-            rec = await ask(agent)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await host.stop()
-        return rec
-
-    rec = asyncio.run(run())
     (skull_line,) = lines_of(tmp_path / "skull.jsonl")
     (host_line,) = lines_of(tmp_path / "host.jsonl")
     assert skull_line["skull"] == "mr-bones" and skull_line["turn"] == 1 and skull_line["outcome"] == "answered"
