@@ -273,6 +273,7 @@ class Night:
             await asyncio.wait_for(spoken.wait(), 20)
         except asyncio.TimeoutError:  # the press started no recording: say in what state it found the skull
             self.unheard.append(f"at the press {before}; 20 s later {self.skull_state(agent)}")
+            print(f"# a press that started no recording: {self.unheard[-1]}", flush=True)
         pin.drive_high()
         deadline = loop.time() + 30
         while loop.time() < deadline:

@@ -81,7 +81,9 @@ def check_pin(ws, config: LinkConfig) -> None:
 
 
 def tls_problem(exc: BaseException, url: str, opened: bool) -> str | None:
-    """What a failure to open the link says about TLS, for the person setting it up, or None."""
+    """What a failure to open the link says about TLS, for the person setting it up, or None.
+    ``opened``: a websocket handshake with ``url`` has worked (in this attempt or an earlier
+    one), so the scheme is right whatever this failure looks like."""
     if isinstance(exc, TlsRefused):
         return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -159,13 +161,16 @@ class Link:
         c = self.config
         delays, tls, tls_said = None, tls_context(c), None
         hinted = False  # the likely causes of an unreachable host are named once per run
+        # a handshake that once worked with this url rules out a wrong scheme: a host (or the
+        # proxy in front of it) that later closes without answering is a network fault, not TLS
+        worked = False
         while True:
             opened, replaced = False, False
             try:
                 async with connect(c.url, open_timeout=5, ping_interval=c.ping_interval_s,
                                    ping_timeout=c.ping_timeout_s, close_timeout=2, max_size=p.TRANSPORT_MAX_BYTES,
                                    compression=None, proxy=None, ssl=tls) as ws:
-                    opened = True
+                    opened = worked = True
                     check_pin(ws, c)  # before hello: a wrong host never sees the token
                     tls_said = None
                     await self._serve(ws)
@@ -174,7 +179,7 @@ class Link:
                 raise
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
                 rcvd = getattr(exc, "rcvd", None) if isinstance(exc, ConnectionClosed) else None
-                said = None if rcvd is not None else tls_problem(exc, c.url, opened)
+                said = None if rcvd is not None else tls_problem(exc, c.url, opened or worked)
                 if rcvd is not None and rcvd.code == p.CLOSE_REPLACED:  # not a network fault: another skull
                     replaced = self.name_taken = True
                     log.warning("another skull uses the name %r on the host at %s and took this skull's place; "
@@ -185,8 +190,8 @@ class Link:
                     tls_said = said
                 else:  # the first failure of an outage is a warning; the retries after it are not news
                     log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s)%s; retrying",
-                            c.url, exc or type(exc).__name__, "" if hinted or opened else UNREACHABLE_HINT)
-                    hinted = hinted or not opened
+                            c.url, exc or type(exc).__name__, "" if hinted or worked else UNREACHABLE_HINT)
+                    hinted = hinted or not worked
             except InvalidURI as exc:
                 raise LinkFatal(f"link url {c.url!r} is not a websocket URL: {exc}") from None
             except ProtocolError as exc:  # the host answered hello with something unreadable

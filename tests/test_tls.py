@@ -166,6 +166,56 @@ def test_plain_ws_to_a_tls_host_says_to_use_wss(tls_config, backends, caplog):
     assert link.connects == 0 and host.handshakes == 0 and not host.conversations
 
 
+def test_a_proxy_that_drops_connections_after_the_link_worked_is_no_tls_advice(host_config, backends, caplog):
+    """A flaky network (a proxy that accepts and closes at once) in front of a host this skull
+    reached before over ws:// is an unreachable host, not a reason to try wss://."""
+    async def go():
+        host = await start_host(host_config, backends)
+        relay = {"on": True}
+
+        async def forward(reader, writer):
+            if not relay["on"]:  # the network broke: accepted, then closed before any answer
+                writer.close()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", host.port)
+
+            async def pipe(r, w):
+                try:
+                    while data := await r.read(65536):
+                        w.write(data)
+                        await w.drain()
+                except ConnectionError:
+                    pass  # the other side went away: the connection ends
+                finally:
+                    w.close()
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        proxy = await asyncio.start_server(forward, "127.0.0.1", 0)
+        cfg = _skull(host.port, f"ws://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+        link = Link(cfg.link, _noop, _noop)
+        task = asyncio.create_task(link.run())
+        try:
+            with caplog.at_level(logging.DEBUG, logger="skull.link"):
+                await wait_for(lambda: link.connects == 1, 5)
+                relay["on"] = False
+                await host.stop()  # the connection drops; every retry meets the broken proxy
+                await asyncio.sleep(1.5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            proxy.close()
+        return link
+
+    link = asyncio.run(go())
+    said = [r.getMessage() for r in caplog.records if r.name == "skull.link" and r.levelno >= logging.INFO]
+    assert not any("wss://" in s or "TLS" in s for s in said), said
+    # nor the first-run hints about --bind and firewalls: this skull has reached the host before
+    assert not any("--bind" in s for s in said), said
+    retries = [s for s in said if "unreachable" in s and "retrying" in s]
+    assert len(retries) >= 3, said  # it went on trying
+    assert link.connects == 1
+
+
 def test_an_unpinned_self_signed_certificate_fails_verification_and_names_the_fix(tls_config, backends, caplog):
     async def go():
         host = await WatchedHost(tls_config, backends).start()
