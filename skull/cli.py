@@ -49,9 +49,10 @@ def _config_file(filename: str, explicit: str | None, announce: bool = True):
     return choice
 
 
-def _until_terminated(main):
-    """Run ``main()`` until it returns or SIGTERM (systemd's stop) cancels it: its finally
-    blocks then run (the hardware is left safe, STOPPING=1 goes out)."""
+def _until_terminated(main, stopped: tuple[str, str] | None = None):
+    """Run ``main()`` until it returns or SIGTERM (systemd's stop) or Ctrl-C cancels it: its
+    finally blocks then run (the hardware is left safe, STOPPING=1 goes out). ``stopped``: the
+    status logger and the line it says once everything has stopped."""
     import signal
 
     async def guarded():
@@ -62,7 +63,9 @@ def _until_terminated(main):
     try:
         asyncio.run(guarded())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        pass
+        pass  # asked to stop: what main() holds has been closed on its way out
+    if stopped is not None:
+        logging.getLogger(stopped[0]).info("%s", stopped[1])
 
 
 def _listen_error(exc: OSError, bind: str, port: int) -> SkullError:
@@ -144,7 +147,7 @@ def cmd_host(args) -> int:
             keeper.close()
             await host.stop()
 
-    _until_terminated(main)
+    _until_terminated(main, ("host.status", "skull host stopped"))
     return 0
 
 
@@ -230,6 +233,7 @@ def cmd_run(args) -> int:
         _until_terminated(main)
     finally:
         agent.close()
+    logging.getLogger("skull.console").info("skull stopped: jaw closed, servo detached, LED off")
     return 0
 
 
@@ -558,8 +562,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub-)subcommand ``args`` chose: its usage is the one to show."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand that was given them, with its own usage
+        _subcommand_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     args.verbose += getattr(args, "sub_verbose", 0)
     args.quiet = bool(args.quiet + getattr(args, "sub_quiet", 0))
     _logging(args.verbose, quiet_console=args.command == "demo", quiet=args.quiet)

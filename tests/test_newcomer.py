@@ -136,6 +136,18 @@ def test_verbose_after_the_subcommand_shows_the_info_lines():
     assert info not in _host_stderr()
 
 
+@pytest.mark.parametrize("argv, usage", [(("status", "--bogus"), "usage: skull status"),
+                                         (("--bogus", "status"), "usage: skull status"),
+                                         (("service", "install", "skull", "--bogus"), "usage: skull service install")])
+def test_an_unknown_option_is_named_with_its_subcommands_usage(capsys, argv, usage):
+    from skull.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and usage in err, err
+    assert f"skull {' '.join(usage.split()[2:])}: error: unrecognized arguments: --bogus" in err, err
+
+
 def test_loudness_counts_before_and_after_the_subcommand():
     parser = build_parser()
     args = parser.parse_args(["-v", "run", "--sim", "-v"])
