@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -208,21 +209,23 @@ def test_a_bad_persona_is_refused_with_its_key(tmp_path, table, key):
         load_host_config(config)
 
 
-def test_demo_answers_twenty_turns_and_prints_its_summary(tmp_path):
-    """Worth its ~70 s: the whole limit used to cover the whole run (a TimeoutError after about six
-    turns), so only a long run shows each turn getting its own. A short question (spoken by the
-    real espeak-ng), one joke per reply and a quick voice, from the host.toml given with
-    --host-config, keep each turn to about 3 s; 20 turns take longer than --turn-timeout 30."""
+def test_demo_answers_six_turns_and_prints_its_summary(tmp_path):
+    """The whole limit used to cover the whole run (a TimeoutError after a few turns), so only a
+    run longer than --turn-timeout shows each turn getting its own. A short question (spoken by
+    the real espeak-ng), one joke per reply and a quick voice, from the host.toml given with
+    --host-config, keep each turn to about 3 s; 6 turns take longer than --turn-timeout 10."""
     question = tmp_path / "who.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(question), "Who are you?"], check=True)
     config = tmp_path / "host.toml"
     config.write_text('[reply.jokes]\nname = "Count Rattle"\nmax_jokes = 1\n\n[tts.espeak-ng]\nspeed = 2.0\n')
-    out = skull("demo", "--turns", "20", "--no-audio", "--question", str(question), "--host-config", str(config),
-                "--turn-timeout", "30", timeout=400, cwd=tmp_path)
+    started = time.monotonic()
+    out = skull("demo", "--turns", "6", "--no-audio", "--question", str(question), "--host-config", str(config),
+                "--turn-timeout", "10", timeout=400, cwd=tmp_path)
     assert "Traceback" not in out.stderr + out.stdout, out.stderr
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert out.stdout.count("(answered)") == 20
-    assert "turn 20 (answered)" in out.stdout and "replied:" in out.stdout
+    assert out.stdout.count("(answered)") == 6
+    assert "turn 6 (answered)" in out.stdout and "replied:" in out.stdout
+    assert time.monotonic() - started > 10  # the run outlasted one turn's limit
 
 
 def test_an_unexpected_failure_is_one_line_unless_asked_for_more(monkeypatch, capsys):
