@@ -18,7 +18,8 @@ fast. It says attract lines after 6 s with nobody ([idle]), its LED breathes and
 little while idle, and its button counts as stuck after 5 s.
 
 Visitors press, speak, release and listen to the whole answer. A turn counts as *spoken* when the
-skull played something: the answer, a fallback line or, with no host, a line of its own. Halfway
+skull played something: the answer, a fallback line or, with no host, a line of its own (also
+when the link is lost as the button goes down or before a word of the answer came). Halfway
 through, the button is held down for 6 s (stuck: reported once, freed once); every
 ``--idle-every`` turns nobody comes for a while, and an attract line must come. After every link
 loss (a cut, a stall the skull noticed, a host killed) the bench measures how long the jaw took
@@ -196,6 +197,8 @@ class Night:
         self.host_life_turns: list[int] = []
         self.host_fds_at_life_end: list[int] = []
         self.mutes: list[str] = []
+        self.press_line = False
+        """the last press found the link lost (or lost it before a word) and heard a line of the skull's own"""
         self.unheard: list[str] = []
         """presses that started no recording, with the skull's state before and after"""
         """what became of each turn nobody heard anything in"""
@@ -268,19 +271,32 @@ class Night:
         agent.body.mic.on_finished = lambda: loop.call_soon_threadsafe(spoken.set)
         last_before = agent.finished[-1] if agent.finished else None  # agent.finished keeps a few only
         before = self.skull_state(agent)
+        lines_before = self.stats["said_offline"]
+        self.press_line = False
         pin.drive_low()
-        try:
-            await asyncio.wait_for(spoken.wait(), 20)
-        except asyncio.TimeoutError:  # the press started no recording: say in what state it found the skull
+        # the question is spoken; unless the link was lost just as the button went down (a cut a
+        # moment ago, not yet noticed when the visitor pressed): then the skull says a line of its own
+        deadline = loop.time() + 20
+        while not spoken.is_set() and self.stats["said_offline"] == lines_before and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if not spoken.is_set() and self.stats["said_offline"] == lines_before:
+            # the press started no recording and no line: say in what state it found the skull
             self.unheard.append(f"at the press {before}; 20 s later {self.skull_state(agent)}")
             print(f"# a press that started no recording: {self.unheard[-1]}", flush=True)
         pin.drive_high()
         deadline = loop.time() + 30
         while loop.time() < deadline:
+            if self.stats["said_offline"] > lines_before:  # the link went before a word of the answer
+                self.press_line = True
+                while agent.machine.saying and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+                return agent.finished[-1] if agent.finished and agent.finished[-1] is not last_before else None
             if agent.finished and agent.finished[-1] is not last_before and agent.state is not State.THINKING:
                 return agent.finished[-1]
             if agent.state is State.OFFLINE:
-                return None
+                await asyncio.sleep(0.05)  # the skull's own line, if it says one, is queued with the loss
+                if self.stats["said_offline"] == lines_before:
+                    return None
             await asyncio.sleep(0.01)
         return None
 
@@ -375,12 +391,12 @@ class Night:
             mid = asyncio.create_task(self.trouble_mid_answer(agent, trouble, watch)) if trouble else None
             debug(f"turn {turn} ({trouble or 'calm'}): press")
             rec = await self.press(agent)
-            debug(f"turn {turn}: {rec.outcome if rec else 'nothing'}")
+            debug(f"turn {turn}: {rec.outcome if rec else 'nothing'}{' and a line of its own' if self.press_line else ''}")
             if mid is not None:
                 await mid
             if trouble == "kill":
                 await self.restart_host(agent)
-            self.tally(rec, trouble)
+            self.tally(rec, trouble, self.press_line)
             if turn == max(1, min(100, self.args.turns // 10)):
                 self.samples["start"] = (_rss_kib(os.getpid()), _fds(os.getpid()))
                 if tracemalloc.is_tracing():
@@ -398,7 +414,9 @@ class Night:
                 print(f"#   {stat}", flush=True)
         self.host_life_ends()
 
-    def tally(self, rec, trouble: str | None) -> None:
+    def tally(self, rec, trouble: str | None, line: bool = False) -> None:
+        """One turn counted: ``rec`` its record (None: no turn ended), ``line`` True when the
+        link went before a word of the answer and the skull said a line of its own instead."""
         spoken = [seg.text for seg in rec.in_order()] if rec else []
         if rec is not None and spoken:
             self.stats["spoken"] += 1
@@ -406,6 +424,10 @@ class Night:
                 self.stats["fallbacks"] += 1
             elif rec.outcome == "answered":
                 self.stats["answered"] += 1
+        elif line:
+            self.stats["spoken"] += 1
+            self.stats["offline_lines"] += 1
+            self.stats["lost_before_a_word"] += 1
         else:
             self.stats["mute"] += 1
             if trouble is not None:
@@ -529,7 +551,8 @@ def main() -> int:
     print(f"# {time.monotonic() - t0:.0f} s; host RSS at the end of each life (KiB): {lives} "
           f"after {show.host_life_turns} turns; "
           f"mute presses with no host: {s['offline_presses'] - s['offline_lines']} of {s['offline_presses']}, "
-          f"links lost before a word: {s['cut_before_a_word']}; host starts took "
+          f"links lost before a word: {s['lost_before_a_word']} answered by a line of its own, "
+          f"{s['cut_before_a_word']} mute; host starts took "
           f"{', '.join(f'{x:.1f}' for x in show.host_start_s) or '-'} s; longest wait for an idle skull "
           f"{max(show.waits_s, default=0):.1f} s; lines of its own said: "
           f"{ {k[5:]: v for k, v in s.items() if k.startswith('said_')} }; host open files at the end of each life: "

@@ -4,7 +4,8 @@
     THINKING --SegmentArrived--> SPEAKING --HostDone and Drained--> IDLE
     SPEAKING --ReplyTimeout after the last segment played, no done--> IDLE (a host that never finishes)
     THINKING/SPEAKING --ButtonDown--> LISTENING (interrupt: stop audio, close jaw, new turn)
-    any --Disconnected--> OFFLINE (stop mic and audio, close jaw, LED blinks)
+    any --Disconnected--> OFFLINE (stop mic and audio, close jaw, LED blinks; a turn cut before any
+        of its answer came says a cached "offline" line, so the visitor is not left in silence)
     any --Fault--> safe again (jaw closed, audio and mic stopped, LED off; the turn ends "failed")
     OFFLINE --ButtonDown--> OFFLINE saying a cached "offline" line (PlayLine), never two at once
     OFFLINE/IDLE --IdleLine(kind)--> saying that line (attract, greeting) unless one plays already
@@ -276,6 +277,8 @@ class TalkMachine:
             if in_turn:
                 acts.append(TurnEnd(self.turn, "disconnected"))
             self.state = State.OFFLINE
+            if s in (State.LISTENING, State.THINKING):  # nothing of the answer came: say why
+                acts += self._say("offline")
             return acts
         if isinstance(event, Fault):
             self.saying = False

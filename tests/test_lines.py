@@ -249,6 +249,35 @@ def test_rebooted_with_the_host_stopped_a_press_says_a_cached_line_with_a_moving
     assert skull.body.jaw.log[-1].opening == 0.0  # shut at the end
 
 
+def test_a_host_lost_while_the_visitor_speaks_is_answered_by_a_line_of_the_skulls_own(tmp_path, backends):
+    """The link goes with the question half spoken: the turn ends, and rather than silence the
+    visitor hears a cached offline line, with the jaw shut first."""
+    async def go():
+        host = await start_host(HostConfig(server=ServerConfig(port=0)), backends)
+        cfg = _config(host.port, tmp_path / "lines")
+        skull = Agent(cfg, sim_body(cfg, speed=0.5))  # a question that takes a while to say
+        task, got = await _run(skull)
+        try:
+            await wait_for(lambda: any(isinstance(e, ev.LinesCached) for e in got), 60)
+            pin = skull.body.panel.button.pin
+            pin.drive_low()
+            await wait_for(lambda: skull.state is State.LISTENING, 5)
+            await asyncio.sleep(0.3)
+            await host.stop()
+            await wait_for(lambda: _said(got), 10)
+            pin.drive_high()
+            await wait_for(lambda: not skull.machine.saying, 30)
+        finally:
+            await _stop(task)
+        return got
+    got = asyncio.run(go())
+    ended = [e.record.outcome for e in got if isinstance(e, ev.TurnEnded)]
+    assert ended == ["disconnected"], ended
+    said = _said(got)
+    assert len(said) == 1 and said[0].kind == "offline" and said[0].source == "cache", said
+    assert got.index(said[0]) > next(i for i, e in enumerate(got) if isinstance(e, ev.TurnEnded))
+
+
 def test_with_no_cache_the_skull_apologises_with_espeak_and_a_live_jaw(tmp_path):
     async def go():
         cfg = _config(1, tmp_path / "empty")  # port 1: no host there

@@ -186,6 +186,10 @@ def test_disconnect_closes_everything(state, first):
     assert acts[:len(first)] == first
     assert acts[len(first):len(first) + 3] == [StopPlayback(), JawClose(), Led(OFFLINE)]
     assert (TurnEnd(1, "disconnected") in acts) == (state is not State.IDLE)
+    # a visitor who heard nothing of the answer hears a line of the skull's own, after the turn ended
+    heard_nothing = state in (State.LISTENING, State.THINKING)
+    assert (acts[-1] == m.PlayLine("offline")) == heard_nothing and acts.count(m.PlayLine("offline")) == heard_nothing
+    assert mc.saying is heard_nothing
     assert mc.state is State.OFFLINE
     assert mc.handle(Disconnected()) == []
 
