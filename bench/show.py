@@ -222,7 +222,7 @@ class Night:
         self.host_life_ends()
         lost_at = time.monotonic()
         self.host.proc.kill()
-        self.host.proc.wait()
+        await asyncio.to_thread(self.host.proc.wait)  # reaped off the loop: the skull goes on meanwhile
         self.host.log.close()
         self.stats["host_restarts"] += 1
         await watch.after_loss(lost_at)
