@@ -249,6 +249,14 @@ class Control(TurnEvent):
     """where the operator was, ``host:port``"""
 
 
+SKULL_EVENTS = (SkullConnected, SkullLeft, SkullStatus, Control)
+"""events about a skull rather than one of its turns"""
+TURN_EVENTS = (TurnStarted, Stopped, StageStarted, StageFinished, SpeechStarted, Interim, Hearing, Transcript, Caption,
+               FirstPiece, Sentence, SegmentSent, Fallback, TurnError, Done, Played, Snapshot, QuestionAudio,
+               ReplyAudio)
+"""the events of a turn (subscribe with ``*TURN_EVENTS`` to get only these)"""
+
+
 # --- subscribers -----------------------------------------------------------------------------
 
 
