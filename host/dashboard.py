@@ -101,7 +101,7 @@ class TurnView:
         return {"id": self.id, "skull": self.skull, "turn": self.turn, "started": self.started,
                 "transcript": self.transcript, "caption": self.caption,
                 "reply": self.reply or " ".join(self.sentences), "outcome": self.outcome,
-                "timings": self.timings, "errors": self.errors, "fallbacks": self.fallbacks,
+                "timings": dict(self.timings), "errors": self.errors, "fallbacks": self.fallbacks,
                 "question_audio": self.question is not None, "reply_audio": bool(self.reply_audio)}
 
 
@@ -132,7 +132,9 @@ class SkullView:
     """the states of the current turn, in order"""
 
     def view(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        out = dict(self.__dict__)
+        out["last"], out["states"] = dict(self.last), list(self.states)
+        return out
 
 
 class Board:
@@ -232,6 +234,13 @@ class Board:
         elif isinstance(e, ev.Sentence):
             t.sentences.append(e.text)
             v.reply = " ".join(t.sentences)
+            self._mark(v, t, "llm_first_sentence", e.at_ms)
+        elif isinstance(e, ev.StageFinished) and e.stage == "stt":
+            self._mark(v, t, "stt", e.ms)
+        elif isinstance(e, ev.FirstPiece):
+            self._mark(v, t, "llm_first_token", e.at_ms)
+        elif isinstance(e, ev.SegmentSent):
+            self._mark(v, t, "tts_first_segment", e.at_ms)
         elif isinstance(e, ev.QuestionAudio):
             t.question = (e.rate, e.channels, e.pcm)
         elif isinstance(e, ev.ReplyAudio):
@@ -252,16 +261,22 @@ class Board:
             t.reply, t.outcome = e.reply, "answered" if e.segments else "no reply"
             t.timings.update(e.timings_ms)
             v.reply = e.reply or v.reply
-            v.last = dict(t.timings)
+            v.last = t.timings
             self._bucket()["turns"] += 1
             if m:
                 m.turns.labels(e.skull).inc()
         elif isinstance(e, ev.Played):
-            t.timings["first_audio"] = e.first_audio_ms
-            v.last = dict(t.timings)
+            self._mark(v, t, "first_audio", e.first_audio_ms)
             self._bucket()["first_audio"].append(e.first_audio_ms)
             if m:
                 m.first_audio.observe(e.first_audio_ms / 1000.0)
+
+    @staticmethod
+    def _mark(v: SkullView, t: TurnView, key: str, ms: float) -> None:
+        """A point of the turn's waterfall as it happens (``done.timings_ms`` completes them);
+        the skull's card shows this turn's waterfall from its first point on."""
+        t.timings.setdefault(key, ms)
+        v.last = t.timings
 
     def night(self) -> dict:
         """Turns in the last hour, per-bucket turns and first_audio p50/p95, errors and fallbacks by stage."""
@@ -414,7 +429,10 @@ class Dashboard:
         """One control from a page: ``{"control": ACTION, "skull": NAME, "text": ...}``; the
         answer is ``{"t": "control", "ok": bool, "message": ...}``."""
         try:
-            req = json.loads(frame) if isinstance(frame, str) else None
+            try:
+                req = json.loads(frame) if isinstance(frame, str) else None
+            except ValueError:
+                req = None
             if not isinstance(req, dict) or not isinstance(req.get("control"), str) \
                     or not isinstance(req.get("skull"), str) or not isinstance(req.get("text", ""), str):
                 raise ControlError(f'a control is {{"control": one of {", ".join(ACTIONS)}, "skull": NAME, '
