@@ -354,9 +354,15 @@ class Dashboard:
         self._unsubscribe = self.host.events.subscribe(self.board)
         for name, session in self.host.sessions.items():  # skulls already there
             self.board(ev.SkullConnected(name, session.last_turn, "?", session.controls))
-        self.server = await serve(self._page_socket, self.bind, self._port, process_request=self._http,
-                                  max_size=MAX_PAGE_MSG, compression=None, ping_interval=20,
-                                  logger=logging.getLogger("host.dashboard.websockets"))
+        try:
+            self.server = await serve(self._page_socket, self.bind, self._port, process_request=self._http,
+                                      max_size=MAX_PAGE_MSG, compression=None, ping_interval=20,
+                                      logger=logging.getLogger("host.dashboard.websockets"))
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(f"cannot serve the dashboard on {self.bind}:{self._port}: {exc.strerror or exc}; give "
+                              f"--dashboard (or [dashboard] listen) a free port on an address of this "
+                              f"machine") from None
         self._pusher = asyncio.create_task(self._push_forever(), name="dashboard-push")
         log.info("dashboard at %s", self.url)
         return self

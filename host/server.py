@@ -414,7 +414,11 @@ class Host:
                  b.stt.name, b.vision.name if b.vision else self.config.vision.backend, b.reply.name, b.tts.name,
                  "streaming" if self.config.streaming else "not streaming")
         if self.dashboard is not None:
-            await self.dashboard.start()
+            try:
+                await self.dashboard.start()
+            except BaseException:
+                await self.stop()
+                raise
         return self
 
     async def stop(self) -> None:
