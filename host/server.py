@@ -320,7 +320,8 @@ class Host:
     by all skulls (a streamed reply holds one while it is written).
     """
 
-    #: how often a skull that takes controls sends its status (welcome.status_hz)
+    #: how often a skull that takes controls sends its status (welcome.status_hz) to a host that
+    #: serves the dashboard (others ask for none)
     STATUS_HZ = 10.0
 
     def __init__(self, config: HostConfig, backends: Backends | None = None, *, workers: int = 32):
@@ -573,7 +574,8 @@ class Host:
         session = self.sessions[name] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape,
                                                      hello.controls)
         await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
-                                     self.config.server.max_record_s, self.STATUS_HZ if hello.controls else 0.0))
+                                     self.config.server.max_record_s,
+                                     self.STATUS_HZ if hello.controls and self.dashboard is not None else 0.0))
         self.events.emit(ev.SkullConnected(name, 0, _address(ws.remote_address), hello.controls))
         status.info("skull %s connected from %s%s", name, _address(ws.remote_address), "" if old is None else
                     f" and took the place of its connection from {old.peer}: two skulls with one name? Give each "
