@@ -177,6 +177,53 @@ def test_a_control_the_host_cannot_carry_out_is_answered_not_dropped(show):
     assert "a control is" in answers[3]["message"]
 
 
+async def page_control(show, **req) -> dict:
+    """One control sent as the page sends it; the host's answer."""
+    async with connect(f"ws://127.0.0.1:{show.host.dashboard.port}/ws?token={TOKEN}") as ws:
+        await ws.recv()
+        await ws.send(json.dumps(req))
+        while (answer := json.loads(await ws.recv()))["t"] != "control":
+            pass
+        return answer
+
+
+def test_mute_keeps_a_skull_from_taking_turns_until_unmuted_and_reset_forgets_its_conversation(show):
+    board, lady = show.host.dashboard.board, show.agents["lady-bones"]
+    assert show.run(page_control(show, control="mute", skull="lady-bones"))["ok"]
+    show.run(wait_for(lambda: lady.muted and board.skulls["lady-bones"].muted, 5))
+    turn = lady.machine.turn
+
+    async def press():
+        pin = lady.body.panel.button.pin
+        pin.drive_low()
+        await asyncio.sleep(0.4)
+        pin.drive_high()
+        await asyncio.sleep(0.2)
+    show.run(press())
+    assert (lady.state, lady.machine.turn) == (State.IDLE, turn)  # no turn while muted
+    assert show.run(page_control(show, control="unmute", skull="lady-bones"))["ok"]
+    show.run(wait_for(lambda: not lady.muted and not board.skulls["lady-bones"].muted, 5))
+
+    show.host.conversations["lady-bones"].history.append(("hello", "boo"))
+    answer = show.run(page_control(show, control="reset", skull="lady-bones"))
+    assert answer == {"t": "control", "ok": True, "message": "forgot lady-bones's conversation"}
+    assert not show.host.conversations["lady-bones"].history
+
+
+def test_a_skull_that_offers_no_controls_is_asked_for_no_status_and_gets_no_commands(show):
+    from skull.core import protocol as p
+
+    async def old_skull():
+        async with connect(f"ws://127.0.0.1:{show.host.port}") as ws:
+            await ws.send(p.encode(p.Hello(1, "old-bones", TOKEN))[0])
+            welcome = p.decode_text(await ws.recv(), p.HOST_MESSAGES)
+            answer = await page_control(show, control="interrupt", skull="old-bones")
+            return welcome, answer
+    welcome, answer = show.run(old_skull())
+    assert welcome.status_hz == 0.0
+    assert answer["ok"] is False and "skull old-bones takes no controls" in answer["message"]
+
+
 # --- in a real browser ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -217,7 +264,8 @@ def until(predicate, timeout: float = 10.0, step: float = 0.05):
 def test_the_page_shows_both_skulls_their_turns_and_the_controls_work(show, browser, artifacts):
     d = browser
     d.get(f"{show.url}/?token={TOKEN}")
-    until(lambda: len(d.find_elements("css selector", ".skull")) == 2 and d.find_element("id", "link").text == "live")
+    until(lambda: all(d.find_elements("css selector", f'.skull[data-skull="{n}"]') for n in NAMES)
+          and d.find_element("id", "link").text == "live")
     for name in NAMES:
         assert card(d, name, "@data-state") == "idle"
 
