@@ -69,6 +69,9 @@ class Metrics:
         self.fallbacks = prom.Counter("skull_fallbacks", "fallback lines spoken", ["stage"], registry=r)
         self.connected = prom.Gauge("skull_skulls_connected", "skulls connected now", registry=r)
         self.controls = prom.Counter("skull_controls", "operator controls used", ["action"], registry=r)
+        self.statuses = prom.Counter("skull_status_messages", "status messages the skulls sent", registry=r)
+        self.cpu = prom.Counter("skull_dashboard_cpu_seconds", "CPU time the dashboard itself took on the host's "
+                                "event loop (its bookkeeping, pushes and HTTP answers)", registry=r)
 
     def text(self) -> bytes:
         return prom.generate_latest(self.registry)
@@ -182,6 +185,8 @@ class Board:
     def __call__(self, e: ev.TurnEvent) -> None:
         m = self.metrics
         if isinstance(e, ev.SkullStatus):
+            if m:
+                m.statuses.inc()
             v = self.skull(e.skull)
             if v.state != e.state:
                 v.states = (v.states + [e.state])[-12:] if e.state != "listening" else ["listening"]
@@ -351,7 +356,7 @@ class Dashboard:
         return f"http://{where}:{self.port}/"
 
     async def start(self) -> "Dashboard":
-        self._unsubscribe = self.host.events.subscribe(self.board)
+        self._unsubscribe = self.host.events.subscribe(self._on_event)
         for name, session in self.host.sessions.items():  # skulls already there
             self.board(ev.SkullConnected(name, session.last_turn, "?", session.controls))
         try:
@@ -379,6 +384,13 @@ class Dashboard:
             await self.server.wait_closed()
             self.server = None
 
+    def _on_event(self, e: ev.TurnEvent) -> None:
+        t0 = time.thread_time()
+        try:
+            self.board(e)
+        finally:
+            self.metrics.cpu.inc(time.thread_time() - t0)
+
     # --- HTTP --------------------------------------------------------------------------------
 
     def _allowed(self, request: Request, query: dict) -> bool:
@@ -391,6 +403,13 @@ class Dashboard:
         return hmac.compare_digest(given.encode(), self.token.encode())
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        t0 = time.thread_time()
+        try:
+            return self._answer(connection, request)
+        finally:
+            self.metrics.cpu.inc(time.thread_time() - t0)
+
+    def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)
         query = urllib.parse.parse_qs(url.query)
         if not self._allowed(request, query):
@@ -458,13 +477,17 @@ class Dashboard:
             if not self.pages:
                 continue
             try:
+                t0 = time.thread_time()
                 msg = self.board.take()
-                if msg is None:
+                text = None if msg is None else json.dumps(msg, separators=(",", ":"))
+                self.metrics.cpu.inc(time.thread_time() - t0)
+                if text is None:
                     continue
-                text = json.dumps(msg, separators=(",", ":"))
                 for ws in list(self.pages):
+                    t0 = time.thread_time()
                     with contextlib.suppress(ConnectionClosed):
-                        await ws.send(text)
+                        await ws.send(text)  # a frame written to the socket's buffer: it does not wait for the page
+                    self.metrics.cpu.inc(time.thread_time() - t0)
             except Exception as exc:  # a view must never cost the host anything
                 self.host.faults("the dashboard's push", exc)
 

@@ -9,6 +9,7 @@ pytest temporary folder), e.g. ``SKULL_ARTIFACTS=build/artifacts pytest tests/te
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -60,7 +61,7 @@ class Show:
         self.agents, self.tasks = {}, []
         for name in NAMES:
             scfg = skull_config(self.host.port, token=TOKEN, name=name)
-            agent = self.agents[name] = Agent(scfg, sim_body(scfg, speed=2.0))
+            agent = self.agents[name] = Agent(scfg, sim_body(scfg, speed=3.0))
             agent.events.subscribe(lambda e, n=name: self.said[n].append(e.text), sev.LineSaid)
             self.tasks.append(asyncio.create_task(agent.run()))
         await wait_for(lambda: all(a.state is State.IDLE for a in self.agents.values()), 20)
@@ -155,6 +156,8 @@ def test_metrics_parse_with_the_exporters_own_parser_and_count_turns(show):
     assert after[turns] == before.get(turns, 0) + 1
     assert after[("skull_first_audio_seconds_count", ())] == before[("skull_first_audio_seconds_count", ())] + 1
     assert after[("skull_skulls_connected", ())] == 2
+    assert after[("skull_status_messages_total", ())] > before[("skull_status_messages_total", ())]
+    assert after[("skull_dashboard_cpu_seconds_total", ())] > 0
 
 
 def test_a_control_the_host_cannot_carry_out_is_answered_not_dropped(show):
@@ -257,7 +260,7 @@ def until(predicate, timeout: float = 10.0, step: float = 0.05):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("not seen on the page in time")
+            raise AssertionError(f"not seen on the page within {timeout:g} s: {inspect.getsource(predicate).strip()}")
         time.sleep(step)
 
 
