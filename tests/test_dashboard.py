@@ -351,3 +351,28 @@ def test_the_board_follows_a_turn_from_its_events_and_forgets_the_oldest():
 def test_every_host_event_is_a_turn_event_or_a_skull_event():
     kinds = {c for c in vars(ev).values() if isinstance(c, type) and issubclass(c, ev.TurnEvent) and c is not ev.TurnEvent}
     assert kinds == set(ev.TURN_EVENTS) | set(ev.SKULL_EVENTS)
+
+
+def test_the_skull_reports_each_state_at_once_and_its_jaw_at_most_status_hz():
+    from types import SimpleNamespace
+
+    from skull.core import protocol as p
+    from skull.machine import LedPattern
+    from skull.report import StatusReport
+
+    async def go(status_hz):
+        sent = []
+        link = SimpleNamespace(connected=True, welcome=p.Welcome(1, "h", "s", 30.0, status_hz), send=sent.append)
+        report = StatusReport(link)
+        report(sev.StateChanged(State.SPEAKING, 4))
+        for opening in (0.1, 0.2, 0.3, 0.4, 0.5):  # the view sampler's jaw, faster than the host asked
+            report(sev.JawMoved(opening, 1500.0))
+        await asyncio.sleep(0.15)  # the last of them goes out once the host's interval is over
+        report(sev.JawMoved(0.6, 1500.0))  # held back: too soon after the last
+        report(sev.LedChanged(LedPattern.ON))  # a change of LED goes out at once, with the latest jaw
+        await asyncio.sleep(0.15)
+        return sent
+    sent = asyncio.run(go(10.0))
+    assert [(m.state, m.turn, m.jaw, m.led) for m in sent] == [("speaking", 4, 0.0, "off"), ("speaking", 4, 0.5, "off"),
+                                                               ("speaking", 4, 0.6, "on")]
+    assert asyncio.run(go(0.0)) == []  # a host that did not ask gets nothing
