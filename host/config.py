@@ -266,6 +266,40 @@ LINE_KINDS = ("offline", "closer", "wait", "attract", "greeting")
 """the kinds of line a skull keeps for when the host is gone (skull.core.protocol.LINE_KINDS)"""
 
 
+def parse_listen(value: str, where: str = "[dashboard] listen") -> tuple[str, int]:
+    """``PORT`` or ``ADDRESS:PORT`` (``[::1]:PORT`` for IPv6) -> (address, port); a bare port
+    listens on 127.0.0.1. Raises ConfigError naming ``where`` and the rule."""
+    from skull.core.errors import ConfigError
+    text = value.strip()
+    addr, sep, port = text.rpartition(":")
+    if not sep:
+        addr, port = "127.0.0.1", text
+    addr = addr.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where} = {value[:80]!r}: give PORT or ADDRESS:PORT, e.g. 8080 or 0.0.0.0:8080 "
+                          f"(port 0..65535; 0 picks a free one)")
+    return addr, int(port)
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """[dashboard]: the operator's web page and /metrics, served by the host (docs/dashboard.md)."""
+    listen: str = ""
+    """where to serve it: PORT (on 127.0.0.1) or ADDRESS:PORT; empty: no dashboard"""
+    token: str = ""
+    """the dashboard's own secret (at least 8 characters); empty: the [server] token. Anything
+    but a loopback address needs one"""
+    keep_turns: int = 50
+    """turns listed with their text, timings and audio (the oldest is forgotten first)"""
+
+    def check(self, where: str) -> None:
+        if self.listen:
+            parse_listen(self.listen, f"{where}: listen")
+        need(not self.token or len(self.token) >= 8, where, "token", "***",
+             "the dashboard's own token must be at least 8 characters (or empty: the [server] token)")
+        need(1 <= self.keep_turns <= 1000, where, "keep_turns", self.keep_turns, "must be 1..1000 turns")
+
+
 @dataclass(frozen=True)
 class LinesConfig:
     """[lines]: the lines each skull keeps on disk and says on its own (docs/show.md). The host
@@ -321,6 +355,7 @@ class HostConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     shape: JawShape = field(default_factory=JawShape)
     lines: LinesConfig = field(default_factory=LinesConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     skulls: dict = field(default_factory=dict)
     """skull name -> :class:`SkullEntry` (from [skulls.NAME] tables)"""
     history_turns: int = 6

@@ -13,7 +13,11 @@ A turn's events, in order: :class:`TurnStarted` (``listen``), :class:`StageStart
 with :class:`FirstPiece` and a :class:`Sentence` for each sentence written, ``tts`` per sentence
 with a :class:`SegmentSent` for each segment that went out, then :class:`Done`, and
 :class:`Played` when the skull reports its first reply sample. :class:`TurnError` and
-:class:`Fallback` come when a stage fails.
+:class:`Fallback` come when a stage fails. :class:`Snapshot`, :class:`QuestionAudio` and
+:class:`ReplyAudio` carry the picture and the sound of the turn, for a dashboard or a recorder.
+
+Beside the turns: :class:`SkullConnected`, :class:`SkullLeft`, :class:`SkullStatus` (a skull's
+own ``status``: state, LED, jaw, levels) and :class:`Control` (the operator used a control).
 """
 from __future__ import annotations
 
@@ -174,6 +178,83 @@ class Played(TurnEvent):
     """The skull's ``played``: its first reply sample reached the audio device."""
     first_audio_ms: float
     """button release -> first reply sample at the skull's speaker, milliseconds, as the skull measured it"""
+
+
+@dataclass(frozen=True)
+class Snapshot(TurnEvent):
+    """The skull's webcam picture for the turn arrived (before it is captioned)."""
+    format: str
+    """jpeg or png"""
+    image: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class QuestionAudio(TurnEvent):
+    """The visitor's question as the host kept it, at the button release (after :class:`Stopped`)."""
+    rate: int
+    """Hertz"""
+    channels: int
+    pcm: bytes = field(repr=False)
+    """signed 16-bit little-endian"""
+
+
+@dataclass(frozen=True)
+class ReplyAudio(TurnEvent):
+    """The audio of a ``speech`` segment that went out (after its :class:`SegmentSent`)."""
+    seq: int
+    rate: int
+    """Hertz"""
+    pcm: bytes = field(repr=False)
+    """mono, signed 16-bit little-endian"""
+
+
+# --- the skulls themselves (``turn`` is the skull's current or last turn, 0 before any) --------
+
+
+@dataclass(frozen=True)
+class SkullConnected(TurnEvent):
+    """A skull said hello and was welcomed."""
+    peer: str
+    """its address, ``host:port``"""
+    controls: bool
+    """it takes the operator's commands and reports its status (``hello.controls``)"""
+
+
+@dataclass(frozen=True)
+class SkullLeft(TurnEvent):
+    """A skull's connection closed."""
+
+
+@dataclass(frozen=True)
+class SkullStatus(TurnEvent):
+    """A skull's ``status``: what it is doing, its LED, jaw and levels (see docs/protocol.md)."""
+    state: str
+    led: str
+    jaw: float
+    """0 (closed) .. 1 (open)"""
+    mic_dbfs: float
+    mic_vad_dbfs: float
+    speaker_dbfs: float
+    muted: bool
+
+
+@dataclass(frozen=True)
+class Control(TurnEvent):
+    """The operator used a control on a skull (the dashboard): ``interrupt``, ``mute``, ``unmute``,
+    ``say``, ``attract`` or ``reset``."""
+    action: str
+    text: str = ""
+    """what ``say`` had the skull say"""
+    by: str = ""
+    """where the operator was, ``host:port``"""
+
+
+SKULL_EVENTS = (SkullConnected, SkullLeft, SkullStatus, Control)
+"""events about a skull rather than one of its turns"""
+TURN_EVENTS = (TurnStarted, Stopped, StageStarted, StageFinished, SpeechStarted, Interim, Hearing, Transcript, Caption,
+               FirstPiece, Sentence, SegmentSent, Fallback, TurnError, Done, Played, Snapshot, QuestionAudio,
+               ReplyAudio)
+"""the events of a turn (subscribe with ``*TURN_EVENTS`` to get only these)"""
 
 
 # --- subscribers -----------------------------------------------------------------------------

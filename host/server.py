@@ -39,6 +39,7 @@ from skull.core.jsonlog import JsonLines
 from . import events as ev
 from .build import build_backends
 from .config import HostConfig, ServerConfig, is_loopback
+from .dashboard import Dashboard
 from .filter import FamilyFilter
 from .lines import LineBook
 from .turn import Backends, Turn
@@ -144,8 +145,12 @@ class SkullSession:
     """One connected skull: reads its frames, runs its turns, answers errors."""
 
     def __init__(self, ws: ServerConnection, host: "Host", conversation: Conversation, play_rate: int = 0,
-                 jaw_shape: dict | None = None):
+                 jaw_shape: dict | None = None, controls: bool = False):
         self.ws, self.host, self.conversation = ws, host, conversation
+        self.controls = controls
+        """the skull takes the operator's ``command`` and ``say`` (``hello.controls``)"""
+        self.last_turn = 0
+        """the skull's latest turn id (0 before any)"""
         self.play_rate = play_rate
         # the skull's [shape] keys over the host's own: this skull's jaw tracks are made with it
         try:
@@ -225,11 +230,17 @@ class SkullSession:
                              timings=host.timings, executor=host.executor, history=tuple(self.conversation.history),
                              play_rate=self.play_rate, filter=host.filter, shape=self.shape)
             self.task, self._ended_by_host = None, False
+            self.last_turn = msg.turn
             host.events.emit(ev.TurnStarted(self.conversation.skull, msg.turn))
             await self.send(p.Ack(msg.turn, "listen"))
             return
         if isinstance(msg, p.Played):
             self.host.events.emit(ev.Played(self.conversation.skull, msg.turn, msg.first_audio_ms))
+            return
+        if isinstance(msg, p.Status):
+            self.last_turn = msg.turn
+            self.host.events.emit(ev.SkullStatus(self.conversation.skull, msg.turn, msg.state, msg.led, msg.jaw,
+                                                 msg.mic_dbfs, msg.mic_vad_dbfs, msg.speaker_dbfs, msg.muted))
             return
         turn = self._current(msg.turn, msg.type)
         if isinstance(msg, p.Stop):
@@ -255,6 +266,7 @@ class SkullSession:
     async def _on_payload(self, msg: p.Message, data: bytes) -> None:
         turn = self._current(msg.turn, msg.type)
         if isinstance(msg, p.Image):
+            self.host.events.emit(ev.Snapshot(self.conversation.skull, msg.turn, msg.format, data))
             turn.on_image(data)
         elif isinstance(msg, p.AudioStart):
             if self.task is not None:
@@ -308,6 +320,10 @@ class Host:
     by all skulls (a streamed reply holds one while it is written).
     """
 
+    #: how often a skull that takes controls sends its status (welcome.status_hz) to a host that
+    #: serves the dashboard (others ask for none)
+    STATUS_HZ = 10.0
+
     def __init__(self, config: HostConfig, backends: Backends | None = None, *, workers: int = 32):
         s = config.server
         if not s.token and not is_loopback(s.bind):
@@ -339,6 +355,8 @@ class Host:
         self._sweeper: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()
         """closes of replaced connections still under way"""
+        self.dashboard = Dashboard(self, config.dashboard) if config.dashboard.listen else None
+        """the operator's web page and /metrics ([dashboard] listen), or None"""
 
     @contextlib.asynccontextmanager
     async def admission(self, turn: Turn, send):
@@ -396,6 +414,12 @@ class Host:
                  "wss" if s.tls_cert else "ws", s.bind, self.port,
                  b.stt.name, b.vision.name if b.vision else self.config.vision.backend, b.reply.name, b.tts.name,
                  "streaming" if self.config.streaming else "not streaming")
+        if self.dashboard is not None:
+            try:
+                await self.dashboard.start()
+            except BaseException:
+                await self.stop()
+                raise
         return self
 
     async def stop(self) -> None:
@@ -404,6 +428,8 @@ class Host:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -545,9 +571,12 @@ class Host:
             conv = None
         if conv is None:
             conv = self.conversations[name] = Conversation(name, collections.deque(maxlen=self.config.history_turns))
-        session = self.sessions[name] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape)
+        session = self.sessions[name] = SkullSession(ws, self, conv, hello.play_rate, hello.jaw_shape,
+                                                     hello.controls)
         await session.send(p.Welcome(p.PROTOCOL_VERSION, "skull-host", self.session_id,
-                                     self.config.server.max_record_s))
+                                     self.config.server.max_record_s,
+                                     self.STATUS_HZ if hello.controls and self.dashboard is not None else 0.0))
+        self.events.emit(ev.SkullConnected(name, 0, _address(ws.remote_address), hello.controls))
         status.info("skull %s connected from %s%s", name, _address(ws.remote_address), "" if old is None else
                     f" and took the place of its connection from {old.peer}: two skulls with one name? Give each "
                     f"its own [link] name")
@@ -558,6 +587,7 @@ class Host:
             lines.cancel()
             if self.sessions.get(name) is session:
                 del self.sessions[name]
+                self.events.emit(ev.SkullLeft(name, session.last_turn))
             status.info("skull %s disconnected", name)
 
 

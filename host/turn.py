@@ -311,6 +311,8 @@ class Turn:
         self.t_stop = time.monotonic()
         bytes_per_s = self.stream.width * self.stream.channels * self.stream.rate if self.stream else 0
         self._emit(ev.Stopped, audio_s=round(len(self.audio) / bytes_per_s, 3) if bytes_per_s else 0.0)
+        if self.stream is not None and self.audio:
+            self._emit(ev.QuestionAudio, rate=self.stream.rate, channels=self.stream.channels, pcm=bytes(self.audio))
 
     async def run(self, send: Send) -> None:
         """Everything after ``stop``: ends with ``done`` whatever a stage does. An unexpected
@@ -501,6 +503,7 @@ class Turn:
             self._spoken_s += audio_s
             self._emit(ev.SegmentSent, seq=msg.seq, text=msg.text, audio_s=round(audio_s, 3),
                        at_ms=self._since_stop_ms())
+            self._emit(ev.ReplyAudio, seq=msg.seq, rate=msg.rate, pcm=pcm)
         if not sent:
             return False
         self.spoken.append(text if len(sent) == len(pieces) else " ".join(sent))

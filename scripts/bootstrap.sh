@@ -19,6 +19,9 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # tests/test_tls.py makes its certificates with it
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # tests/test_service.py checks the units with it
 command -v sox >/dev/null 2>&1 || need+=(sox)  # tests/test_ears.py resamples a question with it
+# tests/test_dashboard.py opens the operator's dashboard in headless Chromium through its WebDriver
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing system packages: ${need[*]}"

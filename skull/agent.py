@@ -45,13 +45,15 @@ from .core.bus import Bus
 from .config import SkullConfig
 from .idle import IdleLife
 from .jaw.sync import JawFollower
-from .lines import LineTag, OwnVoice, silent_jaw_line
+from .lines import Line, LineTag, OwnVoice, silent_jaw_line
 from .link import Link, LinkFatal
 from .ports import Camera, Jaw, Mic, Panel, Speaker
 from .record import SentCommand, TurnRecord, write_turn
+from .report import StatusReport
 from .segment import ReplySegment, SegmentTag
 from .core.faults import FaultLog
 from .core.jsonlog import JsonLines
+from .core.wav import pcm16_to_audio, to_mono
 from .supervisor import Supervisor
 from .triggers import PREROLL_KEEP_S, Trigger, make_triggers
 
@@ -174,6 +176,12 @@ class Agent:
         self.monitor = None
         """records what the speaker really played, for heard.wav, when recording on a sound server"""
         self._heard_due: collections.deque = collections.deque()  # (when, turn folder, release time)
+        self.muted = False
+        """the operator muted the skull (the host's ``command``): presses and attract lines do nothing"""
+        self._puppet: Line | None = None  # the operator's typed line, until it is said
+        self.status = StatusReport(self.link, lambda: self.muted)
+        """the skull's status for the operator's dashboard (to a host that asks for it)"""
+        self.events.subscribe(self.status, ev.StateChanged, ev.LedChanged, ev.JawMoved, ev.Levels)
         self.events.subscribe(self._log_turn, ev.TurnEnded)
         if self.record_dir is not None:
             self.events.subscribe(self._record_turn, ev.TurnEnded)
@@ -351,6 +359,9 @@ class Agent:
         starts one from idle, interrupts a reply, and takes over a hands-free turn it is pressed
         in. Only the trigger that owns the turn ends it."""
         s, hands_free = self.machine.state, getattr(e.trigger, "hands_free", False)
+        if e.down and self.muted:
+            log.info("the %s was pressed while the operator has the skull muted: no turn", e.trigger.name)
+            return
         if e.down:
             if hands_free and s is m.State.OFFLINE and (e.onset is None or e.onset >= self._deaf_until):
                 self._step(m.ButtonDown())  # no host: a line of the skull's own (never while one plays)
@@ -491,7 +502,9 @@ class Agent:
         if not up:
             self.voice.collector.reset()  # a set cut short by the loss is never kept
         self._step(m.Connected() if up else m.Disconnected())
-        if self.idle.host_changed(up):
+        if up:
+            self.status.send()  # the host sees at once what the skull is doing (and whether it is muted)
+        if self.idle.host_changed(up) and not self.muted:
             self._step(m.IdleLine("greeting"))
 
     async def _on_message(self, msg: p.Message, payload: bytes | None) -> None:
@@ -520,6 +533,13 @@ class Agent:
             self._step(m.SegmentArrived(msg.turn, segment))
         elif isinstance(msg, p.Line):
             self.voice.received(msg, payload or b"")
+        elif isinstance(msg, p.Command):
+            self._command(msg.action)
+        elif isinstance(msg, p.Say):
+            samples = to_mono(pcm16_to_audio(payload or b"", msg.rate, msg.channels))
+            self._puppet = Line("puppet", msg.text, samples, msg.rate, np.asarray(msg.jaw, np.float32), msg.jaw_fps)
+            log.info("the operator has the skull say: %r", _cut(shown(msg.text), 80))
+            self._step(m.SayNow("puppet"))
         elif isinstance(msg, p.Done):
             if rec:
                 rec.reply = msg.reply
@@ -533,6 +553,18 @@ class Agent:
             self.last_error = said
             if rec:
                 rec.errors.append(said)
+
+    def _command(self, action: str) -> None:
+        """The operator's command from the host's dashboard (``command``)."""
+        log.info("the operator: %s", action)
+        if action in ("interrupt", "mute"):
+            self._step(m.Interrupt())
+        if action in ("mute", "unmute") and self.muted != (action == "mute"):
+            self.muted = action == "mute"
+            self.events.emit(ev.Muted(self.muted))
+            self.status.send()
+        elif action == "attract" and not self.muted:
+            self._step(m.IdleLine("attract"))
 
     def _log_host_error(self, said: str) -> None:
         """A host's error, logged; a host that floods them gets HOST_ERRORS_LOGGED lines per
@@ -622,6 +654,13 @@ class Agent:
             self.body.player.timeline.add(line.samples, line.rate, line.jaw * self.config.shape.max_open,
                                           line.jaw_fps, tag=LineTag("jaw", -1))
             return
+        if a.kind == "puppet":  # the operator's line, sent by the host with say
+            line, self._puppet = self._puppet, None
+            if line is not None:
+                self._say(line, "host")
+            else:
+                self.post(m.Drained())
+            return
         line = self.voice.pick(a.kind)
         if line is not None:
             self._say(line, "cache")
@@ -662,7 +701,7 @@ class Agent:
             await asyncio.sleep(self.idle.period_s)
             try:
                 kind = self.idle.due(self.machine.state, self.machine.saying)
-                if kind is not None:
+                if kind is not None and not self.muted:
                     self._step(m.IdleLine(kind))
             except Exception as exc:  # idle life must never cost the skull anything
                 self.faults("idle life", exc)

@@ -119,6 +119,10 @@ def cmd_host(args) -> int:
         return 0
     server.check("skull host [server]")  # the flags are held to host.toml's rules
     cfg = dataclasses.replace(cfg, server=server)
+    if args.dashboard is not None:
+        dashboard = dataclasses.replace(cfg.dashboard, listen=args.dashboard)
+        dashboard.check("skull host --dashboard")
+        cfg = dataclasses.replace(cfg, dashboard=dashboard)
 
     async def main():
         _log_unhandled()
@@ -134,6 +138,8 @@ def cmd_host(args) -> int:
                   f"trusting this self-signed certificate sets [link] tls_fingerprint = \"{fingerprint}\"", flush=True)
         else:
             print(f"skull host listening on ws://{server.bind}:{host.port}", flush=True)
+        if host.dashboard is not None:
+            print(f"dashboard at {host.dashboard.url}{'?token=...' if host.dashboard.token else ''}", flush=True)
         keeper = HostKeeper(host, f"{'wss' if server.tls_cert else 'ws'}://{server.bind}:{host.port}")
         kept = asyncio.create_task(keeper.run(), name="host-status")  # READY=1, status file, watchdog
         try:
@@ -438,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key file")
     h.add_argument("--print-fingerprint", action="store_true", help="print the certificate's SHA-256 "
                                                                     "fingerprint (for [link] tls_fingerprint) and exit")
+    h.add_argument("--dashboard", metavar="[ADDR:]PORT", help="serve the operator's web dashboard and /metrics "
+                                                              "there (default: [dashboard] listen, none); an address "
+                                                              "beyond this machine needs a token (docs/dashboard.md)")
     h.add_argument("--check", action="store_true", help="check every configured backend (up/down, model, "
                                                         "round trip) and the skulls connected to a host running "
                                                         "on this port, and exit: 0 when all are up, 1 if not")

@@ -17,7 +17,7 @@ from .machine import State
 
 log = logging.getLogger("skull.console")
 
-ENDINGS = {"interrupted": "interrupted by a new press", "disconnected": "cut short: the host went away",
+ENDINGS = {"interrupted": "interrupted (by a new press, or by the operator on the host's dashboard)", "disconnected": "cut short: the host went away",
            "failed": "failed (the reason is logged above)", "no done": "ended: the host stopped answering",
            "max_length": "ended at the longest recording"}
 """how a turn that was not simply answered ended, in words"""
@@ -35,7 +35,8 @@ class StatusLines:
         self._unsubscribe = [agent.events.subscribe(self._changed, ev.StateChanged),
                              agent.events.subscribe(self._heard, ev.Heard),
                              agent.events.subscribe(self._ended, ev.TurnEnded),
-                             agent.events.subscribe(self._line, ev.LineSaid)]
+                             agent.events.subscribe(self._line, ev.LineSaid),
+                             agent.events.subscribe(self._muted, ev.Muted)]
         self.log.info("%s: connecting to %s", self.name, self.url)
 
     def _changed(self, e: ev.StateChanged) -> None:
@@ -74,6 +75,12 @@ class StatusLines:
                              "cached" if e.source == "cache" else "espeak-ng", shown(e.text))
         else:
             self.log.info("said a%s %s line: \"%s\"", "n" if e.kind[:1] in "aeiou" else "", e.kind, shown(e.text))
+
+    def _muted(self, e: ev.Muted) -> None:
+        if e.muted:
+            self.log.warning("muted by the operator on the host's dashboard: presses start no turn until unmuted")
+        else:
+            self.log.info("unmuted by the operator: presses start turns again")
 
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:

@@ -14,7 +14,8 @@
   ``[record] min_free_mb`` free, turns are not recorded (still answered) / there is room again;
 * :class:`LineSaid`: the skull said one of its own lines (offline, attract, greeting...);
 * :class:`LinesCached`: a set of lines is ready to say (sent by the host and written to
-  disk, or loaded from disk at start).
+  disk, or loaded from disk at start);
+* :class:`Muted`: the operator muted or unmuted the skull from the host's dashboard.
 """
 from __future__ import annotations
 
@@ -112,7 +113,8 @@ class LineSaid:
     """offline, closer, wait, attract or greeting"""
     text: str
     source: str
-    """cache: a line the host synthesised; espeak: the skull's own espeak-ng (no cached line)"""
+    """cache: a line the host synthesised; espeak: the skull's own espeak-ng (no cached line);
+    host: the operator's typed line (kind ``puppet``), synthesised by the host just now"""
 
 
 @dataclass(frozen=True)
@@ -124,5 +126,12 @@ class LinesCached:
     """host: just received and written to disk; disk: loaded at start"""
 
 
+@dataclass(frozen=True)
+class Muted:
+    """The operator muted the skull (``muted`` True: presses start no turn, no attract or greeting
+    line is said) or unmuted it."""
+    muted: bool
+
+
 SkullEvent = typing.Union[StateChanged, LedChanged, Heard, JawMoved, Levels, Faulted, TurnEnded, ButtonStuck,
-                          ButtonFreed, RecordingPaused, RecordingResumed, LineSaid, LinesCached]
+                          ButtonFreed, RecordingPaused, RecordingResumed, LineSaid, LinesCached, Muted]

@@ -213,7 +213,7 @@ class Link:
     async def _serve(self, ws) -> None:
         c = self.config
         await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate, self.jaw_shape,
-                                            self.lines))[0])
+                                            self.lines, controls=True))[0])
         try:
             first = await asyncio.wait_for(ws.recv(), 10)
         except ConnectionClosed as exc:

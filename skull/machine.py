@@ -10,6 +10,8 @@
     OFFLINE --ButtonDown--> OFFLINE saying a cached "offline" line (PlayLine), never two at once
     OFFLINE/IDLE --IdleLine(kind)--> saying that line (attract, greeting) unless one plays already
     IDLE saying --ButtonDown--> LISTENING (the line is cut, the turn starts)
+    LISTENING/THINKING/SPEAKING --Interrupt--> IDLE (the operator: audio and mic stopped, jaw closed)
+    any but OFFLINE --SayNow(kind)--> saying that line now (whatever played is cut, a turn ends)
 
 Events and actions are small frozen dataclasses, so tests list them literally and the agent
 dispatches them exhaustively (every action type in :data:`ACTIONS` has a handler, checked when
@@ -120,6 +122,18 @@ class IdleLine:
 
 
 @dataclass(frozen=True)
+class Interrupt:
+    """The operator stops the skull: a turn ends "interrupted", a line playing is cut."""
+
+
+@dataclass(frozen=True)
+class SayNow:
+    """The operator has the skull say a line of ``kind`` now (``puppet``: the line the host sent
+    with ``say``), cutting whatever it says; a running turn ends "interrupted"."""
+    kind: str
+
+
+@dataclass(frozen=True)
 class Fault:
     """Something failed unexpectedly (a device, a message handler, the link task): leave the
     hardware safe and end the turn; the skull goes on with the next one."""
@@ -127,7 +141,7 @@ class Fault:
 
 
 Event = typing.Union[Connected, Disconnected, ButtonDown, ButtonUp, RecordLimit, AckListen, AckStop,
-                     SegmentArrived, HostDone, Drained, ReplyTimeout, IdleLine, Fault]
+                     SegmentArrived, HostDone, Drained, ReplyTimeout, IdleLine, Interrupt, SayNow, Fault]
 EVENTS: tuple[type, ...] = typing.get_args(Event)
 _TURN_EVENTS = (RecordLimit, AckListen, AckStop, SegmentArrived, HostDone, ReplyTimeout)
 
@@ -259,9 +273,27 @@ class TalkMachine:
         self.saying = True
         return [PlayLine(kind)]
 
+    def _stop_all(self) -> list[Action]:
+        """The operator cuts in: the mic and audio stop, the jaw shuts, a running turn ends."""
+        s, self.saying = self.state, False
+        acts: list[Action] = [MicStop(self.turn)] if s is State.LISTENING else []
+        acts += [StopPlayback(), JawClose()]
+        if s in (State.LISTENING, State.THINKING, State.SPEAKING):
+            acts += [Led(LedPattern.OFF), TurnEnd(self.turn, "interrupted")]
+            self.state = State.IDLE
+        return acts
+
     def _handle(self, event: Event) -> list[Action]:
         s = self.state
         in_turn = s in (State.LISTENING, State.THINKING, State.SPEAKING)
+        if isinstance(event, Interrupt):
+            return [] if s is State.OFFLINE or (s is State.IDLE and not self.saying) else self._stop_all()
+        if isinstance(event, SayNow):
+            if s is State.OFFLINE:
+                return []
+            acts = self._stop_all() if in_turn or self.saying else []
+            self.saying = True
+            return acts + [PlayLine(event.kind)]
         if s in (State.OFFLINE, State.IDLE):
             if isinstance(event, IdleLine):
                 return self._say(event.kind)

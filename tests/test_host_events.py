@@ -122,7 +122,7 @@ def test_a_subscriber_sees_every_stage_of_a_turn_in_order(host_config, backends)
     async def go():
         host = await _host(host_config, backends)
         seen: list[ev.TurnEvent] = []
-        host.events.subscribe(seen.append)
+        host.events.subscribe(seen.append, *ev.TURN_EVENTS)  # this turn's, not the skull coming and going
         try:
             client = await Client.connect(host.port)
             answer = await client.ask(1, played_ms=321.0)

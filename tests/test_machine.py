@@ -232,11 +232,47 @@ def test_button_down_while_listening_is_ignored():
     assert mc.turn == 1
 
 
+# --- the operator (the host's dashboard) ------------------------------------------------------
+
+def test_interrupt_stops_a_reply_and_the_turn_ends_interrupted():
+    mc = at(State.SPEAKING)
+    assert mc.handle(m.Interrupt()) == [StopPlayback(), JawClose(), Led(OFF), TurnEnd(1, "interrupted")]
+    assert mc.state is State.IDLE
+    assert mc.handle(SegmentArrived(1, S1)) == []  # the host's late sentences stay quiet
+
+
+def test_interrupt_while_listening_closes_the_mic_too():
+    mc = at(State.LISTENING)
+    assert mc.handle(m.Interrupt()) == [MicStop(1), StopPlayback(), JawClose(), Led(OFF), TurnEnd(1, "interrupted")]
+    assert mc.state is State.IDLE
+
+
+def test_interrupt_cuts_an_idle_line_and_is_nothing_when_quiet_or_offline():
+    mc = at(State.IDLE)
+    assert mc.handle(m.Interrupt()) == []
+    mc.handle(m.IdleLine("attract"))
+    assert mc.handle(m.Interrupt()) == [StopPlayback(), JawClose()]
+    assert not mc.saying
+    assert at(State.OFFLINE).handle(m.Interrupt()) == []
+
+
+def test_say_now_cuts_the_reply_and_plays_the_operators_line():
+    mc = at(State.SPEAKING)
+    assert mc.handle(m.SayNow("puppet")) == [StopPlayback(), JawClose(), Led(OFF), TurnEnd(1, "interrupted"),
+                                             m.PlayLine("puppet")]
+    assert (mc.state, mc.saying) == (State.IDLE, True)
+    assert mc.handle(m.SayNow("puppet")) == [StopPlayback(), JawClose(), m.PlayLine("puppet")]  # cuts its own line
+    assert mc.handle(Drained()) == [] and not mc.saying
+    assert mc.handle(m.SayNow("puppet")) == [m.PlayLine("puppet")]
+    assert at(State.OFFLINE).handle(m.SayNow("puppet")) == []
+
+
 # --- exhaustive dispatch ----------------------------------------------------------------------
 
 def _one_of_each_event(turn: int):
     return [Connected(), Disconnected(), ButtonDown(), ButtonUp(), RecordLimit(turn), AckListen(turn), AckStop(turn),
-            SegmentArrived(turn, seg(turn)), HostDone(turn), Drained(), ReplyTimeout(turn), m.IdleLine("attract"), Fault("x")]
+            SegmentArrived(turn, seg(turn)), HostDone(turn), Drained(), ReplyTimeout(turn), m.IdleLine("attract"),
+            m.Interrupt(), m.SayNow("puppet"), Fault("x")]
 
 
 def test_every_event_type_is_exercised_here():

@@ -126,3 +126,63 @@ def test_encode_refuses_payload_mismatch_and_bad_jaw():
         p.encode(p.Image(1, "jpeg", 5), b"abc")
     with pytest.raises(ProtocolError):
         p.encode(p.Speech(1, 0, "x", 22050, 2, 1, 2, 100, [1.5]), b"\x00\x00")
+
+
+# --- the operator's controls (hello.controls, welcome.status_hz, status, command, say) -----------
+
+def test_controls_are_offered_in_hello_and_asked_for_in_welcome_and_absent_means_none():
+    hello = p.decode_text('{"type":"hello","protocol":1,"skull":"b","controls":true}', p.CLIENT_MESSAGES)
+    assert hello.controls is True
+    assert p.decode_text('{"type":"hello","protocol":1,"skull":"b"}', p.CLIENT_MESSAGES).controls is False
+    welcome = '{"type":"welcome","protocol":1,"host":"skull-host","session":"s1","max_record_s":30.0,"status_hz":10.0}'
+    assert p.encode(p.Welcome(1, "skull-host", "s1", 30.0, 10.0)) == [welcome]
+    assert p.decode_text(welcome, p.HOST_MESSAGES).status_hz == 10.0
+    old = p.decode_text('{"type":"welcome","protocol":1,"host":"h","session":"s","max_record_s":30}', p.HOST_MESSAGES)
+    assert old.status_hz == 0.0
+    with pytest.raises(ProtocolError, match="'status_hz' must be 0..50, got 99"):
+        p.decode_text(welcome.replace("10.0", "99"), p.HOST_MESSAGES)
+
+
+def test_status_from_literal_frame_and_its_ranges():
+    frame = ('{"type":"status","state":"speaking","turn":3,"led":"off","jaw":0.42,"mic_dbfs":-120.0,'
+             '"mic_vad_dbfs":-120.0,"speaker_dbfs":-18.0,"muted":false}')
+    msg = p.Status("speaking", 3, "off", 0.42, -120.0, -120.0, -18.0, False)
+    assert p.encode(msg) == [frame]
+    assert p.decode_text(frame, p.CLIENT_MESSAGES) == msg
+    assert p.decode_text('{"type":"status","state":"idle","turn":0}', p.CLIENT_MESSAGES) == p.Status("idle", 0)
+    for bad, words in (('"state":"dancing"', "'state' must be one of offline, idle"),
+                       ('"jaw":1.5', "'jaw' must be 0..1, got 1.5"),
+                       ('"speaker_dbfs":3', "'speaker_dbfs' must be -120..0 dBFS, got 3"),
+                       ('"led":"disco"', "'led' must be one of off, on")):
+        fields = dict(state='"idle"', turn="0")
+        key, value = bad.split(":", 1)
+        fields[key.strip('"')] = value
+        with pytest.raises(ProtocolError, match=words) as e:
+            p.decode_text('{"type":"status",' + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}",
+                          p.CLIENT_MESSAGES)
+        assert e.value.code == p.E_BAD_FIELD
+
+
+def test_command_and_say_from_literal_frames():
+    assert p.encode(p.Command("interrupt")) == ['{"type":"command","action":"interrupt"}']
+    with pytest.raises(ProtocolError, match="'action' must be one of interrupt, mute, unmute, attract, got 'explode'"):
+        p.decode_text('{"type":"command","action":"explode"}', p.HOST_MESSAGES)
+    frames = p.encode(p.Say("Boo.", 16000, 2, 1, 4, 100, [0.0, 0.5]), b"\x01\x00\x02\x00")
+    assert frames == ['{"type":"say","text":"Boo.","rate":16000,"width":2,"channels":1,"bytes":4,"jaw_fps":100,'
+                      '"jaw":[0.0,0.5]}', b"\x01\x00\x02\x00"]
+    r = p.FrameReader(p.HOST_MESSAGES)
+    msg = r.read_text(frames[0])
+    assert r.read_binary(frames[1]) == (msg, b"\x01\x00\x02\x00")
+    with pytest.raises(ProtocolError, match="'jaw' has 300 frames for 0.00 s of sound"):
+        p.decode_text(frames[0].replace("[0.0,0.5]", ",".join(["0"] * 300).join("[]")), p.HOST_MESSAGES)
+
+
+def test_a_skull_that_does_not_know_the_new_messages_gets_an_error_it_survives():
+    """An older peer's reader: the new types are unknown, answered with ``unknown_type``, and the
+    reader goes on with the next frame (the link logs and ignores it; docs/protocol.md)."""
+    old_host_messages = {k: v for k, v in p.HOST_MESSAGES.items() if k not in ("command", "say")}
+    r = p.FrameReader(old_host_messages)
+    with pytest.raises(ProtocolError) as e:
+        r.read_text('{"type":"command","action":"mute"}')
+    assert e.value.code == p.E_UNKNOWN_TYPE
+    assert r.read_text('{"type":"ack","turn":1,"of":"listen"}') == p.Ack(1, "listen")

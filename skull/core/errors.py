@@ -37,3 +37,8 @@ class BackendError(SkullError, RuntimeError):
         self.retryable = retryable
         """True when asking again may succeed (server down, dropped connection, 5xx);
         False when the same request would fail the same way (bad request, wrong model)."""
+
+
+class ControlError(SkullError, ValueError):
+    """An operator's control (the host's dashboard) cannot be carried out: no such skull, a skull
+    that takes no controls, an empty line."""

@@ -9,7 +9,12 @@ text message that says what it is (see docs/protocol.md):
   the declared format;
 * ``speech`` announces exactly one binary frame holding ``bytes`` bytes of raw PCM;
 * ``line`` (one pre-synthesised line of a set the skull keeps for when the host is gone)
-  announces exactly one binary frame holding ``bytes`` bytes of raw PCM, like ``speech``.
+  announces exactly one binary frame holding ``bytes`` bytes of raw PCM, like ``speech``;
+* ``say`` (a line the operator typed, to be said now) announces one binary frame of raw PCM too.
+
+The operator's controls (``status`` from the skull, ``command`` and ``say`` from the host) are
+used only between peers that both know them: the skull offers them in ``hello.controls`` and
+the host asks for status reports in ``welcome.status_hz``; neither sends them otherwise.
 
 :class:`FrameReader` holds the little state that pairing needs and turns frames into messages,
 raising :class:`~skull.errors.ProtocolError` with a code and a message that names the problem.
@@ -156,6 +161,9 @@ class Hello(Message):
     lines: Union[str, None] = None
     """the id of the line set the skull has cached ("" none yet); None (absent): the skull takes
     no lines, and the host sends none"""
+    controls: bool = False
+    """the skull reports its status (``status``) when the host asks, and takes the operator's
+    ``command`` and ``say``; False (absent): the host sends it neither"""
 
     def validate(self) -> None:
         if self.lines and not _SET_ID.fullmatch(self.lines):
@@ -246,6 +254,50 @@ class Played(Message):
         _check_turn(self.turn)
 
 
+SKULL_STATES = ("offline", "idle", "listening", "thinking", "speaking")
+LED_PATTERNS = ("off", "on", "offline", "breathe")
+
+
+def _check_dbfs(name: str, value) -> None:
+    if not -120.0 <= value <= 0.0:
+        raise _fail(E_BAD_FIELD, f"field '{name}' must be -120..0 dBFS, got {value}")
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """What the skull is doing, for the operator's dashboard: sent when its state changes, and
+    at most ``welcome.status_hz`` times a second while its jaw or levels move; only to a host
+    whose welcome asked for it."""
+    type: ClassVar[str] = "status"
+    state: str
+    """offline, idle, listening, thinking or speaking"""
+    turn: int
+    """the skull's current (or last) turn"""
+    led: str = "off"
+    """off, on, offline or breathe"""
+    jaw: float = 0.0
+    """jaw opening, 0 (closed) .. 1 (fully open)"""
+    mic_dbfs: float = -120.0
+    """the microphone's level, dB below full scale"""
+    mic_vad_dbfs: float = -120.0
+    """the level of what the voice detector called speech, dB below full scale"""
+    speaker_dbfs: float = -120.0
+    """what the speaker plays now, dB below full scale"""
+    muted: bool = False
+    """the operator muted the skull: it starts no turn and says nothing"""
+
+    def validate(self) -> None:
+        _check_turn(self.turn)
+        if self.state not in SKULL_STATES:
+            raise _fail(E_BAD_FIELD, f"field 'state' must be one of {', '.join(SKULL_STATES)}, got {self.state[:40]!r}")
+        if self.led not in LED_PATTERNS:
+            raise _fail(E_BAD_FIELD, f"field 'led' must be one of {', '.join(LED_PATTERNS)}, got {self.led[:40]!r}")
+        if not 0.0 <= self.jaw <= 1.0:
+            raise _fail(E_BAD_FIELD, f"field 'jaw' must be 0..1, got {self.jaw}")
+        for name in ("mic_dbfs", "mic_vad_dbfs", "speaker_dbfs"):
+            _check_dbfs(name, getattr(self, name))
+
+
 # --- host -> skull -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -257,6 +309,13 @@ class Welcome(Message):
     max_record_s: float
     """the host ends a recording after this many seconds of audio and answers it; the skull ends
     its own recordings no later"""
+    status_hz: float = 0.0
+    """a skull that offered ``hello.controls`` sends ``status`` at most this many times a second
+    (and at each change of state); 0 (absent): it sends none"""
+
+    def validate(self) -> None:
+        if not 0.0 <= self.status_hz <= 50.0:
+            raise _fail(E_BAD_FIELD, f"field 'status_hz' must be 0..50, got {self.status_hz}")
 
 
 @dataclass(frozen=True)
@@ -368,6 +427,47 @@ class Line(Message):
         _check_sound(self, MAX_LINE_BYTES, E_TOO_LARGE, jaw_fits=True)
 
 
+COMMANDS = ("interrupt", "mute", "unmute", "attract")
+
+
+@dataclass(frozen=True)
+class Command(Message):
+    """The operator's command, to a skull that offered ``hello.controls``: ``interrupt`` (stop
+    what it says; a turn ends "interrupted"), ``mute`` (stop, and start no turn and say nothing
+    until ``unmute``), ``unmute``, ``attract`` (say one of its attract lines, if no turn runs)."""
+    type: ClassVar[str] = "command"
+    action: str
+
+    def validate(self) -> None:
+        if self.action not in COMMANDS:
+            raise _fail(E_BAD_FIELD, f"field 'action' must be one of {', '.join(COMMANDS)}, got {self.action[:40]!r}")
+
+
+@dataclass(frozen=True)
+class Say(Message):
+    """A line the operator typed, synthesised by the host's voice like a reply's sentence, for the
+    skull to say now (cutting whatever it says; a running turn ends "interrupted"); one binary
+    frame of raw PCM (``bytes`` bytes) follows, as after ``line``. Only to a skull that offered
+    ``hello.controls``."""
+    type: ClassVar[str] = "say"
+    has_payload: ClassVar[bool] = True
+    text: str
+    rate: int
+    """Hertz"""
+    width: int
+    channels: int
+    bytes: int
+    jaw_fps: int
+    """frames per second of ``jaw``"""
+    jaw: list = field(default_factory=list)
+    """jaw opening per frame, 0 (closed) .. 1 (fully open), frame k at k/jaw_fps seconds"""
+
+    def validate(self) -> None:
+        if len(self.text) > 1000:
+            raise _fail(E_BAD_FIELD, f"field 'text' must be at most 1000 characters, got {len(self.text)}")
+        _check_sound(self, MAX_LINE_BYTES, E_TOO_LARGE, jaw_fits=True)
+
+
 @dataclass(frozen=True)
 class Done(Message):
     """The host has sent every segment of the turn."""
@@ -388,8 +488,8 @@ class Error(Message):
     turn: Union[int, None] = None
 
 
-CLIENT_MESSAGES = {m.type: m for m in (Hello, Listen, Image, AudioStart, Stop, Played)}
-HOST_MESSAGES = {m.type: m for m in (Welcome, Ack, Heard, Speech, Line, Done, Error)}
+CLIENT_MESSAGES = {m.type: m for m in (Hello, Listen, Image, AudioStart, Stop, Played, Status)}
+HOST_MESSAGES = {m.type: m for m in (Welcome, Ack, Heard, Speech, Line, Say, Command, Done, Error)}
 
 def encode(msg: Message, payload: bytes | None = None) -> list[Union[str, bytes]]:
     """Frames for ``msg``: its JSON text frame, then its binary payload when it has one."""
