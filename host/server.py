@@ -298,6 +298,13 @@ class SkullSession:
         self.conversation.last_s = time.monotonic()
 
 
+WORKERS_PER_TURN = 4
+"""blocking backend calls one turn can have under way at once: the caption, a stretch of speech
+being transcribed, the streamed reply and a sentence being voiced"""
+MIN_WORKERS = 32
+"""the fewest worker threads (lines being synthesised and checks share the pool too)"""
+
+
 class Host:
     """Owns the backends, the conversations, the thread pool for blocking backend calls and the
     turn event bus; ``start()`` runs the websocket server, ``stop()`` ends it.
@@ -305,10 +312,11 @@ class Host:
     ``events``: every turn of every skull publishes to it (see :mod:`host.events`); subscribe
     once for all skulls. ``timings`` builds ``done.timings_ms``; ``turn_log`` writes the per-turn
     log line (``turn_log.detach()`` silences it). ``workers``: threads for backend calls, shared
-    by all skulls (a streamed reply holds one while it is written).
+    by all skulls (a streamed reply holds one while it is written); by default
+    ``WORKERS_PER_TURN`` for each of ``[server] max_turns``, at least ``MIN_WORKERS``.
     """
 
-    def __init__(self, config: HostConfig, backends: Backends | None = None, *, workers: int = 32):
+    def __init__(self, config: HostConfig, backends: Backends | None = None, *, workers: int | None = None):
         s = config.server
         if not s.token and not is_loopback(s.bind):
             raise ConfigError(f"refusing to listen on {s.bind} without a token: anyone on the network could "
@@ -325,7 +333,7 @@ class Host:
         self.sessions: dict[str, SkullSession] = {}
         self.session_id = uuid.uuid4().hex[:12]
         self.server = None
-        self.workers = workers
+        self.workers = workers or max(MIN_WORKERS, WORKERS_PER_TURN * s.max_turns)
         self.executor: ThreadPoolExecutor | None = None
         self.events: Bus[ev.TurnEvent] = Bus("host")
         self.timings = ev.TurnTimings().attach(self.events)
@@ -384,7 +392,9 @@ class Host:
     async def start(self):
         s = self.config.server
         # backend calls run on the host's own pool (the loop's default executor is left to others
-        # sharing the loop); sized so a slow server does not starve the other skulls
+        # sharing the loop); sized from max_turns so admitted turns never wait for a thread, and a
+        # waiting call costs one idle thread (threads are started only when needed, and every
+        # server's connections are one kept-alive pool shared by them all: host/http.py Server)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="host-backend")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="host-conversation-sweeper")
         self.server = await serve(self._connection, s.bind, s.port, ssl=tls_context(s),
