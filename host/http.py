@@ -9,6 +9,7 @@ the server and what to do, marked retryable when asking again could help.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -209,11 +210,22 @@ class Http:
 
     # --- spreading and taking out -------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def pinned(self, server: Server):
+        """This thread's requests go to ``server`` alone, in or out (``skull host --check`` asks
+        each server of a stage in turn)."""
+        self._local.pinned = server
+        try:
+            yield server
+        finally:
+            self._local.pinned = None
+
     def _pick(self, tried: list) -> Server | None:
         """The least busy server that is in and not tried yet by this request; when every one is
         out, the untried one out longest (a turn must ask someone). None: all were tried."""
+        pinned = getattr(self._local, "pinned", None)
         with self._lock:
-            fresh = [s for s in self.servers if s not in tried]
+            fresh = [s for s in self.servers if s not in tried and pinned in (None, s)]
             if not fresh:
                 return None
             ins = [s for s in fresh if s.out_since is None]
@@ -225,7 +237,9 @@ class Http:
         return chosen
 
     def _spare(self, tried: list) -> bool:
-        """Another server that is in and not yet tried by this request exists."""
+        """Another server that is in and not yet tried by this request exists (and may be asked)."""
+        if getattr(self._local, "pinned", None) is not None:
+            return False
         with self._lock:
             return any(s.out_since is None and s not in tried for s in self.servers)
 

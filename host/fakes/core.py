@@ -58,6 +58,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: tests and benchmarks read their own output
         pass
 
+    def setup(self):
+        super().setup()
+        self.server.fake.connected(self.connection, True)
+
+    def finish(self):
+        self.server.fake.connected(self.connection, False)
+        super().finish()
+
     def _serve(self):
         fake = self.server.fake
         url = urlsplit(self.path)
@@ -189,6 +197,8 @@ class FakeServer(abc.ABC):
         """requests being worked on now"""
         self.busiest = 0
         """the most requests worked on at once since start"""
+        self._conns: set = set()
+        """open client connections (kept alive between requests)"""
 
     @property
     def url(self) -> str:
@@ -226,6 +236,22 @@ class FakeServer(abc.ABC):
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+
+    def kill(self) -> None:
+        """End as a killed process does: stop listening and cut every open connection, answers
+        under way included (``stop`` lets kept-alive connections go on being served)."""
+        self.stop()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def connected(self, conn, is_open: bool) -> None:
+        with self._lock:
+            (self._conns.add if is_open else self._conns.discard)(conn)
 
     def __enter__(self):
         return self.start()
