@@ -44,7 +44,7 @@ from .backends import Captioner, ReplyContext, ReplyWriter, Speech, SpeechToText
 from .backends.vision import reduce_snapshot
 from .config import HostConfig
 from .filter import FamilyFilter
-from .listen import Listener, ListenSettings
+from .listen import Listener, ListenSettings, take_model
 from .sentences import SentenceSplitter
 from .text import clip_words, speakable
 
@@ -201,8 +201,13 @@ class Turn:
         if vad_missing():
             return None
         stt = self.config.stt
+        model = take_model(stt.voice_activity_max)
+        if model is None:
+            log.info("%s: turn %d is transcribed whole: %d questions are listened to already ([stt] "
+                     "voice_activity_max)", self.skull, self.turn, stt.voice_activity_max)
+            return None
         return Listener(ListenSettings(pause_s=stt.pause_s), asyncio.get_running_loop(),
-                        on_segment=self._segment_ended, on_speech=self._speech_started)
+                        on_segment=self._segment_ended, on_speech=self._speech_started, model=model)
 
     def _speech_started(self, seg) -> None:
         self._emit(ev.SpeechStarted, at_s=round(seg.start_s, 3))
