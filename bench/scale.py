@@ -21,6 +21,7 @@ for the fakes' largest crowd::
 fakes' crowds).
 
 Usage: python bench/scale.py [--skulls 1,2,4,8,16,32,64] [--embedded 1,2,4] [--slots 64] [--rounds 3]
+                             [--voice-activity-max N]
 """
 from __future__ import annotations
 
@@ -225,6 +226,9 @@ def main() -> int:
                                                           "queue (default 64: enough for 64 skulls)")
     ap.add_argument("--rounds", type=int, default=3, help="questions each skull of a crowd asks (default 3)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds a turn may take before it is an error")
+    ap.add_argument("--voice-activity-max", type=int, default=None, metavar="N",
+                    help="the host's [stt] voice_activity_max against the fakes (default: the host's own, 8; 0: "
+                         "every question transcribed whole)")
     args = ap.parse_args()
     fakes_sizes, embedded_sizes = sizes_of(args.skulls, "--skulls"), sizes_of(args.embedded, "--embedded")
     if not fakes_sizes or 1 not in fakes_sizes:
@@ -233,7 +237,7 @@ def main() -> int:
         ap.error("--slots and --rounds must be 1 or more")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     print(f"scale: {args.rounds} question(s) per skull per crowd, fake servers with {args.slots} slot(s) each, "
-          f"{os.cpu_count()} cores", flush=True)
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -245,6 +249,9 @@ def main() -> int:
             toml = Path(tmp) / "host.toml"
             toml.write_text(parent.recv())
             config = load_host_config(toml)
+        if args.voice_activity_max is not None:
+            config = dataclasses.replace(config, stt=dataclasses.replace(
+                config.stt, voice_activity_max=args.voice_activity_max))
         rows = measure(config, fakes_sizes, args.rounds, args.timeout,
                        f"model servers (fakes, {args.slots} slots each)")
     finally:
