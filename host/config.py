@@ -40,7 +40,9 @@ class ServerConfig:
     """skulls the host keeps a conversation for; a new name past it replaces the longest idle one
     that is not connected, or is refused (4429) when all are connected"""
     max_turns: int = 4
-    """turns answered at once; more wait their turn in a fair queue (first come, first served)"""
+    """turns answered at once; more wait their turn in a fair queue (first come, first served).
+    The host starts up to 4 worker threads per turn for the calls to its backends (at least 32),
+    only as they are needed"""
     queue_notice_s: float = 2.0
     """a turn still queued after this long hears the "one moment" line (in the fallback voice)"""
     queue_line: str = "One moment, mortal. Other souls are ahead of you."

@@ -109,9 +109,10 @@ class Refusals:
         return pause
 
 
-KEEP_CONNECTIONS = 256
-"""connections kept alive per server, shared by every worker thread (opened only as needed; the
-host's pool of workers never holds more calls than this at once, see ``Host``)"""
+KEEP_CONNECTIONS = 1024
+"""connections kept alive per server, shared by every worker thread: opened only as needed, and
+at least as many as the host's workers can ask at once (4 per turn of ``[server] max_turns``,
+at most 1000 turns), so none is ever opened and thrown away"""
 PROBE_EVERY_S = 1.0
 """seconds between health checks of a server taken out of its stage"""
 PROBE_TIMEOUT_S = 2.0
