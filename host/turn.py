@@ -489,8 +489,11 @@ class Turn:
             text = clip_words(text, max(1, round(len(text) * len(samples) / len(speech.samples))))
             log.warning("%s: turn %d: the reply is longer than %g s of speech; it ends at %.1f s and the rest "
                         "is not spoken", self.skull, self.turn, REPLY_MAX_S, self._spoken_s + len(samples) / rate)
-        pieces = speech_segments(self.turn, self.segments, text, samples, rate,
-                                 self.shape or self.config.shape, self.play_rate)
+        # the jaw track and the resampling (~10 ms of numpy a sentence) run on a worker, so the
+        # event loop keeps every other skull's audio moving meanwhile
+        pieces = await asyncio.get_running_loop().run_in_executor(
+            self.executor, speech_segments, self.turn, self.segments, text, samples, rate,
+            self.shape or self.config.shape, self.play_rate)
         sent = []
         for msg, pcm in pieces:
             try:
