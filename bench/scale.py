@@ -12,7 +12,8 @@ segment received. A turn is an error when it ends without speech and ``done``, w
 ``error`` message (a fallback line), or not within the timeout.
 
 Per crowd size it prints first audio p50/p95, the host's CPU time per turn, its resident memory
-(VmRSS after the crowd) and its most threads seen while the crowd was served; the last line is,
+(VmRSS a second after the crowd's last turn, connections still open) and its most threads seen
+while the crowd was served; the last line is,
 for the fakes' largest crowd::
 
     n=<max> p50_ms=… p95_ms=… single_p50_ms=… ratio_p95=… errors=0
@@ -169,6 +170,7 @@ async def crowd(port: int, pid: int, n: int, rounds: int, timeout_s: float) -> d
         for _ in range(rounds):
             outcomes += await asyncio.gather(*(s.ask() for s in skulls))
         cpu = watch.cpu_s() - cpu0
+        await asyncio.sleep(1.0)  # the host hands a crowd's freed memory back once its last turn ends
         rss = watch.status("VmRSS")
     finally:
         sampler.cancel()

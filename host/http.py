@@ -349,11 +349,12 @@ class Http:
                 if server.out_since is not None:
                     self._back_in(server, "it answered a request")
                 if stream:  # the server is busy until the stream is read or closed
-                    close = resp.close
+                    answer = weakref.ref(resp)  # not resp itself: a cycle would keep every body until a GC
 
-                    def closed(close=close, lease=lease):
+                    def closed(lease=lease):
                         lease.release()
-                        close()
+                        if answer() is not None:
+                            requests.Response.close(answer())
                     resp.close = closed
                     weakref.finalize(resp, lease.release)
                     lease = None

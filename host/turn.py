@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Executor
@@ -492,7 +493,7 @@ class Turn:
         # the jaw track and the resampling (~10 ms of numpy a sentence) run on a worker, so the
         # event loop keeps every other skull's audio moving meanwhile
         pieces = await asyncio.get_running_loop().run_in_executor(
-            self.executor, speech_segments, self.turn, self.segments, text, samples, rate,
+            self.executor, _shaped, self.turn, self.segments, text, samples, rate,
             self.shape or self.config.shape, self.play_rate)
         sent = []
         for msg, pcm in pieces:
@@ -639,6 +640,17 @@ def _pump(writer: ReplyWriter, ctx: ReplyContext, cancel: threading.Event, loop,
 
 def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 1)
+
+
+_SHAPING = threading.BoundedSemaphore(os.cpu_count() or 1)
+"""sentences turned into segments at once: it is CPU work, so more at once than there are cores
+finish no sooner, and each holds a few MB of numpy while it runs (a crowd would hold them all)"""
+
+
+def _shaped(*args) -> list:
+    """:func:`speech_segments`, at most one per core at a time."""
+    with _SHAPING:
+        return speech_segments(*args)
 
 
 def speech_segments(turn: int, seq: int, text: str, samples: np.ndarray, rate: int,
