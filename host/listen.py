@@ -69,6 +69,14 @@ def _give_back(model) -> None:
             _models.append(model)
 
 
+def let_go(keep: int = 1) -> int:
+    """Keep at most ``keep`` spare models (a crowd's are let go when it is over); how many went."""
+    with _lock:
+        gone = _models[keep:]
+        del _models[keep:]
+    return len(gone)
+
+
 def listening() -> int:
     """Questions listened to with voice activity now."""
     return _busy

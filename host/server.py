@@ -42,6 +42,7 @@ from .build import build_backends
 from .config import HostConfig, ServerConfig, is_loopback
 from .filter import FamilyFilter
 from .lines import LineBook
+from .listen import let_go
 from .turn import Backends, Turn
 
 log = logging.getLogger("host.server")
@@ -403,9 +404,10 @@ class Host:
                 self._give_back_memory()
 
     def _give_back_memory(self) -> None:
-        """The last turn under way has ended: hand the memory a crowd of turns freed back to the
-        system (glibc keeps freed memory in each thread's arena; without this a burst of 64 turns
+        """The last turn under way has ended: let go of a crowd's spare voice activity models and
+        hand the memory its turns freed back to the system (glibc keeps freed memory in each thread's arena; without this a burst of 64 turns
         leaves the host three times its size for good). On a worker: it takes a few ms."""
+        let_go(keep=1)  # the voice activity models a crowd needed, but one
         if _MALLOC_TRIM is not None and self.executor is not None:
             self.executor.submit(_MALLOC_TRIM, 0)
 

@@ -138,6 +138,9 @@ def test_past_voice_activity_max_questions_at_once_a_question_is_transcribed_who
     _give_back(first)
     assert listening() == 0 and take_model(1) is first  # given back, the model is kept for the next question
     _give_back(first)
+    from host.listen import let_go
+    assert let_go(keep=0) >= 1 and take_model(1) is not first  # let go: the next question loads its own
+    _give_back(None)
     config = dataclasses.replace(host_config, stt=dataclasses.replace(host_config.stt, voice_activity_max=0))
     seen = []
     _, rec = one_turn(config, backends, speed=3.0, events=seen)
