@@ -1,9 +1,11 @@
 """A stage served by several model servers: host.toml lists them, turns are spread over them, one
 that dies is taken out without a fallback line and comes back in after its health check, and
-``skull host --check`` shows each."""
+``skull host --check`` shows each. The fakes queue past their parallel slots as real servers do."""
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -13,6 +15,7 @@ from host.check import check_backends, render
 from host.config import HostConfig, ServerConfig, StageConfig
 from host.events import Fallback
 from host.fakes import Knobs, LlamaCppFake, OpenAIAudioFake, WhisperCppFake
+from host.http import Http
 from skull.agent import Agent
 from skull.core.errors import ConfigError
 from skull.machine import State
@@ -108,3 +111,22 @@ def test_turns_spread_over_two_servers_and_survive_one_being_killed():
     reply_lines = [ln for ln in lines if ln.stage == "reply"]
     assert [(ln.url, ln.status) for ln in reply_lines] == [(f.url, "up") for f in llms], render(lines)
     assert len([ln for ln in lines if ln.stage == "tts"]) == 2
+
+
+def test_a_fake_works_on_its_slots_and_queues_the_rest_as_a_real_server_does():
+    fake = LlamaCppFake(Knobs(delay_s=0.3, slots=2, backlog=64), reply="Boo!", mmproj=False).start()
+    http = Http("reply", "openai-chat", fake.url, timeout_s=5.0)  # one pool of connections for every thread
+    try:
+        t0 = time.monotonic()
+
+        def ask(_):
+            http.json("POST", CHAT, json={"messages": [{"role": "user", "content": "hi"}]})
+            return time.monotonic() - t0
+        with ThreadPoolExecutor(4) as pool:
+            took = sorted(pool.map(ask, range(4)))
+    finally:
+        fake.stop()
+    assert fake.busiest == 2  # never more than its slots at once
+    assert took[2] >= 0.6 and took[1] < took[2] - 0.2  # two answered at once, two waited for a free slot
+    with pytest.raises(ValueError, match="slots >= 0"):
+        LlamaCppFake(Knobs(slots=-1))
