@@ -3,7 +3,7 @@
 Each backend makes one cheap round trip (health route, model list, or a one-word synthesis
 where the server has nothing cheaper); all run at once. A server that is still loading its
 model is reported as loading, and one that refuses connections as not reachable yet (with its
-address); neither is waited for.
+address); neither is waited for. A stage with several servers gets one line for each.
 """
 from __future__ import annotations
 
@@ -33,30 +33,42 @@ def check_backends(config: HostConfig, backends: Backends) -> list[CheckLine]:
             ("reply", config.reply, backends.reply), ("tts", config.tts, backends.tts),
             ("fallback", None, backends.fallback_voice)]
 
-    def one(job) -> CheckLine:
+    def each(job) -> list[CheckLine]:
         stage, cfg, backend = job
-        name = cfg.backend if cfg is not None else "espeak-ng"
-        if backend is None:
-            what = "the reply model looks at the snapshot itself" if name == "reply" else "no caption"
-            return CheckLine(stage, name, "-", what)
-        http = getattr(backend, "http", None)  # a backend on a model server talks to it through its Http
-        url = http.url if http is not None else getattr(backend, "url", "")
-        client = http if http is not None else backend if hasattr(backend, "wait_loading") else None
-        if client is not None:  # a check reports a server that is starting as it is, without waiting
-            client.wait_loading = False
-        t0 = time.monotonic()
-        try:
-            detail = backend.check()
-        except BackendError as exc:
-            status = "loading" if "still loading" in str(exc) else "down"
-            return CheckLine(stage, name, status, _not_yet(str(exc).split(": ", 1)[-1]), url=url)
-        finally:
-            if client is not None:
-                client.wait_loading = True
-        return CheckLine(stage, name, "up", detail, round((time.monotonic() - t0) * 1000, 1), url)
+        servers = getattr(getattr(backend, "http", None), "servers", ())
+        if len(servers) < 2:
+            return [one(stage, cfg, backend)]
+        lines = []
+        for server in servers:  # a stage with several servers: one line each, asked one after the other
+            with backend.http.pinned(server):
+                lines.append(one(stage, cfg, backend, server.url))
+        return lines
 
     with ThreadPoolExecutor(len(jobs)) as pool:
-        return list(pool.map(one, jobs))
+        return [line for lines in pool.map(each, jobs) for line in lines]
+
+
+def one(stage: str, cfg, backend, url: str = "") -> CheckLine:
+    """One backend's round trip (to ``url`` when its stage has several servers)."""
+    name = cfg.backend if cfg is not None else "espeak-ng"
+    if backend is None:
+        what = "the reply model looks at the snapshot itself" if name == "reply" else "no caption"
+        return CheckLine(stage, name, "-", what)
+    http = getattr(backend, "http", None)  # a backend on a model server talks to it through its Http
+    url = url or (http.url if http is not None else getattr(backend, "url", ""))
+    client = http if http is not None else backend if hasattr(backend, "wait_loading") else None
+    if client is not None:  # a check reports a server that is starting as it is, without waiting
+        client.wait_loading = False
+    t0 = time.monotonic()
+    try:
+        detail = backend.check()
+    except BackendError as exc:
+        status = "loading" if "still loading" in str(exc) else "down"
+        return CheckLine(stage, name, status, _not_yet(str(exc).split(": ", 1)[-1]), url=url)
+    finally:
+        if client is not None:
+            client.wait_loading = True
+    return CheckLine(stage, name, "up", detail, round((time.monotonic() - t0) * 1000, 1), url)
 
 
 def _not_yet(detail: str) -> str:

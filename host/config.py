@@ -40,7 +40,9 @@ class ServerConfig:
     """skulls the host keeps a conversation for; a new name past it replaces the longest idle one
     that is not connected, or is refused (4429) when all are connected"""
     max_turns: int = 4
-    """turns answered at once; more wait their turn in a fair queue (first come, first served)"""
+    """turns answered at once; more wait their turn in a fair queue (first come, first served).
+    The host starts up to 4 worker threads per turn for the calls to its backends (at least 32),
+    only as they are needed"""
     queue_notice_s: float = 2.0
     """a turn still queued after this long hears the "one moment" line (in the fallback voice)"""
     queue_line: str = "One moment, mortal. Other souls are ahead of you."
@@ -129,10 +131,17 @@ class _SttTable(_StageTable):
     release, its silence trimmed"""
     pause_s: float = 0.4
     """the pause that ends a stretch of speech"""
+    voice_activity_max: int = 8
+    """questions the host listens to with its voice activity model at once (segmented, silence
+    trimmed); one more is transcribed whole, silence and all. Each costs the host ~70 ms of CPU
+    per second of question and 2.5 MB: with a crowd on a small host, this, not the model
+    servers, is what runs out. 0: never listen, always transcribe whole"""
 
     def check(self, where: str) -> None:
         super().check(where)
         need(0.1 <= self.pause_s <= 3.0, where, "pause_s", self.pause_s, "must be 0.1..3 s")
+        need(0 <= self.voice_activity_max <= 1000, where, "voice_activity_max", self.voice_activity_max,
+             "must be 0..1000 questions (0: always transcribe the whole question)")
 
 
 def _table_of(stage: str) -> type:
@@ -159,6 +168,8 @@ class StageConfig:
     """stt only: transcribe each stretch of speech while the visitor talks"""
     pause_s: float = 0.4
     """stt only: the pause that ends a stretch of speech"""
+    voice_activity_max: int = 8
+    """stt only: questions listened to with voice activity at once; the rest are transcribed whole"""
 
     @classmethod
     def of(cls, stage: str, backend: str, *, timeout_s: float | None = None, retries: int = 1,
@@ -195,7 +206,8 @@ def load_stage(stage: str, table, source: str) -> StageConfig:
     if settings is None:  # no table: the backend's defaults, which must do on their own
         entry = registry.lookup(stage, built.backend)
         settings = build(entry.settings, {}, source, entry.table(stage))
-    extra = {"segmented": built.segmented, "pause_s": built.pause_s} if stage == "stt" else {}
+    extra = ({"segmented": built.segmented, "pause_s": built.pause_s, "voice_activity_max": built.voice_activity_max}
+             if stage == "stt" else {})
     return StageConfig(stage, built.backend, settings, built.timeout_s, built.retries, source, **extra)
 
 

@@ -9,16 +9,22 @@ the server and what to do, marked retryable when asking again could help.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import logging
 import re
 import threading
 import time
+import weakref
 from typing import Iterator
 
 import requests
+import requests.adapters
 
 from skull.core.errors import BackendError
+
+log = logging.getLogger("host.http")
 
 LOADING_POLL_S = 0.25
 REFUSED_FIRST_S = 0.05
@@ -103,79 +109,267 @@ class Refusals:
         return pause
 
 
-class Http:
-    """Requests to one server for one stage, with the stage's timeout as a deadline."""
+KEEP_CONNECTIONS = 1024
+"""connections kept alive per server, shared by every worker thread: opened only as needed, and
+at least as many as the host's workers can ask at once (4 per turn of ``[server] max_turns``,
+at most 1000 turns), so none is ever opened and thrown away"""
+PROBE_EVERY_S = 1.0
+"""seconds between health checks of a server taken out of its stage"""
+PROBE_TIMEOUT_S = 2.0
+"""seconds a health check waits for its answer"""
 
-    def __init__(self, stage: str, server: str, url: str, api_key: str = "", timeout_s: float = 20.0,
-                 connect_timeout_s: float = 3.0):
-        if not url:
+
+class Server:
+    """One model server of a stage: its address, one pool of kept-alive connections that every
+    worker thread shares, how many requests it is answering now, and whether it is taken out.
+
+    Why a shared pool and blocking calls rather than async HTTP: the backends are plain blocking
+    code (the embedded engines are CPU work that needs threads or processes anyway), every
+    stage's retry and failure handling is written around them, and a thread waiting on a socket
+    costs the host next to nothing (its stack is reserved, not resident). What made a crowd slow
+    was not the threads but a fixed pool of 32 and a session per thread, so a burst opened new
+    connections all at once; one pool per server, kept alive across turns, and a worker pool
+    sized from ``[server] max_turns`` remove both."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=KEEP_CONNECTIONS)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.refusals = Refusals()
+        self.busy = 0
+        """requests it is answering now (a streamed reply counts until its stream is closed)"""
+        self.asked = 0
+        """requests sent to it so far (ties among the least busy go to the least asked)"""
+        self.out_since: float | None = None
+        """monotonic seconds when it was taken out after a failure, or None: it is in"""
+        self.why = ""
+        """what took it out"""
+
+
+class _Lease:
+    """One request's hold on a server, given back once (when the answer is read, or its stream closed)."""
+
+    def __init__(self, http: "Http", server: Server):
+        self.http, self.server, self.open = http, server, True
+
+    def release(self) -> None:
+        with self.http._lock:
+            if self.open:
+                self.open = False
+                self.server.busy -= 1
+
+
+class Http:
+    """Requests to the server(s) of one stage, with the stage's timeout as a deadline.
+
+    ``url`` is one address or several: with several, each request goes to the least busy server
+    that is in; a server that cannot be reached, drops an answer, times out or says it is
+    unavailable is taken out at once (the request goes on to the next one) and comes back in when
+    its health check (``GET /health``, any answer but a 5xx) passes. With one server nothing is
+    ever taken out: it is asked as it is."""
+
+    def __init__(self, stage: str, server: str, url, api_key: str = "", timeout_s: float = 20.0,
+                 connect_timeout_s: float = 3.0, health_path: str = "/health"):
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls or not all(urls):
             raise BackendError(stage, f"{server} needs a url: set {_table(stage, server)} url in host.toml")
-        if not re.match(r"https?://", url):
-            raise BackendError(stage, f"{_table(stage, server)} url = {url!r} must start with http:// or https://")
-        self.stage, self.server, self.url = stage, server, url.rstrip("/")
+        for u in urls:
+            if not isinstance(u, str) or not re.match(r"https?://", u):
+                raise BackendError(stage, f"{_table(stage, server)} url = {u!r} must start with http:// or https://")
+        self.stage, self.server = stage, server
+        self.servers = [Server(u.rstrip("/")) for u in urls]
+        self.url = self.servers[0].url
+        """the (first) server's address"""
         self.table = _table(stage, server)
         """where this server's settings live in host.toml, e.g. [stt."whisper.cpp"]"""
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self.health_path = health_path
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.wait_loading = True
         """wait while the server starts (refuses connections) or loads its model (a turn does; a
         health check only reports it)"""
-        self.refusals = Refusals()
+        self._lock = threading.RLock()  # an abandoned stream gives its server back from the garbage collector
         self._local = threading.local()
+        self._prober: threading.Thread | None = None
 
     @property
-    def session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:  # one keep-alive session per worker thread
-            s = self._local.session = requests.Session()
-        return s
+    def urls(self) -> tuple:
+        return tuple(s.url for s in self.servers)
 
-    def where(self, path: str = "") -> str:
-        return f"{self.server} at {self.url}{path}"
+    @property
+    def refusals(self) -> Refusals:
+        return self.servers[0].refusals
+
+    def _current(self) -> Server:
+        """The server this thread asked last (the one a streamed answer comes from)."""
+        return getattr(self._local, "server", None) or self.servers[0]
+
+    def where(self, path: str = "", url: str | None = None) -> str:
+        return f"{self.server} at {url or self._current().url}{path}"
+
+    # --- spreading and taking out -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pinned(self, server: Server):
+        """This thread's requests go to ``server`` alone, in or out (``skull host --check`` asks
+        each server of a stage in turn)."""
+        self._local.pinned = server
+        try:
+            yield server
+        finally:
+            self._local.pinned = None
+
+    def _pick(self, tried: list) -> Server | None:
+        """The least busy server that is in and not tried yet by this request; when every one is
+        out, the untried one out longest (a turn must ask someone). None: all were tried."""
+        pinned = getattr(self._local, "pinned", None)
+        with self._lock:
+            fresh = [s for s in self.servers if s not in tried and pinned in (None, s)]
+            if not fresh:
+                return None
+            ins = [s for s in fresh if s.out_since is None]
+            chosen = (min(ins, key=lambda s: (s.busy, s.asked)) if ins
+                      else min(fresh, key=lambda s: s.out_since))
+            chosen.busy += 1
+            chosen.asked += 1
+        self._local.server = chosen
+        return chosen
+
+    def _spare(self, tried: list) -> bool:
+        """Another server that is in and not yet tried by this request exists (and may be asked)."""
+        if getattr(self._local, "pinned", None) is not None:
+            return False
+        with self._lock:
+            return any(s.out_since is None and s not in tried for s in self.servers)
+
+    def take_out(self, server: Server, why: str) -> None:
+        """Stop sending turns to ``server`` until its health check passes (never the only one)."""
+        if len(self.servers) < 2:
+            return
+        with self._lock:
+            if server.out_since is not None:
+                return
+            server.out_since, server.why = time.monotonic(), why
+            left = sum(s.out_since is None for s in self.servers)
+            if self._prober is None or not self._prober.is_alive():
+                self._prober = threading.Thread(target=self._probe_out, name=f"health-{self.stage}", daemon=True)
+                self._prober.start()
+        log.warning("%s: %s is taken out (%s); %d of %d %s servers left, it comes back when its health check "
+                    "passes", self.stage, self.where(url=server.url), why, left, len(self.servers), self.server)
+
+    def _back_in(self, server: Server, how: str) -> None:
+        with self._lock:
+            if server.out_since is None:
+                return
+            server.out_since, server.why = None, ""
+        log.warning("%s: %s is back in (%s)", self.stage, self.where(url=server.url), how)
+
+    def _probe_out(self) -> None:
+        """Health-check the servers that are out, every ``PROBE_EVERY_S``, until all are back."""
+        while True:
+            time.sleep(PROBE_EVERY_S)
+            with self._lock:
+                out = [s for s in self.servers if s.out_since is not None]
+                if not out:
+                    self._prober = None
+                    return
+            for server in out:
+                if self.healthy(server):
+                    self._back_in(server, f"its health check {self.health_path} passed")
+
+    def healthy(self, server: Server) -> bool:
+        """One health check: the server answers ``health_path`` with anything but a 5xx."""
+        try:
+            resp = server.session.get(server.url + self.health_path, headers=self.headers,
+                                      timeout=(min(self.connect_timeout_s, PROBE_TIMEOUT_S), PROBE_TIMEOUT_S))
+        except requests.exceptions.RequestException:
+            return False
+        resp.close()
+        return resp.status_code < 500
+
+    # --- requests -----------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, stream: bool = False, deadline: float | None = None,
                 ok=(200,), **kwargs) -> requests.Response:
         """Send one request. Waits (until ``deadline``) while the server refuses connections
-        (starting) or says it is loading. A status not in ``ok`` raises BackendError with the
-        server's own message."""
+        (starting) or says it is loading; with several servers, goes on to the next one instead.
+        A status not in ``ok`` raises BackendError with the server's own message."""
         deadline = deadline if deadline is not None else time.monotonic() + self.timeout_s
         headers = {**self.headers, **kwargs.pop("headers", {})}
+        tried: list[Server] = []
+        server = self._pick(tried)
+        lease = _Lease(self, server)
         refused, tries = None, 0  # when the server first refused this request, and how often since
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
-                                   retryable=True)
-            try:
-                resp = self.session.request(method, self.url + path, headers=headers, stream=stream,
-                                            timeout=(min(self.connect_timeout_s, left), left), **kwargs)
-            except requests.exceptions.ConnectionError as exc:
-                reason = _reason(exc)
-                if reason == "connection refused" and self.wait_loading:
-                    if refused is None:
-                        refused = time.monotonic()
-                    pause = self.refusals.pause(tries, refused, deadline)
-                    if pause is not None:  # not listening yet: a server that is starting binds its port soon
-                        tries += 1
-                        time.sleep(pause)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
+                                       retryable=True)
+                try:
+                    resp = server.session.request(method, server.url + path, headers=headers, stream=stream,
+                                                  timeout=(min(self.connect_timeout_s, left), left), **kwargs)
+                except requests.exceptions.ConnectionError as exc:
+                    reason = _reason(exc)
+                    if self._spare(tried + [server]):  # several servers: this one is out, ask the next now
+                        server, lease, refused, tries = self._next(server, lease, tried, reason)
                         continue
-                    reason += (f", tried for {time.monotonic() - refused:.1f} s" if tries
-                               else ", as throughout the last request")
-                raise BackendError(self.stage, self._unreachable(reason), retryable=True) from None
-            except requests.exceptions.Timeout:
-                raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
-                                   retryable=True) from None
-            except requests.exceptions.RequestException as exc:
-                raise BackendError(self.stage, f"request to {self.where(path)} failed ({_reason(exc)})",
-                                   retryable=True) from None
-            self.refusals.answered()
-            if is_loading(resp) and self.wait_loading and time.monotonic() + LOADING_POLL_S < deadline:
-                resp.close()
-                time.sleep(LOADING_POLL_S)  # wait for the model to finish loading
-                continue
-            if resp.status_code not in ok:
-                raise self.failure(resp, path)
-            return resp
+                    if reason == "connection refused" and self.wait_loading:
+                        if refused is None:
+                            refused = time.monotonic()
+                        pause = server.refusals.pause(tries, refused, deadline)
+                        if pause is not None:  # not listening yet: a server that is starting binds its port soon
+                            tries += 1
+                            time.sleep(pause)
+                            continue
+                        reason += (f", tried for {time.monotonic() - refused:.1f} s" if tries
+                                   else ", as throughout the last request")
+                    self.take_out(server, reason)
+                    raise BackendError(self.stage, self._unreachable(reason), retryable=True) from None
+                except requests.exceptions.Timeout:
+                    self.take_out(server, f"no answer within {self.timeout_s:g} s")
+                    raise BackendError(self.stage, f"{self.where(path)} gave no answer within {self.timeout_s:g} s",
+                                       retryable=True) from None
+                except requests.exceptions.RequestException as exc:
+                    raise BackendError(self.stage, f"request to {self.where(path)} failed ({_reason(exc)})",
+                                       retryable=True) from None
+                server.refusals.answered()
+                if is_loading(resp) and self._spare(tried + [server]):
+                    resp.close()
+                    server, lease, refused, tries = self._next(server, lease, tried, "still loading its model")
+                    continue
+                if is_loading(resp) and self.wait_loading and time.monotonic() + LOADING_POLL_S < deadline:
+                    resp.close()
+                    time.sleep(LOADING_POLL_S)  # wait for the model to finish loading
+                    continue
+                if resp.status_code not in ok:
+                    raise self.failure(resp, path)
+                if server.out_since is not None:
+                    self._back_in(server, "it answered a request")
+                if stream:  # the server is busy until the stream is read or closed
+                    answer = weakref.ref(resp)  # not resp itself: a cycle would keep every body until a GC
+
+                    def closed(lease=lease):
+                        lease.release()
+                        if answer() is not None:
+                            requests.Response.close(answer())
+                    resp.close = closed
+                    weakref.finalize(resp, lease.release)
+                    lease = None
+                return resp
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _next(self, server: Server, lease: _Lease, tried: list, why: str):
+        """Take ``server`` out and hold the next one: (server, lease, refused, tries) to go on with."""
+        self.take_out(server, why)
+        lease.release()
+        tried.append(server)
+        nxt = self._pick(tried)
+        return nxt, _Lease(self, nxt), None, 0
 
     def _unreachable(self, reason: str) -> str:
         if reason == "connection refused" and not self.wait_loading:  # a health check: as it is now
@@ -209,8 +403,11 @@ class Http:
                                            f"{resp.text[:120]!r}", retryable=True) from None
 
     def broken(self, path: str, exc: Exception) -> BackendError:
-        """A response that was cut off in the middle (the server dropped the connection)."""
-        return BackendError(self.stage, f"{self.where(path)} dropped the connection mid-answer ({_reason(exc)})",
+        """A response that was cut off in the middle (the server dropped the connection): with
+        several servers, that one is taken out."""
+        reason = _reason(exc)
+        self.take_out(self._current(), f"dropped an answer ({reason})")
+        return BackendError(self.stage, f"{self.where(path)} dropped the connection mid-answer ({reason})",
                             retryable=True)
 
 
@@ -282,3 +479,5 @@ def content_bytes(http: Http, resp: requests.Response, path: str) -> bytes:
         return resp.content
     except requests.exceptions.RequestException as exc:
         raise http.broken(path, exc) from None
+    finally:
+        resp.close()

@@ -33,6 +33,55 @@ log = logging.getLogger("host.listen")
 RATE = vad.RATE
 
 
+_models: list = []
+"""voice activity models not in use, kept for the next question (loading one costs ~2.5 MB and
+a file read; a crowd of questions reuses them)"""
+_busy = 0
+"""questions being listened to now, in this process"""
+_lock = threading.Lock()
+
+
+def take_model(most: int):
+    """A voice activity model for one more question, or None when ``most`` questions are
+    listened to already: each costs the host ~70 ms of CPU per second of audio, holding Python's
+    GIL, so past a few at once the host's CPU, not the model servers, would make every skull
+    wait. Given back by the Listener when its question ends."""
+    global _busy
+    with _lock:
+        if _busy >= most:
+            return None
+        _busy += 1
+        if _models:
+            return _models.pop()
+    try:
+        return vad.SpeechProbability()
+    except BaseException:
+        _give_back(None)
+        raise
+
+
+def _give_back(model) -> None:
+    global _busy
+    with _lock:
+        _busy -= 1
+        if model is not None:
+            model.reset()
+            _models.append(model)
+
+
+def let_go(keep: int = 1) -> int:
+    """Keep at most ``keep`` spare models (a crowd's are let go when it is over); how many went."""
+    with _lock:
+        gone = _models[keep:]
+        del _models[keep:]
+    return len(gone)
+
+
+def listening() -> int:
+    """Questions listened to with voice activity now."""
+    return _busy
+
+
 @dataclass(frozen=True)
 class ListenSettings:
     pause_s: float = 0.4
@@ -53,21 +102,37 @@ class Listener:
 
     def __init__(self, settings: ListenSettings, loop: asyncio.AbstractEventLoop,
                  on_segment: Callable[[vad.Segment, np.ndarray], None],
-                 on_speech: Callable[[vad.Segment], None] | None = None):
+                 on_speech: Callable[[vad.Segment], None] | None = None, model=None):
+        """``model``: from :func:`take_model`, given back when the question ends (None: a new one
+        of this listener's own)."""
         self.loop = loop
+        self._model = model
         self.on_segment, self.on_speech = on_segment, on_speech
         self.segmenter = vad.Segmenter(threshold=settings.threshold, min_speech_s=settings.min_speech_s,
-                                       min_silence_s=settings.pause_s, keep=True)
+                                       min_silence_s=settings.pause_s, keep=True, probability=model)
         self.ended: list[vad.Segment] = []
         """segments that ended, in order (the worker's until finish() returns)"""
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self.error: Exception | None = None
-        self._thread = threading.Thread(target=self._work, name="listen", daemon=True)
+        self._done = loop.create_future()
+        """set when the worker has decided every queued chunk (awaited without holding a thread)"""
+        self._thread = threading.Thread(target=self._run, name="listen", daemon=True)
         self._thread.start()
 
     def feed(self, chunk: bytes, rate: int, channels: int) -> None:
         """A microphone chunk of 16-bit PCM (on the event loop: only queued here)."""
         self._queue.put((bytes(chunk), rate, channels))
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            if self._model is not None:
+                _give_back(self._model)
+            try:
+                self.loop.call_soon_threadsafe(lambda: self._done.done() or self._done.set_result(None))
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
 
     def _work(self) -> None:
         while True:
@@ -95,7 +160,7 @@ class Listener:
         """After the release: every queued chunk decided, the open segment closed where the
         audio ends. Returns all segments in order (the last may be the tail)."""
         self._queue.put(None)
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        await asyncio.shield(self._done)  # no thread waits for the worker: with a crowd they would queue
         if self.error is not None:
             return []
         tail = self.segmenter.close()

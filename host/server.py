@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import hashlib
 import hmac
 import logging
@@ -42,6 +43,7 @@ from .config import HostConfig, ServerConfig, is_loopback
 from .dashboard import Dashboard
 from .filter import FamilyFilter
 from .lines import LineBook
+from .listen import let_go
 from .turn import Backends, Turn
 
 log = logging.getLogger("host.server")
@@ -310,6 +312,23 @@ class SkullSession:
         self.conversation.last_s = time.monotonic()
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+WORKERS_PER_TURN = 4
+"""blocking backend calls one turn can have under way at once: the caption, a stretch of speech
+being transcribed, the streamed reply and a sentence being voiced"""
+MIN_WORKERS = 32
+"""the fewest worker threads (lines being synthesised and checks share the pool too)"""
+
+
 class Host:
     """Owns the backends, the conversations, the thread pool for blocking backend calls and the
     turn event bus; ``start()`` runs the websocket server, ``stop()`` ends it.
@@ -317,14 +336,15 @@ class Host:
     ``events``: every turn of every skull publishes to it (see :mod:`host.events`); subscribe
     once for all skulls. ``timings`` builds ``done.timings_ms``; ``turn_log`` writes the per-turn
     log line (``turn_log.detach()`` silences it). ``workers``: threads for backend calls, shared
-    by all skulls (a streamed reply holds one while it is written).
+    by all skulls (a streamed reply holds one while it is written); by default
+    ``WORKERS_PER_TURN`` for each of ``[server] max_turns``, at least ``MIN_WORKERS``.
     """
 
     #: how often a skull that takes controls sends its status (welcome.status_hz) to a host that
     #: serves the dashboard (others ask for none)
     STATUS_HZ = 10.0
 
-    def __init__(self, config: HostConfig, backends: Backends | None = None, *, workers: int = 32):
+    def __init__(self, config: HostConfig, backends: Backends | None = None, *, workers: int | None = None):
         s = config.server
         if not s.token and not is_loopback(s.bind):
             raise ConfigError(f"refusing to listen on {s.bind} without a token: anyone on the network could "
@@ -341,13 +361,15 @@ class Host:
         self.sessions: dict[str, SkullSession] = {}
         self.session_id = uuid.uuid4().hex[:12]
         self.server = None
-        self.workers = workers
+        self.workers = workers or max(MIN_WORKERS, WORKERS_PER_TURN * s.max_turns)
         self.executor: ThreadPoolExecutor | None = None
         self.events: Bus[ev.TurnEvent] = Bus("host")
         self.timings = ev.TurnTimings().attach(self.events)
         self.turn_log = ev.TurnLog(jsonl=self.turn_json).attach(self.events)
         self.faults = FaultLog(log, "; the host goes on")
         self.peer_failure = PeerLog(log, s.log_failures_per_min)
+        self._answering = 0
+        """turns holding a place now"""
         self._turns = asyncio.Semaphore(s.max_turns)
         """admission: turns answered at once; waiters are served first come, first served"""
         self._replaced: dict[str, collections.deque] = {}
@@ -381,6 +403,7 @@ class Host:
             if notice is not None:
                 notice.cancel()
             raise
+        self._answering += 1
         if notice is not None:  # done.timings_ms names the wait
             turn._emit(ev.StageFinished, stage="queued", ms=round((time.monotonic() - asked) * 1000, 1))
         try:
@@ -394,6 +417,17 @@ class Host:
             yield
         finally:
             self._turns.release()
+            self._answering -= 1
+            if not self._answering:
+                self._give_back_memory()
+
+    def _give_back_memory(self) -> None:
+        """The last turn under way has ended: let go of a crowd's spare voice activity models and
+        hand the memory its turns freed back to the system (glibc keeps freed memory in each thread's arena; without this a burst of 64 turns
+        leaves the host three times its size for good). On a worker: it takes a few ms."""
+        let_go(keep=1)  # the voice activity models a crowd needed, but one
+        if _MALLOC_TRIM is not None and self.executor is not None:
+            self.executor.submit(_MALLOC_TRIM, 0)
 
     @property
     def port(self) -> int:
@@ -402,7 +436,9 @@ class Host:
     async def start(self):
         s = self.config.server
         # backend calls run on the host's own pool (the loop's default executor is left to others
-        # sharing the loop); sized so a slow server does not starve the other skulls
+        # sharing the loop); sized from max_turns so admitted turns never wait for a thread, and a
+        # waiting call costs one idle thread (threads are started only when needed, and every
+        # server's connections are one kept-alive pool shared by them all: host/http.py Server)
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="host-backend")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="host-conversation-sweeper")
         self.server = await serve(self._connection, s.bind, s.port, ssl=tls_context(s),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Executor
@@ -44,7 +45,7 @@ from .backends import Captioner, ReplyContext, ReplyWriter, Speech, SpeechToText
 from .backends.vision import reduce_snapshot
 from .config import HostConfig
 from .filter import FamilyFilter
-from .listen import Listener, ListenSettings
+from .listen import Listener, ListenSettings, take_model
 from .sentences import SentenceSplitter
 from .text import clip_words, speakable
 
@@ -201,8 +202,13 @@ class Turn:
         if vad_missing():
             return None
         stt = self.config.stt
+        model = take_model(stt.voice_activity_max)
+        if model is None:
+            log.info("%s: turn %d is transcribed whole: %d questions are listened to already ([stt] "
+                     "voice_activity_max)", self.skull, self.turn, stt.voice_activity_max)
+            return None
         return Listener(ListenSettings(pause_s=stt.pause_s), asyncio.get_running_loop(),
-                        on_segment=self._segment_ended, on_speech=self._speech_started)
+                        on_segment=self._segment_ended, on_speech=self._speech_started, model=model)
 
     def _speech_started(self, seg) -> None:
         self._emit(ev.SpeechStarted, at_s=round(seg.start_s, 3))
@@ -486,8 +492,11 @@ class Turn:
             text = clip_words(text, max(1, round(len(text) * len(samples) / len(speech.samples))))
             log.warning("%s: turn %d: the reply is longer than %g s of speech; it ends at %.1f s and the rest "
                         "is not spoken", self.skull, self.turn, REPLY_MAX_S, self._spoken_s + len(samples) / rate)
-        pieces = speech_segments(self.turn, self.segments, text, samples, rate,
-                                 self.shape or self.config.shape, self.play_rate)
+        # the jaw track and the resampling (~10 ms of numpy a sentence) run on a worker, so the
+        # event loop keeps every other skull's audio moving meanwhile
+        pieces = await asyncio.get_running_loop().run_in_executor(
+            self.executor, _shaped, self.turn, self.segments, text, samples, rate,
+            self.shape or self.config.shape, self.play_rate)
         sent = []
         for msg, pcm in pieces:
             try:
@@ -634,6 +643,17 @@ def _pump(writer: ReplyWriter, ctx: ReplyContext, cancel: threading.Event, loop,
 
 def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 1)
+
+
+_SHAPING = threading.BoundedSemaphore(os.cpu_count() or 1)
+"""sentences turned into segments at once: it is CPU work, so more at once than there are cores
+finish no sooner, and each holds a few MB of numpy while it runs (a crowd would hold them all)"""
+
+
+def _shaped(*args) -> list:
+    """:func:`speech_segments`, at most one per core at a time."""
+    with _SHAPING:
+        return speech_segments(*args)
 
 
 def speech_segments(turn: int, seq: int, text: str, samples: np.ndarray, rate: int,

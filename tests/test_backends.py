@@ -367,14 +367,17 @@ def test_shipped_examples_build(tmp_path):
     from host.config import load_host_config
     root = Path(__file__).resolve().parent.parent / "host" / "examples"
     names = sorted(p.name for p in root.glob("*.toml"))
-    assert names == ["caption-xtts.toml", "embedded.toml", "ollama-speaches.toml", "whisper-llama-kokoro.toml",
-                     "wyoming.toml"]
+    assert names == ["caption-xtts.toml", "embedded.toml", "ollama-speaches.toml", "two-servers.toml",
+                     "whisper-llama-kokoro.toml", "wyoming.toml"]
     for name in names:
         b = build_backends(load_host_config(root / name))
         assert b.fallback_voice is not None
     b = build_backends(load_host_config(root / "whisper-llama-kokoro.toml"))
     assert (b.stt.name, b.vision, b.reply.name, b.reply.sees_images, b.tts.name) == \
         ("whisper.cpp", None, "openai-chat", True, "openai")
+    b = build_backends(load_host_config(root / "two-servers.toml"))
+    assert [b.stt.http.urls, b.reply.http.urls, b.tts.http.urls] == \
+        [(f"http://gpu-a:{port}", f"http://gpu-b:{port}") for port in (8081, 8080, 8880)]
 
 
 def test_bad_backend_config_is_named(tmp_path):

@@ -83,7 +83,7 @@ def test_backend_tables_side_by_side_switch_with_one_key(tmp_path):
 @pytest.mark.parametrize("text, words", [
     # a key in the wrong backend's table
     ("[tts]\nbackend = 'piper'\n[tts.piper]\nurl = 'http://127.0.0.1:5000'\nspeaker_wav = 'skull'\n",
-     ["[tts.piper]: unknown key 'speaker_wav'; known keys: url, api_key, connect_timeout_s, voice, speed, api, "
+     ["[tts.piper]: unknown key 'speaker_wav'; known keys: url, urls, api_key, connect_timeout_s, voice, speed, api, "
       "options"]),
     # a backend key written flat in the stage table
     ("[tts]\nbackend = 'piper'\nurl = 'http://127.0.0.1:5000'\n",
@@ -118,7 +118,7 @@ def test_stage_config_made_in_python_is_checked_the_same_way():
     cfg = StageConfig.of("tts", "openai", timeout_s=5, url="http://127.0.0.1:8880", voice="bm_george")
     assert (cfg.backend, cfg.timeout_s, cfg.retries, cfg.settings.voice, cfg.settings.model) == \
         ("openai", 5.0, 1, "bm_george", "tts-1")
-    with pytest.raises(ConfigError, match=r"\[tts.openai\]: unknown key 'speaker_wav'; known keys: url, api_key"):
+    with pytest.raises(ConfigError, match=r"\[tts.openai\]: unknown key 'speaker_wav'; known keys: url, urls, api_key"):
         StageConfig.of("tts", "openai", url="http://127.0.0.1:8880", speaker_wav="skull")
     with pytest.raises(ConfigError, match=r'\[stt."whisper.cpp"\]: url = \'\''):
         StageConfig.of("stt", "whisper.cpp")

@@ -126,3 +126,26 @@ def test_a_question_with_no_speech_in_it_is_transcribed_whole(host_config, backe
     hearing = next(e for e in seen if isinstance(e, ev.Hearing))
     assert hearing.segments == 0 and hearing.tail_audio_s == pytest.approx(hearing.audio_s, abs=0.05)
     assert rec.outcome == "answered"  # the skull still says something (the reply to nothing heard)
+
+
+def test_past_voice_activity_max_questions_at_once_a_question_is_transcribed_whole(host_config, backends):
+    import dataclasses
+    from conftest import one_turn
+    from host import events as ev
+    from host.listen import _give_back, listening, take_model
+    first = take_model(1)
+    assert first is not None and take_model(1) is None and listening() == 1  # one at a time: no second
+    _give_back(first)
+    assert listening() == 0 and take_model(1) is first  # given back, the model is kept for the next question
+    _give_back(first)
+    from host.listen import let_go
+    assert let_go(keep=0) >= 1 and take_model(1) is not first  # let go: the next question loads its own
+    _give_back(None)
+    config = dataclasses.replace(host_config, stt=dataclasses.replace(host_config.stt, voice_activity_max=0))
+    seen = []
+    _, rec = one_turn(config, backends, speed=3.0, events=seen)
+    hearing = next(e for e in seen if isinstance(e, ev.Hearing))
+    assert rec.outcome == "answered" and words(rec.transcript) == ["do", "you", "like", "my", "costume"]
+    assert hearing.segments == 0 and hearing.tail_audio_s == pytest.approx(hearing.audio_s, abs=0.05)
+    with pytest.raises(ConfigError, match=r"\[stt\]: voice_activity_max = -1 is out of range: must be 0..1000"):
+        load_stage("stt", {"voice_activity_max": -1}, "host.toml")

@@ -46,8 +46,11 @@ class NoSettings:
 @dataclass(frozen=True)
 class HttpSettings:
     """What every backend on a model server has: the server's address and how to reach it."""
-    url: str = ""
-    """the model server, e.g. http://127.0.0.1:8080"""
+    url: str | tuple = ""
+    """the model server, e.g. http://127.0.0.1:8080; or a list of servers that serve the stage
+    alike (each turn goes to the least busy one that is up)"""
+    urls: tuple = ()
+    """the same as a list of several servers: url or urls, not both"""
     api_key: str = ""
     """sent as 'Authorization: Bearer <key>' when set"""
     connect_timeout_s: float = 3.0
@@ -55,15 +58,41 @@ class HttpSettings:
     example_url: ClassVar[str] = "http://127.0.0.1:8080"
     """the address the server's own documentation starts it on, shown when url is missing"""
 
+    @property
+    def addresses(self) -> tuple:
+        """Every server of the stage, in the order written."""
+        return tuple(self.urls) or ((self.url,) if isinstance(self.url, str) else tuple(self.url))
+
     def check(self, where: str) -> None:
-        need(bool(re.match(r"https?://.", self.url)), where, "url", self.url,
-             f"this backend needs the server's address, e.g. {self.example_url}")
+        for key in ("url", "urls"):  # a TOML list arrives as a list: kept as a tuple (frozen, hashable)
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        if self.urls and self.url:
+            need(False, where, "urls", list(self.urls), "set url or urls, not both (url may itself be a list)")
+        several = not isinstance(self.url, str) or bool(self.urls)
+        key = "urls" if self.urls else "url"
+        if several:
+            need(len(self.addresses) >= 1, where, key, list(self.addresses),
+                 f"a list of at least one server address, e.g. [\"{self.example_url}\"]")
+        for address in self.addresses:
+            if several:
+                need(isinstance(address, str), where, key, list(self.addresses),
+                     f"every entry must be an address in quotes, e.g. \"{self.example_url}\"")
+            need(bool(re.match(r"https?://.", address)), where, key, address if not several else list(self.addresses),
+                 f"this backend needs the server's address, e.g. {self.example_url}" if not several else
+                 f"every entry must start with http:// or https://, e.g. \"{self.example_url}\"")
+        if several:
+            seen = [a.rstrip("/") for a in self.addresses]
+            twice = next((a for a in seen if seen.count(a) > 1), None)
+            need(twice is None, where, key, list(self.addresses), f"{twice} is listed twice; list each server once")
         need(0.1 <= self.connect_timeout_s <= 60, where, "connect_timeout_s", self.connect_timeout_s,
              "must be 0.1..60 s")
 
-    def http(self, server: str, ctx: BackendContext) -> Http:
-        """Requests to this server as backend ``server`` of ``ctx.stage``, within the stage's timeout."""
-        return Http(ctx.stage, server, self.url, self.api_key, ctx.timeout_s, self.connect_timeout_s)
+    def http(self, server: str, ctx: BackendContext, health_path: str = "/health") -> Http:
+        """Requests to this stage's server(s) as backend ``server`` of ``ctx.stage``, within the
+        stage's timeout; ``health_path``: what tells a server taken out that it is back."""
+        return Http(ctx.stage, server, self.addresses, self.api_key, ctx.timeout_s, self.connect_timeout_s,
+                    health_path)
 
 
 @dataclass(frozen=True)

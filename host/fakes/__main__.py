@@ -44,21 +44,26 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=0.0, help="extra seconds on the first call")
     ap.add_argument("--loading", type=float, default=0.0, help="llama.cpp: 503 'Loading model' for this long")
     ap.add_argument("--seed", type=int)
+    ap.add_argument("--slots", type=int, default=0,
+                    help="requests worked on at once, the rest queue (llama-server --parallel); 0: no limit")
+    ap.add_argument("--backlog", type=int, default=128, help="connections waiting to be accepted (listen queue)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a server option")
     args = ap.parse_args(argv)
+    if args.slots < 0 or args.backlog < 1:
+        ap.error(f"--slots must be 0 or more (0: no limit) and --backlog 1 or more, got {args.slots} and {args.backlog}")
     for item in args.set:
         if "=" not in item:
             ap.error(f"--set {item!r}: write KEY=VALUE")
     options = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.kind == "workload":
         work = Workload(jitter=args.jitter, failure_rate=args.failure_rate, crash_rate=args.crash_rate,
-                        warmup_s=args.warmup, seed=args.seed)
+                        warmup_s=args.warmup, seed=args.seed, slots=args.slots, backlog=args.backlog)
         servers = work.start(args.port)
         print("# the standard fake workload is up; save this as host.toml:", flush=True)
         print(Workload.host_toml(servers), flush=True)
     else:
         knobs = Knobs(args.delay, args.per_unit, args.jitter, args.failure_rate, args.crash_rate, args.warmup,
-                      args.loading, args.seed)
+                      args.loading, args.seed, args.slots, args.backlog)
         try:
             srv = FAKES[args.kind](knobs, host=args.host, port=args.port, **options).start()
         except TypeError as exc:

@@ -7,10 +7,17 @@ audio or character for voices); ``jitter`` (0.3 = each wait is scaled by a rando
 0.7..1.3); ``failure_rate`` (answer with the server's own error shape); ``crash_rate`` (drop the
 connection mid-response); ``warmup_s`` (added to the first call, as a model load would be);
 ``loading_s`` (llama.cpp: every route answers 503 ``Loading model`` for this long after start).
+
+Capacity, so a load test queues where a real server would, not in the fake: ``slots`` requests are
+worked on at once (llama-server's ``--parallel``; whisper.cpp's server works one at a time) and
+the rest wait for a free slot, their delays counted from when they get one; ``backlog``
+connections wait to be accepted (the listen queue; Python's default of 5 drops a burst's
+connections, which no real server does). ``slots = 0``: every request at once.
 """
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import random
 import socket
@@ -34,6 +41,10 @@ class Knobs:
     warmup_s: float = 0.0
     loading_s: float = 0.0
     seed: int | None = None
+    slots: int = 0
+    """requests worked on at once; the rest queue for a slot (0: no limit)"""
+    backlog: int = 128
+    """connections waiting to be accepted (the listen queue)"""
 
 
 class Crash(Exception):
@@ -47,8 +58,15 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: tests and benchmarks read their own output
         pass
 
+    def setup(self):
+        super().setup()
+        self.server.fake.connected(self.connection, True)
+
+    def finish(self):
+        self.server.fake.connected(self.connection, False)
+        super().finish()
+
     def _serve(self):
-        self.t0 = time.monotonic()  # waits count from here, so the fake's own work is inside them
         fake = self.server.fake
         url = urlsplit(self.path)
         self.route, self.query = url.path, {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -56,12 +74,14 @@ class Handler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(n) if n else b""
         self.streaming = False
         fake.record(self)
-        try:
-            fake.handle(self)
-        except Crash:
-            self.drop()
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        with fake.slot():
+            self.t0 = time.monotonic()  # waits count from here, so the fake's own work is inside them
+            try:
+                fake.handle(self)
+            except Crash:
+                self.drop()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
     do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _serve
 
@@ -169,13 +189,40 @@ class FakeServer(abc.ABC):
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self.started_at = 0.0
+        if self.knobs.slots < 0 or self.knobs.backlog < 1:
+            raise ValueError(f"a fake server needs slots >= 0 (0: no limit) and backlog >= 1, got slots="
+                             f"{self.knobs.slots} backlog={self.knobs.backlog}")
+        self._slots = threading.BoundedSemaphore(self.knobs.slots) if self.knobs.slots else None
+        self.busy = 0
+        """requests being worked on now"""
+        self.busiest = 0
+        """the most requests worked on at once since start"""
+        self._conns: set = set()
+        """open client connections (kept alive between requests)"""
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @contextlib.contextmanager
+    def slot(self):
+        """Hold one of ``slots`` while a request is worked on (waiting for one when all are busy)."""
+        if self._slots is not None:
+            self._slots.acquire()
+        with self._lock:
+            self.busy += 1
+            self.busiest = max(self.busiest, self.busy)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.busy -= 1
+            if self._slots is not None:
+                self._slots.release()
+
     def start(self) -> "FakeServer":
-        self._httpd = _Server((self.host, self.port), Handler)
+        server = type("_Listening", (_Server,), {"request_queue_size": self.knobs.backlog})
+        self._httpd = server((self.host, self.port), Handler)
         self._httpd.fake = self
         self.port = self._httpd.server_address[1]
         self.started_at = time.monotonic()
@@ -189,6 +236,22 @@ class FakeServer(abc.ABC):
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+
+    def kill(self) -> None:
+        """End as a killed process does: stop listening and cut every open connection, answers
+        under way included (``stop`` lets kept-alive connections go on being served)."""
+        self.stop()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def connected(self, conn, is_open: bool) -> None:
+        with self._lock:
+            (self._conns.add if is_open else self._conns.discard)(conn)
 
     def __enter__(self):
         return self.start()

@@ -80,6 +80,10 @@ class Workload:
     crash_rate: float = 0.0
     warmup_s: float = 0.0
     seed: int | None = None
+    slots: int = 0
+    """requests each server works on at once, the rest queue (0: no limit)"""
+    backlog: int = 128
+    """connections each server lets wait to be accepted"""
 
     def scaled(self, factor: float) -> "Workload":
         """The same workload with every delay multiplied by ``factor`` (for long soaks)."""
@@ -90,7 +94,7 @@ class Workload:
     def _knobs(self, delay: float, per_unit: float, salt: int) -> Knobs:
         return Knobs(delay_s=delay, per_unit_s=per_unit, jitter=self.jitter, failure_rate=self.failure_rate,
                      crash_rate=self.crash_rate, warmup_s=self.warmup_s,
-                     seed=None if self.seed is None else self.seed + salt)
+                     seed=None if self.seed is None else self.seed + salt, slots=self.slots, backlog=self.backlog)
 
     def start(self, port: int = 0) -> dict:
         """Start the four servers (on ``port``, ``port+1``... when given) and return them by stage."""
