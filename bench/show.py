@@ -247,6 +247,7 @@ class Night:
         if heard:
             self.stats["spoken"] += 1
             self.stats["offline_lines"] += 1
+            self.stats["offline_press_lines"] += 1
         else:
             self.stats["mute"] += 1
 
@@ -550,7 +551,7 @@ def main() -> int:
                    stuck_reports=s["stuck_reports"], stuck_freed=s["stuck_freed"])
     print(f"# {time.monotonic() - t0:.0f} s; host RSS at the end of each life (KiB): {lives} "
           f"after {show.host_life_turns} turns; "
-          f"mute presses with no host: {s['offline_presses'] - s['offline_lines']} of {s['offline_presses']}, "
+          f"mute presses with no host: {s['offline_presses'] - s['offline_press_lines']} of {s['offline_presses']}, "
           f"links lost before a word: {s['lost_before_a_word']} answered by a line of its own, "
           f"{s['cut_before_a_word']} mute; host starts took "
           f"{', '.join(f'{x:.1f}' for x in show.host_start_s) or '-'} s; longest wait for an idle skull "
