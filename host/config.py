@@ -262,6 +262,31 @@ class FallbackConfig:
         need(0.5 <= self.timeout_s <= 120, where, "timeout_s", self.timeout_s, "must be 0.5..120 s")
 
 
+EMBEDDED_WORKERS_MAX = 64
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """[embedded]: where the CPU-heavy embedded engines run (speech to text, the OpenCV caption,
+    espeak-ng and piper-local voices; host.pool). Each worker process loads their models once,
+    when the host starts, and answers one call at a time, so N workers hear N skulls at once."""
+    workers: int | str = "auto"
+    """worker processes: "auto" = one per core this host may use; 1..64; 0 = none: the engines run
+    inside the host process, one call at a time each (the least memory, e.g. on a small Pi)"""
+
+    def check(self, where: str) -> None:
+        need(self.workers == "auto" or (isinstance(self.workers, int) and 0 <= self.workers <= EMBEDDED_WORKERS_MAX),
+             where, "workers", self.workers,
+             f'"auto" (one per core), 0 (in the host process) or 1..{EMBEDDED_WORKERS_MAX} worker processes')
+
+    def count(self) -> int:
+        """The number of worker processes to start (0: none)."""
+        if self.workers == "auto":
+            from .pool import cores
+            return cores()
+        return int(self.workers)
+
+
 LINE_KINDS = ("offline", "closer", "wait", "attract", "greeting")
 """the kinds of line a skull keeps for when the host is gone (skull.core.protocol.LINE_KINDS)"""
 
@@ -321,6 +346,7 @@ class HostConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     shape: JawShape = field(default_factory=JawShape)
     lines: LinesConfig = field(default_factory=LinesConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     skulls: dict = field(default_factory=dict)
     """skull name -> :class:`SkullEntry` (from [skulls.NAME] tables)"""
     history_turns: int = 6

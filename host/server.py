@@ -318,6 +318,8 @@ class Host:
                                     key="host.toml [server] turn_log") if s.turn_log else None)
         """the JSON-lines turn log ([server] turn_log), or None"""
         self.backends = backends or build_backends(config)
+        self._owns_pool = backends is None
+        """the host built its backends, so it stops their worker processes (host.pool) when it stops"""
         self.filter = FamilyFilter(config.filter)
         self.lines = LineBook(config, self.backends)
         """the lines skulls keep for when the host is gone, sent after welcome ([lines])"""
@@ -413,6 +415,8 @@ class Host:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+        if self._owns_pool and self.backends.pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.backends.pool.close)
 
     async def __aenter__(self):
         return await self.start()

@@ -40,7 +40,7 @@ class MoonshineSettings:
 MOONSHINE_ARCHS = ("tiny", "base")
 
 
-@backend("moonshine", "stt", settings=MoonshineSettings, default=True, fallback="pocketsphinx")
+@backend("moonshine", "stt", settings=MoonshineSettings, default=True, fallback="pocketsphinx", engine=True)
 class MoonshineSTT:
     """Offline recognition with the model loaded once. The tiny English model ships inside
     moonshine-voice 0.1.0 (later releases download it at run time, hence the exact pin). Its
@@ -82,7 +82,7 @@ class MoonshineSTT:
         return f"embedded ({self.folder.name} model, moonshine-voice)"
 
 
-@backend("pocketsphinx", "stt", settings=NoSettings)
+@backend("pocketsphinx", "stt", settings=NoSettings, engine=True)
 class PocketsphinxSTT:
     """Offline recognition, no downloads, any machine. Modest accuracy: moonshine hears far
     better, and a real server better still."""
