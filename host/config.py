@@ -53,8 +53,16 @@ class ServerConfig:
     """turn_log is rotated (.1, .2...) when it would grow past this many megabytes"""
     turn_log_backups: int = 3
     """rotated turn logs kept; the oldest is deleted"""
+    discovery: bool = True
+    """advertise the host over mDNS (zeroconf, a _skull._tcp service) so skulls with no [link] url
+    find it; only a host that listens beyond this machine (bind not 127.0.0.1) is advertised.
+    false for networks that forbid multicast (host.discovery)"""
+    name: str = ""
+    """the name the host advertises (a skull's [link] host_name picks it); empty: this machine's name"""
 
     def check(self, where: str) -> None:
+        need(len(self.name) <= 63 and "." not in self.name, where, "name", self.name[:70],
+             "at most 63 characters and no dot (an mDNS instance name)")
         need(0 <= self.port <= 65535, where, "port", self.port, "must be 0..65535 (0 picks a free port)")
         need(bool(self.tls_cert) == bool(self.tls_key), where, "tls_key" if self.tls_cert else "tls_cert",
              self.tls_key if self.tls_cert else self.tls_cert,

@@ -38,6 +38,7 @@ from skull.core.jsonlog import JsonLines
 
 from . import events as ev
 from .build import build_backends
+from .discovery import Advertiser
 from .config import HostConfig, ServerConfig, is_loopback
 from .filter import FamilyFilter
 from .lines import LineBook
@@ -327,6 +328,8 @@ class Host:
         self.sessions: dict[str, SkullSession] = {}
         self.session_id = uuid.uuid4().hex[:12]
         self.server = None
+        self.advertiser: Advertiser | None = None
+        """the host's mDNS record ([server] discovery), from start() on"""
         self.workers = workers
         self.executor: ThreadPoolExecutor | None = None
         self.events: Bus[ev.TurnEvent] = Bus("host")
@@ -393,6 +396,8 @@ class Host:
                                   max_size=p.TRANSPORT_MAX_BYTES, ping_interval=s.ping_interval_s,
                                   ping_timeout=s.ping_timeout_s,
                                   compression=None, logger=logging.getLogger("host.websockets"))
+        self.advertiser = Advertiser(s, self.port)
+        self.advertiser.start()
         b = self.backends
         log.info("host listening on %s://%s:%d (stt=%s vision=%s reply=%s tts=%s, %s)",
                  "wss" if s.tls_cert else "ws", s.bind, self.port,
@@ -406,6 +411,8 @@ class Host:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self.advertiser is not None:
+            await self.advertiser.close()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
