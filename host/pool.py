@@ -37,7 +37,8 @@ STOP_TIMEOUT_S = 2.0
 """seconds a worker has to finish after it is asked to stop, before it is terminated"""
 RESPAWN_TRIES = 3
 """attempts to replace a dead worker (a second apart) before the pool runs one worker short"""
-_PRELOAD = ["numpy", "host.build", "host.backends.stt", "host.backends.tts", "host.backends.vision"]
+_PRELOAD = ["numpy", "cv2", "pocketsphinx", "moonshine_voice", "host.build", "host.backends.stt", "host.backends.tts",
+            "host.backends.vision"]
 """imported once by the fork server, so each worker starts as a fork with them already loaded"""
 
 
