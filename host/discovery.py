@@ -99,7 +99,8 @@ class Advertiser:
             self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
             self._info = self._record(self.addresses)
             await (await self._zc.async_register_service(self._info, allow_name_change=True))
-            log.info("advertised over mDNS as %r (%s) at %s, port %d", self.name, p.DISCOVERY_SERVICE,
+            instance = self._info.name.removesuffix("." + p.DISCOVERY_SERVICE)  # "name (2)" if taken
+            log.info("advertised over mDNS as %r (%s) at %s, port %d", instance, p.DISCOVERY_SERVICE,
                      ", ".join(self.addresses), self.port)
             while True:
                 await asyncio.sleep(RECHECK_S)

@@ -71,7 +71,7 @@ class _Worker:
     def __init__(self, ctx, stages: dict, number: int):
         self.number = number
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_work, args=(child, stages), name=f"skull-engine-{number}", daemon=True)
+        self.process = ctx.Process(target=_work, args=(child, stages, number), name=f"skull-engine-{number}", daemon=True)
         self.process.start()
         child.close()  # only the worker holds its end now: the worker's death is EOF here
 
@@ -297,7 +297,7 @@ def _relog(records: list) -> None:
         logging.getLogger(name).log(level, "%s", message)
 
 
-def _work(conn, stages: dict) -> None:
+def _work(conn, stages: dict, number: int) -> None:
     """A worker's life: build the backends, say which, then answer calls until told to stop
     (None) or until the host's end of the pipe closes."""
     import signal
@@ -307,6 +307,13 @@ def _work(conn, stages: dict) -> None:
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover - a dependency
         pass
+    # onnxruntime (inside moonshine-voice, piper) sizes its thread pool to the cores it may run on
+    # when a model loads, and its threads spin while they wait: two workers with a pool each on two
+    # cores slow each other down several times over. Loading on one core gives a pool of one; the
+    # worker may then run on any core again.
+    cores = os.sched_getaffinity(0)
+    if len(cores) > 1:
+        os.sched_setaffinity(0, {sorted(cores)[number % len(cores)]})
     from .build import build_stage
     records = _Records()
     root = logging.getLogger()
@@ -322,6 +329,8 @@ def _work(conn, stages: dict) -> None:
     except Exception as exc:  # an engine failing to load in any other way
         conn.send(("error", f"{type(exc).__name__}: {exc}", records.take()))
         return
+    finally:
+        os.sched_setaffinity(0, cores)
     conn.send(("ready", {stage: b.name for stage, b in backends.items()}, records.take()))
     while True:
         try:
