@@ -152,7 +152,9 @@ class EnginePool:
         return self.names
 
     def _spawn(self) -> _Worker:
-        with self._lock:
+        with self._lock:  # never after close(): it stops the workers it finds in _all
+            if self._closed:
+                raise ConfigError("the engine pool is closed")
             self._numbers += 1
             worker = _Worker(self._ctx, self.stages, self._numbers)
             self._all.append(worker)
@@ -214,12 +216,14 @@ class EnginePool:
             except (ConfigError, OSError) as exc:
                 if worker is not None:
                     self._discard(worker)
+                if self._closed:
+                    return
                 log.error("replacing an embedded engine worker failed (%s)%s", exc,
                           "; trying again" if attempt + 1 < RESPAWN_TRIES else "; the pool runs one worker short")
                 time.sleep(1.0)
                 continue
             if self._closed:
-                worker.stop()
+                self._discard(worker)
                 return
             self.replaced += 1
             self._idle.put(worker)
@@ -232,7 +236,8 @@ class EnginePool:
 
     def close(self) -> None:
         """Stop every worker (a busy one is terminated after ``STOP_TIMEOUT_S``); idempotent."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._finalizer()
 
 
