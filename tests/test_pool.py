@@ -95,14 +95,15 @@ def test_a_dead_or_hung_worker_fails_only_its_call_and_is_replaced():
 
 
 def test_the_host_runs_its_engines_in_workers_falls_back_when_one_dies_and_stops_them():
-    """A host built from its config hears the question in a worker process; a worker that died
+    """A host built from its config hears the question with pocketsphinx in a worker process (the
+    engine that holds the GIL); a worker that died
     costs the turn that hit it the fallback line (never silence), the next turn is heard again,
     and stopping the host ends every worker."""
     base = HostConfig()
     config = dataclasses.replace(
         base, server=ServerConfig(port=0, ping_interval_s=1.0, ping_timeout_s=2.0),
-        stt=dataclasses.replace(base.stt, segmented=False, retries=0), vision=StageConfig.of("vision", "none"),
-        embedded=EmbeddedConfig(workers=1))  # only speech to text in the worker: the kill hits it
+        stt=dataclasses.replace(StageConfig.of("stt", "pocketsphinx", retries=0), segmented=False),
+        vision=StageConfig.of("vision", "none"), embedded=EmbeddedConfig(workers=1))  # the kill hits the one call
 
     async def go():
         from skull.agent import Agent
@@ -110,7 +111,7 @@ def test_the_host_runs_its_engines_in_workers_falls_back_when_one_dies_and_stops
         host = await Host(config).start()
         pool = host.backends.pool
         pids = pool.pids()
-        assert len(pids) == 1 and host.backends.stt.name in ("moonshine", "pocketsphinx")
+        assert len(pids) == 1 and host.backends.stt.name == "pocketsphinx"
         cfg = skull_config(host.port)
         agent = Agent(cfg, sim_body(cfg))
         task = asyncio.create_task(agent.run())
@@ -132,5 +133,13 @@ def test_the_host_runs_its_engines_in_workers_falls_back_when_one_dies_and_stops
 
 
 def test_no_workers_keeps_the_engines_in_the_host_process():
-    backends = build_backends(dataclasses.replace(HostConfig(), embedded=EmbeddedConfig(workers=0)))
-    assert backends.pool is None and type(backends.stt).__module__ == "host.backends.stt"
+    config = dataclasses.replace(HostConfig(), stt=StageConfig.of("stt", "pocketsphinx"),
+                                 embedded=EmbeddedConfig(workers=0))
+    backends = build_backends(config)
+    assert backends.pool is None and type(backends.stt).__name__ == "PocketsphinxSTT"
+
+
+def test_engines_that_release_the_gil_stay_in_the_host_process():
+    """moonshine and OpenCV compute on every core by themselves: the default host starts no workers."""
+    backends = build_backends(HostConfig())
+    assert backends.pool is None and type(backends.vision).__name__ == "OpenCVCaptioner"

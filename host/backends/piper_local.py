@@ -132,7 +132,7 @@ def _read_config(path: Path, stage: str) -> dict:
     return data
 
 
-@backend("piper-local", "tts", settings=PiperLocalSettings, engine=True)
+@backend("piper-local", "tts", settings=PiperLocalSettings)
 class PiperLocalTTS:
     """A Piper voice loaded once into the host and run on its CPU (piper-tts and onnxruntime).
     Calls take turns on one voice: each already spreads over the CPU's cores, and piper's

@@ -40,7 +40,7 @@ class MoonshineSettings:
 MOONSHINE_ARCHS = ("tiny", "base")
 
 
-@backend("moonshine", "stt", settings=MoonshineSettings, default=True, fallback="pocketsphinx", engine=True)
+@backend("moonshine", "stt", settings=MoonshineSettings, default=True, fallback="pocketsphinx")
 class MoonshineSTT:
     """Offline recognition with the model loaded once. The tiny English model ships inside
     moonshine-voice 0.1.0 (later releases download it at run time, hence the exact pin). Its
@@ -64,7 +64,10 @@ class MoonshineSTT:
         except (MoonshineError, OSError) as exc:
             raise BackendError(ctx.stage, f"moonshine cannot load the {settings.arch} model in {folder} ({exc}); check "
                                           f"[stt.moonshine] model and arch") from None
-        self._lock = threading.Lock()  # one model; calls take turns (the library releases the GIL)
+        # one model; calls take turns. It stays in the host process: the library releases the GIL and
+        # onnxruntime already computes on every core (in worker processes two skulls measured 4x
+        # slower at once, bench/embedded_scale.py)
+        self._lock = threading.Lock()
 
     def transcribe(self, samples: np.ndarray, rate: int) -> str:
         x = np.asarray(resample(samples, rate, self.rate), np.float32)
@@ -85,7 +88,8 @@ class MoonshineSTT:
 @backend("pocketsphinx", "stt", settings=NoSettings, engine=True)
 class PocketsphinxSTT:
     """Offline recognition, no downloads, any machine. Modest accuracy: moonshine hears far
-    better, and a real server better still."""
+    better, and a real server better still. It holds the GIL for a whole decode, so the host
+    runs it in its engine worker processes ([embedded] workers): one decoder per core."""
 
     name = "pocketsphinx"
     rate = 16000

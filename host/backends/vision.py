@@ -173,7 +173,7 @@ class OpenCVSettings:
         need(10 <= self.min_face_px <= 240, where, "min_face_px", self.min_face_px, "must be 10..240 pixels")
 
 
-@backend("opencv", "vision", settings=OpenCVSettings, default=True, engine=True)
+@backend("opencv", "vision", settings=OpenCVSettings, default=True)
 class OpenCVCaptioner:
     """Faces, colours and light, with no model download."""
 
