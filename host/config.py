@@ -275,9 +275,10 @@ EMBEDDED_WORKERS_MAX = 64
 
 @dataclass(frozen=True)
 class EmbeddedConfig:
-    """[embedded]: where the CPU-heavy embedded engines run (speech to text, the OpenCV caption,
-    espeak-ng and piper-local voices; host.pool). Each worker process loads their models once,
-    when the host starts, and answers one call at a time, so N workers hear N skulls at once."""
+    """[embedded]: where the embedded engines that hold the GIL run (pocketsphinx; host.pool).
+    Each worker process loads them once, when the host starts, and answers one call at a time,
+    so N workers hear N skulls at once. moonshine and OpenCV stay in the host process: they
+    release the GIL and use every core by themselves."""
     workers: int | str = "auto"
     """worker processes: "auto" = one per core this host may use; 1..64; 0 = none: the engines run
     inside the host process, one call at a time each (the least memory, e.g. on a small Pi)"""

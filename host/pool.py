@@ -1,11 +1,12 @@
-"""The embedded engines on every core: a pool of worker processes for the CPU-heavy stages.
+"""The embedded engines on every core: a pool of worker processes for the engines that hold the GIL.
 
-One pocketsphinx decoder or moonshine model in the host process serves one question at a time
-(behind a lock, and pocketsphinx holds the GIL for the whole decode), so two skulls asking at
-once wait for each other. Here each worker process builds the embedded backends of the stages
-that run in it (speech to text, the caption, the embedded voices) once, when the pool starts,
-and then answers calls one at a time; the host sends each call to an idle worker. With one
-worker per core, two skulls on two cores are heard at the same time.
+One pocketsphinx decoder in the host process serves one question at a time (behind a lock),
+and holds the GIL for the whole decode, stalling the host's event loop. Here each worker
+process builds the embedded backends of the stages that run in it (those registered with
+``engine=True``) once, when the pool starts, and then answers calls one at a time; the host
+sends each call to an idle worker. With one worker per core, two skulls on two cores are heard
+at the same time. (moonshine and OpenCV release the GIL and use every core themselves: they
+stay in the host process, where they measured faster; docs/model-servers.md.)
 
 A worker that dies (or answers nothing within the stage's time budget, and is killed) fails the
 call that was in it with a BackendError, like any backend failure: the turn speaks its fallback
