@@ -5,9 +5,10 @@ import logging
 
 from skull.core.errors import BackendError, ConfigError
 
-from .backends.registry import BackendContext, lookup
+from .backends.registry import STAGES, BackendContext, lookup
 from .backends.tts import EspeakSettings, EspeakTTS
 from .config import HostConfig, StageConfig
+from .pool import EnginePool, PooledBackend
 from .turn import Backends
 
 log = logging.getLogger("host.build")
@@ -37,15 +38,32 @@ def build_stage(cfg: StageConfig, sees_images: bool = False):
 
 def build_backends(config: HostConfig) -> Backends:
     """The configured backend of each stage, plus espeak-ng as the voice of last resort.
-    Captioners always get the snapshot; the reply model gets it when [vision] backend = 'reply'."""
+    Captioners always get the snapshot; the reply model gets it when [vision] backend = 'reply'.
+    The stages served by CPU-heavy embedded engines are built in a pool of worker processes
+    ([embedded] workers; ``Backends.pool``, whose owner closes it), the others here."""
     looks = config.vision.backend == "reply"
-    stt, vision = build_stage(config.stt), build_stage(config.vision, sees_images=True)
-    reply, tts = build_stage(config.reply, sees_images=looks), build_stage(config.tts)
+    sees = {"vision": True, "reply": looks}
+    stages = {stage: getattr(config, stage) for stage in STAGES}
+    workers = config.embedded.count()
+    engines = {stage: (cfg, sees.get(stage, False)) for stage, cfg in stages.items()
+               if workers and lookup(stage, cfg.backend).engine}
+    pool = EnginePool(engines, workers) if engines else None
+    if pool is not None:
+        pool.start()  # every worker loads its models now: the first visitor meets warm engines
     try:
-        fallback_voice = EspeakTTS(EspeakSettings(voice=config.fallback.voice),
-                                   BackendContext("tts", config.fallback.timeout_s))
-    except BackendError as exc:
-        raise ConfigError(f"{config.tts.source} [fallback]: {str(exc).split(': ', 1)[-1]}") from None
-    if fallback_voice.voice_problem:  # the voice of last resort must speak as configured
-        raise ConfigError(f"{config.tts.source} [fallback]: {fallback_voice.voice_problem}")
-    return Backends(stt=stt, vision=vision, reply=reply, tts=tts, fallback_voice=fallback_voice)
+        built = {stage: PooledBackend(pool, stage, cfg.timeout_s) if stage in engines
+                 else build_stage(cfg, sees.get(stage, False)) for stage, cfg in stages.items()}
+        try:
+            fallback_voice = EspeakTTS(EspeakSettings(voice=config.fallback.voice),
+                                       BackendContext("tts", config.fallback.timeout_s))
+        except BackendError as exc:
+            raise ConfigError(f"{config.tts.source} [fallback]: {str(exc).split(': ', 1)[-1]}") from None
+        if fallback_voice.voice_problem:  # the voice of last resort must speak as configured
+            raise ConfigError(f"{config.tts.source} [fallback]: {fallback_voice.voice_problem}")
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
+    # the fallback voice stays in this process: it must speak even when the workers cannot
+    return Backends(stt=built["stt"], vision=built["vision"], reply=built["reply"], tts=built["tts"],
+                    fallback_voice=fallback_voice, pool=pool)

@@ -55,8 +55,16 @@ class ServerConfig:
     """turn_log is rotated (.1, .2...) when it would grow past this many megabytes"""
     turn_log_backups: int = 3
     """rotated turn logs kept; the oldest is deleted"""
+    discovery: bool = True
+    """advertise the host over mDNS (zeroconf, a _skull._tcp service) so skulls with no [link] url
+    find it; only a host that listens beyond this machine (bind not 127.0.0.1) is advertised.
+    false for networks that forbid multicast (host.discovery)"""
+    name: str = ""
+    """the name the host advertises (a skull's [link] host_name picks it); empty: this machine's name"""
 
     def check(self, where: str) -> None:
+        need(len(self.name) <= 63 and "." not in self.name, where, "name", self.name[:70],
+             "at most 63 characters and no dot (an mDNS instance name)")
         need(0 <= self.port <= 65535, where, "port", self.port, "must be 0..65535 (0 picks a free port)")
         need(bool(self.tls_cert) == bool(self.tls_key), where, "tls_key" if self.tls_cert else "tls_cert",
              self.tls_key if self.tls_cert else self.tls_cert,
@@ -274,6 +282,32 @@ class FallbackConfig:
         need(0.5 <= self.timeout_s <= 120, where, "timeout_s", self.timeout_s, "must be 0.5..120 s")
 
 
+EMBEDDED_WORKERS_MAX = 64
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """[embedded]: where the embedded engines that hold the GIL run (pocketsphinx; host.pool).
+    Each worker process loads them once, when the host starts, and answers one call at a time,
+    so N workers hear N skulls at once. moonshine and OpenCV stay in the host process: they
+    release the GIL and use every core by themselves."""
+    workers: int | str = "auto"
+    """worker processes: "auto" = one per core this host may use; 1..64; 0 = none: the engines run
+    inside the host process, one call at a time each (the least memory, e.g. on a small Pi)"""
+
+    def check(self, where: str) -> None:
+        need(self.workers == "auto" or (isinstance(self.workers, int) and 0 <= self.workers <= EMBEDDED_WORKERS_MAX),
+             where, "workers", self.workers,
+             f'"auto" (one per core), 0 (in the host process) or 1..{EMBEDDED_WORKERS_MAX} worker processes')
+
+    def count(self) -> int:
+        """The number of worker processes to start (0: none)."""
+        if self.workers == "auto":
+            from .pool import cores
+            return cores()
+        return int(self.workers)
+
+
 LINE_KINDS = ("offline", "closer", "wait", "attract", "greeting")
 """the kinds of line a skull keeps for when the host is gone (skull.core.protocol.LINE_KINDS)"""
 
@@ -368,6 +402,7 @@ class HostConfig:
     shape: JawShape = field(default_factory=JawShape)
     lines: LinesConfig = field(default_factory=LinesConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     skulls: dict = field(default_factory=dict)
     """skull name -> :class:`SkullEntry` (from [skulls.NAME] tables)"""
     history_turns: int = 6

@@ -39,6 +39,7 @@ from skull.core.jsonlog import JsonLines
 
 from . import events as ev
 from .build import build_backends
+from .discovery import Advertiser
 from .config import HostConfig, ServerConfig, is_loopback
 from .dashboard import Dashboard
 from .filter import FamilyFilter
@@ -354,6 +355,8 @@ class Host:
                                     key="host.toml [server] turn_log") if s.turn_log else None)
         """the JSON-lines turn log ([server] turn_log), or None"""
         self.backends = backends or build_backends(config)
+        self._owns_pool = backends is None
+        """the host built its backends, so it stops their worker processes (host.pool) when it stops"""
         self.filter = FamilyFilter(config.filter)
         self.lines = LineBook(config, self.backends)
         """the lines skulls keep for when the host is gone, sent after welcome ([lines])"""
@@ -361,6 +364,8 @@ class Host:
         self.sessions: dict[str, SkullSession] = {}
         self.session_id = uuid.uuid4().hex[:12]
         self.server = None
+        self.advertiser: Advertiser | None = None
+        """the host's mDNS record ([server] discovery), from start() on"""
         self.workers = workers or max(MIN_WORKERS, WORKERS_PER_TURN * s.max_turns)
         self.executor: ThreadPoolExecutor | None = None
         self.events: Bus[ev.TurnEvent] = Bus("host")
@@ -445,6 +450,8 @@ class Host:
                                   max_size=p.TRANSPORT_MAX_BYTES, ping_interval=s.ping_interval_s,
                                   ping_timeout=s.ping_timeout_s,
                                   compression=None, logger=logging.getLogger("host.websockets"))
+        self.advertiser = Advertiser(s, self.port)
+        self.advertiser.start()
         b = self.backends
         log.info("host listening on %s://%s:%d (stt=%s vision=%s reply=%s tts=%s, %s)",
                  "wss" if s.tls_cert else "ws", s.bind, self.port,
@@ -466,6 +473,8 @@ class Host:
             self._sweeper = None
         if self.dashboard is not None:
             await self.dashboard.stop()
+        if self.advertiser is not None:
+            await self.advertiser.close()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -475,6 +484,8 @@ class Host:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
+        if self._owns_pool and self.backends.pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.backends.pool.close)
 
     async def __aenter__(self):
         return await self.start()

@@ -46,6 +46,7 @@ from .backends.vision import reduce_snapshot
 from .config import HostConfig
 from .filter import FamilyFilter
 from .listen import Listener, ListenSettings, take_model
+from .pool import EnginePool
 from .sentences import SentenceSplitter
 from .text import clip_words, speakable
 
@@ -91,6 +92,9 @@ class Backends:
     tts: TextToSpeech
     fallback_voice: TextToSpeech | None = None
     """speaks the fallback line when the configured voice fails (espeak-ng, no server)"""
+    pool: "EnginePool | None" = None
+    """the worker processes the embedded engines among these run in (host.pool); closed by
+    whoever built them"""
 
 
 @dataclass

@@ -111,7 +111,8 @@ def cmd_host(args) -> int:
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", server.token)
     server = dataclasses.replace(server, bind=args.bind or server.bind,
                                  port=args.port if args.port is not None else server.port, token=token,
-                                 tls_cert=args.tls_cert or server.tls_cert, tls_key=args.tls_key or server.tls_key)
+                                 tls_cert=args.tls_cert or server.tls_cert, tls_key=args.tls_key or server.tls_key,
+                                 discovery=server.discovery and not args.no_discovery)
     if args.print_fingerprint:
         if not server.tls_cert:
             raise SkullError("no certificate to fingerprint: give --tls-cert (or [server] tls_cert in host.toml)")
@@ -165,7 +166,8 @@ def _skull_config(args, announce: bool = True):
     token = args.token if args.token is not None else os.environ.get("SKULL_TOKEN", link.token)
     link = dataclasses.replace(link, url=args.url or link.url, token=token, name=args.name or link.name,
                                tls_fingerprint=getattr(args, "tls_fingerprint", None) or link.tls_fingerprint,
-                               tls_ca=getattr(args, "tls_ca", None) or link.tls_ca)
+                               tls_ca=getattr(args, "tls_ca", None) or link.tls_ca,
+                               discovery=link.discovery and not getattr(args, "no_discovery", False))
     link.check(f"skull {args.command} [link]")  # the flags are held to skull.toml's rules
     return dataclasses.replace(cfg, link=link)
 
@@ -440,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--token", metavar="SECRET", help="shared secret skulls must send (default: $SKULL_TOKEN)")
     h.add_argument("--config", metavar="FILE", help="host.toml (examples in host/examples/); default: $SKULL_HOST_CONFIG, "
                                     "~/.config/skull/host.toml, /etc/skull/host.toml, built-in defaults")
+    h.add_argument("--no-discovery", action="store_true", help="do not advertise this host over mDNS (for "
+                   "networks that forbid multicast; [server] discovery = false)")
     h.add_argument("--tls-cert", metavar="FILE", help="serve wss:// with this PEM certificate (chain) file (docs/internet.md)")
     h.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key file")
     h.add_argument("--print-fingerprint", action="store_true", help="print the certificate's SHA-256 "
@@ -455,7 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the skull's agent")
     r.add_argument("--sim", action="store_true", help="simulated button, LED and servo (gpiozero MockFactory); "
                                                       "Enter toggles the button")
-    r.add_argument("--url", metavar="URL", help="host websocket URL (default ws://127.0.0.1:8765)")
+    r.add_argument("--url", metavar="URL", help="host websocket URL (default: [link] url; none: a host on this "
+                   "machine at ws://127.0.0.1:8765, else one found over mDNS)")
+    r.add_argument("--no-discovery", action="store_true", help="do not look for the host over mDNS (for networks "
+                   "that forbid multicast; [link] discovery = false)")
     r.add_argument("--token", metavar="SECRET", help="shared secret (default: $SKULL_TOKEN)")
     r.add_argument("--name", metavar="NAME", help="this skull's name")
     r.add_argument("--tls-fingerprint", metavar="SHA256", help="wss:// only: trust exactly the host certificate with this SHA-256 "

@@ -28,9 +28,15 @@ def fingerprint_hex(text: str) -> str | None:
     return digits.upper() if re.fullmatch(r"[0-9A-Fa-f]{64}", digits) else None
 
 
+DEFAULT_URL = "ws://127.0.0.1:8765"
+"""where ``skull host`` listens with its defaults: the host on this machine"""
+
+
 @dataclass(frozen=True)
 class LinkConfig:
-    url: str = "ws://127.0.0.1:8765"
+    url: str = ""
+    """the host's websocket address, e.g. ws://192.168.1.20:8765; empty: find the host by itself
+    (skull.discovery: a host on this machine at ws://127.0.0.1:8765, else one advertised over mDNS)"""
     token: str = ""
     """shared secret; also from the SKULL_TOKEN environment variable"""
     name: str = "mr-bones"
@@ -51,9 +57,21 @@ class LinkConfig:
     system's certificate authorities, for the URL's host name"""
     tls_ca: str = ""
     """wss:// only: a PEM file of the certificate authorities to trust instead of the system's"""
+    discovery: bool = True
+    """with an empty url: look for hosts advertised over mDNS (zeroconf); false for networks that
+    forbid multicast (an empty url then means ws://127.0.0.1:8765)"""
+    host_name: str = ""
+    """with discovery: connect only to the host advertising this name (its [server] name, by
+    default its machine's name); empty: a host on this machine, else the first that answers"""
+    discovery_wait_s: float = 3.0
+    """with discovery: how long to look for a host before trying ws://127.0.0.1:8765 (and looking
+    again before the next attempt)"""
 
     def check(self, where: str) -> None:
-        need(self.url.startswith(("ws://", "wss://")), where, "url", self.url, "must start with ws:// or wss://")
+        need(not self.url or self.url.startswith(("ws://", "wss://")), where, "url", self.url,
+             "must start with ws:// or wss://, or be empty to find the host by itself")
+        need(0.2 <= self.discovery_wait_s <= 60, where, "discovery_wait_s", self.discovery_wait_s, "must be 0.2..60 s")
+        need(len(self.host_name) <= 63, where, "host_name", self.host_name[:70], "at most 63 characters (an mDNS name)")
         from .core.protocol import name_problem
         problem = name_problem(self.name)
         need(problem is None, where, "name", self.name[:70], f"{problem} (the host refuses any other name)")
@@ -64,7 +82,7 @@ class LinkConfig:
              "no such file: a PEM file of certificate authorities (a path relative to the folder the skull runs "
              "in, or absolute)")
         for key in ("tls_fingerprint", "tls_ca"):
-            need(not getattr(self, key) or self.url.startswith("wss://"), where, key, getattr(self, key),
+            need(not getattr(self, key) or not self.url or self.url.startswith("wss://"), where, key, getattr(self, key),
                  f"applies to a wss:// url only, and url is {self.url!r}: use wss:// to reach a host that serves TLS")
         need(0 < self.reconnect_min_s <= self.reconnect_max_s <= 60, where, "reconnect_max_s", self.reconnect_max_s,
              "0 < reconnect_min_s <= reconnect_max_s <= 60")

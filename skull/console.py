@@ -37,7 +37,10 @@ class StatusLines:
                              agent.events.subscribe(self._ended, ev.TurnEnded),
                              agent.events.subscribe(self._line, ev.LineSaid),
                              agent.events.subscribe(self._muted, ev.Muted)]
-        self.log.info("%s: connecting to %s", self.name, self.url)
+        if self.url:
+            self.log.info("%s: connecting to %s", self.name, self.url)
+        else:
+            self.log.info("%s: looking for the host (on this machine, else over mDNS)", self.name)
 
     def _changed(self, e: ev.StateChanged) -> None:
         before, self.state = self.state, e.state
@@ -45,6 +48,7 @@ class StatusLines:
             if before is not State.OFFLINE and not self.link.name_taken:  # (the link said why it was taken)
                 self.log.info("lost the host at %s; retrying", self.url)
         elif before is State.OFFLINE:
+            self.url = self.link.url  # the host found by itself when [link] url is empty
             self.connects += 1
             self.log.info("connected to %s as %s%s", self.url, self.name, " again" if self.connects > 1 else "")
         if e.state in (State.LISTENING, State.THINKING, State.SPEAKING):

@@ -6,6 +6,7 @@ and for anything not OK, what to do. Exit status 0 only when nothing FAILs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import glob
 import os
 import sys
@@ -329,7 +330,11 @@ def _host(config: SkullConfig, timeout_s: float = 3.0) -> list[Finding]:
     link = config.link
 
     async def hello():
+        nonlocal link
+        from .discovery import Finder
         from .link import check_pin, tls_context
+        if not link.url:  # found as skull run finds it: a host on this machine, else over mDNS
+            link = dataclasses.replace(link, url=await Finder(link).url())
         async with connect(link.url, open_timeout=timeout_s, close_timeout=1, ssl=tls_context(link)) as ws:
             check_pin(ws, link)  # a wss:// host with a pinned certificate: checked before the token goes
             await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, link.name + "-doctor", link.token))[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import logging
 import ssl
@@ -24,6 +25,7 @@ from .core import protocol as p
 from .config import LinkConfig, fingerprint_hex
 from .core.errors import ProtocolError, SkullError
 from .core.faults import FaultLog
+from .discovery import Finder
 from .supervisor import backoff_delays
 
 log = logging.getLogger("skull.link")
@@ -140,6 +142,8 @@ class Link:
         self.name_taken = False
         """the last connection ended because another skull with this skull's name took its place"""
         self._out: asyncio.Queue | None = None
+        self.url = config.url
+        """the host's address this link uses (found by itself when [link] url is empty; skull.discovery)"""
 
     def send(self, msg: p.Message, payload: bytes | None = None) -> bool:
         """Queue a message (and its payload) for the host; False when offline (dropped)."""
@@ -158,14 +162,22 @@ class Link:
 
     async def run(self) -> None:
         """Connect, serve, reconnect; returns only by cancellation, raises LinkFatal."""
-        c = self.config
-        delays, tls, tls_said = None, tls_context(c), None
+        finder = Finder(self.config)
+        delays, tls_said = None, None
         hinted = False  # the likely causes of an unreachable host are named once per run
         # a handshake that once worked with this url rules out a wrong scheme: a host (or the
         # proxy in front of it) that later closes without answering is a network fault, not TLS
         worked = False
         while True:
             opened, replaced = False, False
+            url = await finder.url()  # asked again before every attempt: a host that moved is followed
+            if url is None:  # the named host is not there (yet)
+                delays = delays or backoff_delays(self.config.reconnect_min_s, self.config.reconnect_max_s)
+                await asyncio.sleep(next(delays))
+                continue
+            self.url = url
+            c = self.config if self.url == self.config.url else dataclasses.replace(self.config, url=self.url)
+            tls = tls_context(c)
             try:
                 async with connect(c.url, open_timeout=5, ping_interval=c.ping_interval_s,
                                    ping_timeout=c.ping_timeout_s, close_timeout=2, max_size=p.TRANSPORT_MAX_BYTES,
@@ -173,7 +185,7 @@ class Link:
                     opened = worked = True
                     check_pin(ws, c)  # before hello: a wrong host never sees the token
                     tls_said = None
-                    await self._serve(ws)
+                    await self._serve(ws, c)
                     delays = None  # it worked for a while: start the backoff afresh
             except LinkFatal:
                 raise
@@ -210,8 +222,7 @@ class Link:
             # not take the connection from each other several times a second
             await asyncio.sleep(NAME_TAKEN_RETRY_S if replaced else next(delays))
 
-    async def _serve(self, ws) -> None:
-        c = self.config
+    async def _serve(self, ws, c: LinkConfig) -> None:
         await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate, self.jaw_shape,
                                             self.lines, controls=True))[0])
         try:

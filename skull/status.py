@@ -84,7 +84,7 @@ class Keeper:
                           "first_audio_ms": round(first, 1) if isinstance(first, (int, float)) else None}
 
     def summary(self) -> str:
-        link = self.agent.config.link.url
+        link = self.agent.link.url or "to find the host"
         if self.connected_since is None:
             return f"offline: trying {link}"
         return f"{self.state}, connected to {link}"
@@ -97,7 +97,7 @@ class Keeper:
                       "paused": bool(getattr(self.agent, "recording_paused", False))}
         return {"name": self.agent.config.link.name, "pid": os.getpid(), "started": self.started,
                 "state": self.state,
-                "link": {"url": self.agent.config.link.url, "connected": self.connected_since is not None,
+                "link": {"url": self.agent.link.url, "connected": self.connected_since is not None,
                          "since": self.connected_since},
                 "last_turn": self.last_turn, "record": record}
 

@@ -110,6 +110,11 @@ class Entry:
     """the embedded default of its stages: needs no server and no download"""
     fallback: str | None = None
     """the backend of the same stage to build instead when this one cannot load on this machine"""
+    engine: bool = False
+    """an embedded engine that holds the GIL while it computes (pocketsphinx): built in each of the
+    host's worker processes and called there ([embedded] workers, host.pool), so several skulls
+    are answered on several cores; engines that release the GIL and thread themselves
+    (moonshine's onnxruntime, OpenCV) stay in the host process"""
 
     def keys(self) -> list[str]:
         return [f.name for f in fields(self.settings) if f.init]
@@ -147,13 +152,14 @@ def _where(cls) -> str:
 
 
 def backend(name: str, *stages: str, settings: type = NoSettings, default: bool = False,
-            fallback: str | None = None):
+            fallback: str | None = None, engine: bool = False):
     """Class decorator: register the class as backend ``name`` of ``stages``, configured by
     ``settings`` (a frozen dataclass with ``check(where)``) and built as ``cls(settings, ctx)``.
     ``fallback``: an embedded backend (no settings) built instead, with the reason logged, when
-    this one raises BackendError because it cannot load on this machine."""
+    this one raises BackendError because it cannot load on this machine. ``engine``: an embedded
+    engine that holds the GIL, run in the host's worker processes (its settings must pickle)."""
     def register(cls):
-        _add(Entry(name, tuple(stages), settings, cls, default, fallback))
+        _add(Entry(name, tuple(stages), settings, cls, default, fallback, engine))
         return cls
     return register
 

@@ -64,7 +64,10 @@ class MoonshineSTT:
         except (MoonshineError, OSError) as exc:
             raise BackendError(ctx.stage, f"moonshine cannot load the {settings.arch} model in {folder} ({exc}); check "
                                           f"[stt.moonshine] model and arch") from None
-        self._lock = threading.Lock()  # one model; calls take turns (the library releases the GIL)
+        # one model; calls take turns. It stays in the host process: the library releases the GIL and
+        # onnxruntime already computes on every core (in worker processes two skulls measured 4x
+        # slower at once, bench/embedded_scale.py)
+        self._lock = threading.Lock()
 
     def transcribe(self, samples: np.ndarray, rate: int) -> str:
         x = np.asarray(resample(samples, rate, self.rate), np.float32)
@@ -82,10 +85,11 @@ class MoonshineSTT:
         return f"embedded ({self.folder.name} model, moonshine-voice)"
 
 
-@backend("pocketsphinx", "stt", settings=NoSettings)
+@backend("pocketsphinx", "stt", settings=NoSettings, engine=True)
 class PocketsphinxSTT:
     """Offline recognition, no downloads, any machine. Modest accuracy: moonshine hears far
-    better, and a real server better still."""
+    better, and a real server better still. It holds the GIL for a whole decode, so the host
+    runs it in its engine worker processes ([embedded] workers): one decoder per core."""
 
     name = "pocketsphinx"
     rate = 16000

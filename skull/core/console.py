@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 
-STATUS_LOGGERS = ("skull.console", "host.status", "host.turns")
+STATUS_LOGGERS = ("skull.console", "host.status", "host.turns", "skull.discovery", "host.discovery")
 """the loggers whose INFO lines are shown by default (their DEBUG only with -vv)"""
 
 

@@ -31,6 +31,8 @@ from .errors import ProtocolError
 from .validate import ValidationError, build
 
 PROTOCOL_VERSION = 1
+DISCOVERY_SERVICE = "_skull._tcp.local."
+"""the mDNS / DNS-SD service type a host advertises (TXT: name, protocol, scheme; docs/protocol.md)"""
 SUPPORTED_VERSIONS = (1,)
 
 #: Largest text frame accepted (bytes of UTF-8).

@@ -1,0 +1,105 @@
+"""Embedded backends on every core: one skull asking alone against two skulls asking at once.
+
+Runs the real host (``skull host`` in its own process) with the embedded backends (moonshine or
+pocketsphinx, the OpenCV caption, the joke engine, espeak-ng) and simulated skulls in this
+process over loopback websockets. In each round every skull presses at the same moment, plays
+the bundled question as its microphone in real time and releases; first_audio is the skull's
+own measure: button release to the first reply sample leaving its (simulated) speaker.
+
+Against each host: ``skulls=1`` (one skull, ``--turns`` presses) then ``skulls=2`` (two skulls
+pressing together, ``--turns`` presses each); each round starts when every skull is idle again.
+``--workers`` lists the hosts' ``[embedded] workers``, compared side by side in one run ("auto":
+one worker process per core; 0: the engines inside the host process, as before the pool).
+``--stt pocketsphinx`` measures the engine that holds the GIL for its whole decode.
+
+Prints per-stage host medians, one summary line per host and, as its last line (the first
+host's figures):
+    skulls=1 p50_ms=<a> skulls=2 p50_ms=<b> ratio=<b/a>
+
+Usage: python bench/embedded_scale.py [--turns 20] [--workers auto,0] [--stt pocketsphinx]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import HostProcess, pct, press_and_ask, skull  # noqa: E402  (bench/latency.py)
+
+from skull.machine import State  # noqa: E402
+
+
+async def rounds(port: int, skulls: int, turns: int) -> list[dict]:
+    """``turns`` rounds in which ``skulls`` skulls press together; every turn's timings."""
+    agents = [skull(port, f"bench-{skulls}-{i}", play_speed=4.0) for i in range(skulls)]
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    out = []
+    try:
+        while any(a.state is not State.IDLE for a in agents):
+            await asyncio.sleep(0.02)
+        for _ in range(turns):
+            while any(a.state is not State.IDLE for a in agents):  # each round starts on a quiet host
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            recs = await asyncio.gather(*(press_and_ask(a) for a in agents))
+            for rec in recs:
+                if rec is None or "first_audio" not in rec.timings_ms:
+                    raise RuntimeError(f"a turn produced no sound: {rec and rec.errors}")
+                out.append(rec.timings_ms)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return out
+
+
+def measure(toml: str, turns: int, tmp: Path, label: str) -> dict[int, float]:
+    """first_audio p50 of one skull, then of two at once, against one host; prints each."""
+    p50 = {}
+    host = HostProcess(toml, tmp, label)
+    try:
+        for n in (1, 2):
+            t0 = time.monotonic()
+            timings = asyncio.run(rounds(host.port, n, turns))
+            firsts = [t["first_audio"] for t in timings]
+            p50[n] = pct(firsts, 50)
+            steps = ("stt", "vision", "llm_first_sentence", "tts_first_segment")
+            print(f"{label}: skulls={n}: {len(firsts)} turns in {time.monotonic() - t0:5.1f} s: first_audio p50 "
+                  f"{p50[n]:6.0f} ms  p95 {pct(firsts, 95):6.0f} ms; host medians: " + "  ".join(
+                      f"{k} {pct([t[k] for t in timings if k in t], 50):.0f}" for k in steps
+                      if any(k in t for t in timings)) + " ms", flush=True)
+    finally:
+        host.stop()
+    return p50
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--turns", type=int, default=20, help="rounds of presses per count of skulls (default 20)")
+    ap.add_argument("--workers", default="auto,0",
+                    help='[embedded] workers of each host compared, first one reported last: "auto,0" (default)')
+    ap.add_argument("--stt", default="", help="the [stt] backend: moonshine (the default) or pocketsphinx")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("skull").setLevel(logging.CRITICAL)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in args.workers.split(","):
+            value = '"auto"' if workers == "auto" else str(int(workers))
+            toml = f"[embedded]\nworkers = {value}\n" + (f'[stt]\nbackend = "{args.stt}"\n' if args.stt else "")
+            results[workers] = measure(toml, args.turns, Path(tmp), f"workers={workers}")
+    for workers, p50 in results.items():
+        print(f"[embedded] workers = {workers}: skulls=1 p50 {p50[1]:.0f} ms, skulls=2 p50 {p50[2]:.0f} ms, "
+              f"ratio {p50[2] / p50[1]:.2f}")
+    p50 = results[args.workers.split(",")[0]]
+    print(f"skulls=1 p50_ms={p50[1]:.0f} skulls=2 p50_ms={p50[2]:.0f} ratio={p50[2] / p50[1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
