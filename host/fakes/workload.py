@@ -44,13 +44,13 @@ RELEASE_S = 0.3
 """silence after the last word before the button comes up"""
 
 
-def question_wav(path: str | Path, rate: int = 16000) -> Path:
-    """The workload's question as a WAV: two sentences, ``PAUSE_S`` apart, ``RELEASE_S`` of
-    silence at the end (espeak-ng's en-us voice at 165 words per minute)."""
+def question_wav(path: str | Path, rate: int = 16000, sentences: tuple[str, ...] = QUESTION) -> Path:
+    """The workload's question as a WAV: its two sentences (or ``sentences``), ``PAUSE_S`` apart,
+    ``RELEASE_S`` of silence at the end (espeak-ng's en-us voice at 165 words per minute)."""
     from skull.core.wav import read_wav, to_mono_rate, write_wav
     parts = []
     with tempfile.TemporaryDirectory() as tmp:
-        for k, sentence in enumerate(QUESTION):
+        for k, sentence in enumerate(sentences):
             wav = Path(tmp) / f"s{k}.wav"
             subprocess.run(["espeak-ng", "-v", "en-us", "-s", "165", "-w", str(wav), sentence], check=True,
                            capture_output=True)
@@ -59,7 +59,8 @@ def question_wav(path: str | Path, rate: int = 16000) -> Path:
             parts.append(x[loud[0]:loud[-1] + 1] if len(loud) else x)
     gap, tail = np.zeros(int(PAUSE_S * rate), np.float32), np.zeros(int(RELEASE_S * rate), np.float32)
     lead = np.zeros(int(0.2 * rate), np.float32)
-    write_wav(path, np.concatenate([lead, parts[0], gap, parts[1], tail]), rate)
+    spoken = [x for part in parts for x in (gap, part)][1:]
+    write_wav(path, np.concatenate([lead, *spoken, tail]), rate)
     return Path(path)
 
 
