@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import queue
 import re
@@ -52,6 +53,25 @@ def config_home(tmp_path_factory):
     """The user's config folder (~/.config/skull: skull.toml, calibration profiles) is a
     temporary one: no test reads the developer's own config or writes a profile there."""
     yield from _xdg_folder(tmp_path_factory, "XDG_CONFIG_HOME")
+
+
+@pytest.fixture(autouse=True)
+def logging_left_as_found():
+    """A test that runs the CLI in this process (skull.cli.main sets up the console's logging)
+    leaves no handler behind: it would write to the test's captured output, closed once the test
+    ends, when a later test's thread logs (a 'Logging error' in the run's output)."""
+    root = logging.getLogger()
+    before = {None: (list(root.handlers), root.level)}
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):
+            before[name] = (list(lg.handlers), lg.level)
+    yield
+    for name, (handlers, level) in before.items():
+        lg = root if name is None else logging.getLogger(name)
+        if lg.handlers != handlers:
+            lg.handlers[:] = handlers
+        if lg.level != level:
+            lg.setLevel(level)
 
 
 @pytest.fixture(scope="session")
