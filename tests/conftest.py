@@ -8,6 +8,8 @@ import logging
 import os
 import queue
 import re
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -162,6 +164,16 @@ class Watched:
     stream; :meth:`wait_for` waits for a pattern in them. Subclasses start the process and call
     :meth:`_watch`."""
     WAIT_S = 60.0
+
+    def stop(self) -> None:
+        """SIGTERM (a service manager's stop), then SIGKILL if it is still there after 15 s."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
 
     def _watch(self, name: str, *streams) -> None:
         self.name, self.lines, self._new = name, [], queue.Queue()

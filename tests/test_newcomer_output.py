@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -48,13 +47,7 @@ class Proc(Watched):
         self.p.stdin.flush()
 
     def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-        try:
-            self.p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
+        super().stop()
         time.sleep(0.2)  # the readers take the last lines
 
 
