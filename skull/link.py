@@ -165,9 +165,9 @@ class Link:
         finder = Finder(self.config)
         delays, tls_said = None, None
         hinted = False  # the likely causes of an unreachable host are named once per run
-        # a handshake that once worked with this url rules out a wrong scheme: a host (or the
+        # a handshake that once worked with a url rules out a wrong scheme there: a host (or the
         # proxy in front of it) that later closes without answering is a network fault, not TLS
-        worked = False
+        worked: set[str] = set()
         while True:
             opened, replaced = False, False
             url = await finder.url()  # asked again before every attempt: a host that moved is followed
@@ -182,7 +182,8 @@ class Link:
                 async with connect(c.url, open_timeout=5, ping_interval=c.ping_interval_s,
                                    ping_timeout=c.ping_timeout_s, close_timeout=2, max_size=p.TRANSPORT_MAX_BYTES,
                                    compression=None, proxy=None, ssl=tls) as ws:
-                    opened = worked = True
+                    opened = True
+                    worked.add(c.url)
                     check_pin(ws, c)  # before hello: a wrong host never sees the token
                     tls_said = None
                     await self._serve(ws, c)
@@ -191,7 +192,7 @@ class Link:
                 raise
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
                 rcvd = getattr(exc, "rcvd", None) if isinstance(exc, ConnectionClosed) else None
-                said = None if rcvd is not None else tls_problem(exc, c.url, opened or worked)
+                said = None if rcvd is not None else tls_problem(exc, c.url, opened or c.url in worked)
                 if rcvd is not None and rcvd.code == p.CLOSE_REPLACED:  # not a network fault: another skull
                     replaced = self.name_taken = True
                     log.warning("another skull uses the name %r on the host at %s and took this skull's place; "
@@ -202,8 +203,8 @@ class Link:
                     tls_said = said
                 else:  # the first failure of an outage is a warning; the retries after it are not news
                     log.log(logging.WARNING if delays is None else logging.INFO, "host %s unreachable (%s)%s; retrying",
-                            c.url, exc or type(exc).__name__, "" if hinted or worked else UNREACHABLE_HINT)
-                    hinted = hinted or not worked
+                            c.url, exc or type(exc).__name__, "" if hinted or c.url in worked else UNREACHABLE_HINT)
+                    hinted = hinted or c.url not in worked
             except InvalidURI as exc:
                 raise LinkFatal(f"link url {c.url!r} is not a websocket URL: {exc}") from None
             except ProtocolError as exc:  # the host answered hello with something unreadable
