@@ -446,7 +446,7 @@ class Dashboard:
             async for frame in ws:
                 await self._on_page(ws, frame)
         except ConnectionClosed:
-            pass
+            pass  # the operator closed the page: nothing more to push
         finally:
             self.pages.discard(ws)
 

@@ -101,7 +101,7 @@ class _Worker:
         try:
             self.conn.send(None)
         except (OSError, ValueError):
-            pass
+            pass  # the worker is gone already: the join below returns at once
         self.process.join(STOP_TIMEOUT_S)
         self.kill()
 
@@ -247,7 +247,7 @@ def _stop_all(workers: list) -> None:
         try:
             worker.conn.send(None)
         except (OSError, ValueError):
-            pass
+            pass  # gone already: joined and reaped below like the others
     for worker in list(workers):
         worker.stop()
     workers.clear()

@@ -247,7 +247,7 @@ class FakeServer(abc.ABC):
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
-                pass
+                pass  # closed by its client already
 
     def connected(self, conn, is_open: bool) -> None:
         with self._lock:
