@@ -141,9 +141,10 @@ class _SttTable(_StageTable):
     """the pause that ends a stretch of speech"""
     voice_activity_max: int = 8
     """questions the host listens to with its voice activity model at once (segmented, silence
-    trimmed); one more is transcribed whole, silence and all. Each costs the host ~70 ms of CPU
-    per second of question and 2.5 MB: with a crowd on a small host, this, not the model
-    servers, is what runs out. 0: never listen, always transcribe whole"""
+    trimmed); one more is transcribed whole, silence and all. Each costs the host ~11 ms of CPU
+    per second of question on onnxruntime, ~70 ms and 2.5 MB on ggml (skull/core/vad.py): with a
+    crowd on a small host, this, not the model servers, is what runs out. 0: never listen,
+    always transcribe whole"""
 
     def check(self, where: str) -> None:
         super().check(where)

@@ -4,7 +4,8 @@ last pause is left to hear.
 
 A :class:`Listener` belongs to one turn. The event loop hands it the microphone chunks
 (:meth:`Listener.feed`, cheap); its own thread resamples them to 16 kHz and runs the voice
-activity model (:mod:`skull.core.vad`, ~2.5 ms per 32 ms window), and tells the loop when
+activity model (:mod:`skull.core.vad`: ~0.25 ms per 32 ms window on onnxruntime, ~2 ms on
+ggml), and tells the loop when
 speech starts and ends. The turn transcribes each ended segment with whatever speech-to-text
 backend it has (one request per segment for a server; the embedded engines in-process), in
 order. At the release, :meth:`Listener.finish` drains what is still queued and returns the
@@ -34,8 +35,9 @@ RATE = vad.RATE
 
 
 _models: list = []
-"""voice activity models not in use, kept for the next question (loading one costs ~2.5 MB and
-a file read; a crowd of questions reuses them)"""
+"""voice activity models not in use, kept for the next question (on ggml loading one costs
+~2.5 MB and a file read; on onnxruntime one is a stream's state on the shared session; a crowd
+of questions reuses them)"""
 _busy = 0
 """questions being listened to now, in this process"""
 _lock = threading.Lock()
@@ -43,9 +45,10 @@ _lock = threading.Lock()
 
 def take_model(most: int):
     """A voice activity model for one more question, or None when ``most`` questions are
-    listened to already: each costs the host ~70 ms of CPU per second of audio, holding Python's
-    GIL, so past a few at once the host's CPU, not the model servers, would make every skull
-    wait. Given back by the Listener when its question ends."""
+    listened to already: each costs the host ~11 ms of CPU per second of audio on onnxruntime
+    (~70 ms holding Python's GIL on ggml), so past some number at once the host's CPU, not the
+    model servers, would make every skull wait. Given back by the Listener when its question
+    ends."""
     global _busy
     with _lock:
         if _busy >= most:

