@@ -137,6 +137,12 @@ class Server:
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=KEEP_CONNECTIONS)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # The environment's proxy (honouring no_proxy) and CA bundle for this address, read once:
+        # requests reads them again for every request otherwise, walking the whole environment
+        # (measured 0.3-0.4 ms of CPU a request, a sixth of its cost). ~/.netrc is not read.
+        settings = self.session.merge_environment_settings(url, {}, None, None, None)
+        self.session.trust_env = False
+        self.session.proxies, self.session.verify = settings["proxies"], settings["verify"]
         self.refusals = Refusals()
         self.busy = 0
         """requests it is answering now (a streamed reply counts until its stream is closed)"""

@@ -424,19 +424,23 @@ class Turn:
             splitter, got = SentenceSplitter(), False
             try:
                 loop.run_in_executor(self.executor, _pump, self.backends.reply, ctx, cancel, loop, pieces)
-                while True:
-                    kind, value = await asyncio.wait_for(pieces.get(), cfg.timeout_s)
-                    if kind == "error":
-                        raise value
-                    if kind == "end":
-                        for sentence in splitter.flush():
+                # one deadline moved on at every piece (not a wait_for per piece: a task each,
+                # for every token of every turn)
+                async with asyncio.timeout(cfg.timeout_s) as deadline:
+                    while True:
+                        kind, value = await pieces.get()
+                        deadline.reschedule(loop.time() + cfg.timeout_s)
+                        if kind == "error":
+                            raise value
+                        if kind == "end":
+                            for sentence in splitter.flush():
+                                self._sentence(voice, sentence)
+                            break
+                        if not got:
+                            got = True
+                            self._emit(ev.FirstPiece, at_ms=self._since_stop_ms())
+                        for sentence in splitter.feed(value):
                             self._sentence(voice, sentence)
-                        break
-                    if not got:
-                        got = True
-                        self._emit(ev.FirstPiece, at_ms=self._since_stop_ms())
-                    for sentence in splitter.feed(value):
-                        self._sentence(voice, sentence)
                 if not self._sentences:
                     raise BackendError("reply", "the reply was empty")
                 return None
@@ -705,5 +709,5 @@ def speech_segment(turn: int, seq: int, text: str, samples: np.ndarray, rate: in
         samples, rate = resample(samples, rate, play_rate), play_rate
     pcm = to_pcm16(samples)
     msg = p.Speech(turn=turn, seq=seq, text=text, rate=rate, width=2, channels=1, bytes=len(pcm),
-                   jaw_fps=shape.fps, jaw=[round(float(v), 3) for v in track])
+                   jaw_fps=shape.fps, jaw=np.round(track.astype(np.float64), 3).tolist())
     return msg, pcm
