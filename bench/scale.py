@@ -229,8 +229,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="questions each skull of a crowd asks (default 3)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds a turn may take before it is an error")
     ap.add_argument("--voice-activity-max", type=int, default=None, metavar="N",
-                    help="the host's [stt] voice_activity_max against the fakes (default: the host's own, 8; 0: "
-                         "every question transcribed whole)")
+                    help="the host's [stt] voice_activity_max against the fakes (default: the host's own, "
+                         "\"auto\": every question on onnxruntime, 8 on ggml; 0: every question transcribed whole)")
     args = ap.parse_args()
     fakes_sizes, embedded_sizes = sizes_of(args.skulls, "--skulls"), sizes_of(args.embedded, "--embedded")
     if not fakes_sizes or 1 not in fakes_sizes:

@@ -139,18 +139,26 @@ class _SttTable(_StageTable):
     release, its silence trimmed"""
     pause_s: float = 0.4
     """the pause that ends a stretch of speech"""
-    voice_activity_max: int = 8
+    voice_activity_max: int | str = "auto"
     """questions the host listens to with its voice activity model at once (segmented, silence
     trimmed); one more is transcribed whole, silence and all. Each costs the host ~11 ms of CPU
-    per second of question on onnxruntime, ~70 ms and 2.5 MB on ggml (skull/core/vad.py): with a
-    crowd on a small host, this, not the model servers, is what runs out. 0: never listen,
-    always transcribe whole"""
+    per second of question on onnxruntime, ~70 ms holding Python's GIL and 2.5 MB on ggml
+    (skull/core/vad.py): with a crowd on a small host, this, not the model servers, is what runs
+    out. "auto": every question the host admits ([server] max_turns) on onnxruntime, 8 on ggml;
+    0: never listen, always transcribe whole"""
 
     def check(self, where: str) -> None:
         super().check(where)
         need(0.1 <= self.pause_s <= 3.0, where, "pause_s", self.pause_s, "must be 0.1..3 s")
-        need(0 <= self.voice_activity_max <= 1000, where, "voice_activity_max", self.voice_activity_max,
-             "must be 0..1000 questions (0: always transcribe the whole question)")
+        need(self.voice_activity_max == "auto" or (isinstance(self.voice_activity_max, int)
+                                                   and 0 <= self.voice_activity_max <= 1000),
+             where, "voice_activity_max", self.voice_activity_max,
+             'must be "auto" or 0..1000 questions (0: always transcribe the whole question)')
+
+
+GGML_LISTEN_AT_ONCE = 8
+"""questions listened to at once by default where Silero computes on ggml (~70 ms of CPU per
+second of question each, holding the GIL)"""
 
 
 def _table_of(stage: str) -> type:
@@ -177,8 +185,16 @@ class StageConfig:
     """stt only: transcribe each stretch of speech while the visitor talks"""
     pause_s: float = 0.4
     """stt only: the pause that ends a stretch of speech"""
-    voice_activity_max: int = 8
-    """stt only: questions listened to with voice activity at once; the rest are transcribed whole"""
+    voice_activity_max: int | str = "auto"
+    """stt only: questions listened to with voice activity at once; the rest are transcribed whole
+    ("auto": see :meth:`listen_at_once`)"""
+
+    def listen_at_once(self, max_turns: int, engine: str) -> int:
+        """``voice_activity_max`` as a number, for a host admitting ``max_turns`` turns whose voice
+        activity model runs on ``engine`` (skull.core.vad.ENGINES)."""
+        if self.voice_activity_max != "auto":
+            return int(self.voice_activity_max)
+        return max_turns if engine == "onnx" else GGML_LISTEN_AT_ONCE
 
     @classmethod
     def of(cls, stage: str, backend: str, *, timeout_s: float | None = None, retries: int = 1,

@@ -22,6 +22,7 @@ first reply sample at its speaker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -65,6 +66,13 @@ def vad_missing() -> str:
 
 
 _VAD_WHY: str | None = None
+
+
+@functools.cache
+def vad_engine() -> str:
+    """The engine the voice activity model runs on here (skull.core.vad.ENGINES; '' for none)."""
+    from skull.core.vad import engine_here
+    return engine_here()
 
 Send = Callable[[p.Message, "bytes | None"], Awaitable[None]]
 STT_RATE = 16000
@@ -206,10 +214,11 @@ class Turn:
         if vad_missing():
             return None
         stt = self.config.stt
-        model = take_model(stt.voice_activity_max)
+        most = stt.listen_at_once(self.config.server.max_turns, vad_engine())
+        model = take_model(most)
         if model is None:
             log.info("%s: turn %d is transcribed whole: %d questions are listened to already ([stt] "
-                     "voice_activity_max)", self.skull, self.turn, stt.voice_activity_max)
+                     "voice_activity_max)", self.skull, self.turn, most)
             return None
         return Listener(ListenSettings(pause_s=stt.pause_s), asyncio.get_running_loop(),
                         on_segment=self._segment_ended, on_speech=self._speech_started, model=model)

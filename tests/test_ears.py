@@ -147,5 +147,10 @@ def test_past_voice_activity_max_questions_at_once_a_question_is_transcribed_who
     hearing = next(e for e in seen if isinstance(e, ev.Hearing))
     assert rec.outcome == "answered" and words(rec.transcript) == ["do", "you", "like", "my", "costume"]
     assert hearing.segments == 0 and hearing.tail_audio_s == pytest.approx(hearing.audio_s, abs=0.05)
-    with pytest.raises(ConfigError, match=r"\[stt\]: voice_activity_max = -1 is out of range: must be 0..1000"):
+    with pytest.raises(ConfigError, match=r"\[stt\]: voice_activity_max = -1 is out of range: must be \"auto\" or 0..1000"):
         load_stage("stt", {"voice_activity_max": -1}, "host.toml")
+    # "auto": every admitted question where the model computes outside the GIL, 8 where it holds it
+    stt = load_stage("stt", {}, "host.toml")
+    assert stt.voice_activity_max == "auto"
+    assert stt.listen_at_once(64, "onnx") == 64 and stt.listen_at_once(64, "ggml") == 8
+    assert load_stage("stt", {"voice_activity_max": 3}, "host.toml").listen_at_once(64, "onnx") == 3
