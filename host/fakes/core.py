@@ -25,8 +25,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from email.parser import BytesParser
-from email.policy import default as email_policy
+from email.parser import HeaderParser
+from email.policy import compat32
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -147,16 +147,29 @@ class Handler(BaseHTTPRequestHandler):
             return None
 
     def multipart(self) -> dict:
-        """Parts of a multipart/form-data body: name -> (bytes, filename, content type)."""
+        """Parts of a multipart/form-data body: name -> (bytes, filename, content type).
+
+        The body is cut at its delimiters (CRLF, ``--``, the boundary) and only each part's few
+        header lines go through the email parser: parsing a whole 64 KB upload with it took 5 ms
+        of CPU, so a crowd's 64 questions at once queued on the fake itself (a real server parses
+        them in C)."""
         ctype = self.headers.get("Content-Type", "")
         if not ctype.startswith("multipart/form-data"):
             return {}
-        msg = BytesParser(policy=email_policy).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + self.body)
+        boundary = HeaderParser(policy=compat32).parsestr(f"Content-Type: {ctype}\r\n\r\n").get_boundary()
+        if not boundary:
+            return {}
         parts = {}
-        for part in msg.iter_parts():
+        for chunk in (b"\r\n" + self.body).split(b"\r\n--" + boundary.encode("latin-1"))[1:]:
+            if chunk.startswith(b"--"):  # the closing delimiter
+                break
+            head, blank, data = chunk.partition(b"\r\n\r\n")
+            if not blank:
+                continue
+            part = HeaderParser(policy=compat32).parsestr(head.decode("utf-8", "replace").lstrip("\r\n") + "\r\n\r\n")
             name = part.get_param("name", header="content-disposition")
             if name:
-                parts[name] = (part.get_payload(decode=True) or b"", part.get_filename(), part.get_content_type())
+                parts[name] = (data, part.get_filename(), part.get_content_type())
         return parts
 
 

@@ -225,7 +225,7 @@ class Segmenter:
     def _to_16k(self, samples: np.ndarray, rate: int) -> np.ndarray:
         x = np.asarray(samples, np.float32)
         if x.ndim > 1:
-            x = x.mean(axis=1, dtype=np.float32)
+            x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)
         if rate == RATE:
             return x
         if self._rate != rate:
