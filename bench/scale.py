@@ -11,10 +11,11 @@ time, releases (``stop``) and reads the reply. first audio = release to the firs
 segment received. A turn is an error when it ends without speech and ``done``, with an
 ``error`` message (a fallback line), or not within the timeout.
 
-Per crowd size it prints first audio p50/p95, the host's CPU time per turn, its resident memory
-(VmRSS a second after the crowd's last turn, connections still open) and its most threads seen
-while the crowd was served; the last line is,
-for the fakes' largest crowd::
+Per crowd size it prints the host's own p50 timings of the crowd's turns (heard, first token,
+first sentence, first segment sent: ms after the release, from ``done.timings_ms``: where a
+crowd's wait grows), then a row: first audio p50/p95, the host's CPU time per turn, its resident
+memory (VmRSS a second after the crowd's last turn, connections still open) and its most threads
+seen while the crowd was served. The last line is, for the fakes' largest crowd::
 
     n=<max> p50_ms=… p95_ms=… single_p50_ms=… ratio_p95=… errors=0
 
@@ -63,6 +64,13 @@ class Outcome:
     """release to the first speech segment, or None: none came"""
     error: str = ""
     """what went wrong, or '' for a turn answered in full"""
+    timings: dict = dataclasses.field(default_factory=dict)
+    """the host's own timings of the turn (``done.timings_ms``)"""
+
+
+STEPS = (("stt", "heard"), ("llm_first_token", "first token"), ("llm_first_sentence", "first sentence"),
+         ("tts_first_segment", "first segment sent"))
+"""the host's timings (ms after the release) printed per crowd: where a crowd's wait grows"""
 
 
 class Skull:
@@ -131,7 +139,7 @@ class Skull:
             elif isinstance(msg, p.Done):
                 if not error and not (speech and msg.segments == speech):
                     error = "no speech"
-                return Outcome(first, error)
+                return Outcome(first, error, msg.timings_ms)
 
 
 class Watch:
@@ -179,6 +187,9 @@ async def crowd(port: int, pid: int, n: int, rounds: int, timeout_s: float) -> d
     errors = [o.error for o in outcomes if o.error]
     if errors:
         print(f"    {len(errors)} error(s) at n={n}, the first: {errors[0]}", flush=True)
+    steps = [f"{name} {pct([o.timings[key] for o in outcomes if key in o.timings], 50):.0f}"
+             for key, name in STEPS if any(key in o.timings for o in outcomes)]
+    print(f"    n={n}, the host's p50 after the release (ms): {', '.join(steps)}", flush=True)
     return {"n": n, "turns": len(outcomes), "p50": pct(firsts, 50), "p95": pct(firsts, 95),
             "cpu_ms": cpu * 1000.0 / len(outcomes), "rss_mb": rss / 1024.0, "threads": watch.threads,
             "errors": len(errors)}

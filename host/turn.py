@@ -639,10 +639,27 @@ class Voice:
 
 
 def _pump(writer: ReplyWriter, ctx: ReplyContext, cancel: threading.Event, loop, pieces: asyncio.Queue) -> None:
-    """On the host's thread pool: the streamed reply into the turn's queue."""
+    """On the host's thread pool: the streamed reply into the turn's queue. Pieces that arrive
+    while the event loop is busy wait in a list and go over together, one wake-up of the loop
+    for all of them (with a crowd, every token of every reply would wake it otherwise)."""
+    waiting: list = []
+    lock = threading.Lock()
+
+    def hand_over():
+        with lock:
+            items = waiting[:]
+            waiting.clear()
+        for item in items:
+            pieces.put_nowait(item)
+
     def put(item):
-        if not cancel.is_set():
-            loop.call_soon_threadsafe(pieces.put_nowait, item)
+        if cancel.is_set():
+            return
+        with lock:
+            waiting.append(item)
+            if len(waiting) > 1:  # a hand-over is on its way already
+                return
+        loop.call_soon_threadsafe(hand_over)
     if cancel.is_set():  # the turn gave up while this waited for a free thread
         return
     try:
