@@ -3,10 +3,10 @@ finished stretch of speech transcribed at once, so after the release only the ta
 last pause is left to hear.
 
 A :class:`Listener` belongs to one turn. The event loop hands it the microphone chunks
-(:meth:`Listener.feed`, cheap); its own thread resamples them to 16 kHz and runs the voice
-activity model (:mod:`skull.core.vad`: ~0.25 ms per 32 ms window on onnxruntime, ~2 ms on
-ggml), and tells the loop when
-speech starts and ends. The turn transcribes each ended segment with whatever speech-to-text
+(:meth:`Listener.feed`, cheap); the host's one listening thread resamples them to 16 kHz and
+runs the voice activity model (:mod:`skull.core.vad`: ~0.25 ms per 32 ms window on onnxruntime,
+~2 ms on ggml) on every question's windows together, and tells the loop when speech starts and
+ends. The turn transcribes each ended segment with whatever speech-to-text
 backend it has (one request per segment for a server; the embedded engines in-process), in
 order. At the release, :meth:`Listener.finish` drains what is still queued and returns the
 segments: those already transcribed and the tail still open.
@@ -114,56 +114,61 @@ class Listener:
         self.segmenter = vad.Segmenter(threshold=settings.threshold, min_speech_s=settings.min_speech_s,
                                        min_silence_s=settings.pause_s, keep=True, probability=model)
         self.ended: list[vad.Segment] = []
-        """segments that ended, in order (the worker's until finish() returns)"""
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        """segments that ended, in order (the listening thread's until finish() returns)"""
         self.error: Exception | None = None
         self._done = loop.create_future()
-        """set when the worker has decided every queued chunk (awaited without holding a thread)"""
-        self._thread = threading.Thread(target=self._run, name="listen", daemon=True)
-        self._thread.start()
+        """set when every queued chunk is decided (awaited without holding a thread)"""
+        self._closed = False
+        """the listening thread has had the question's end (finish or stop)"""
+        _hub().listen(self)
 
     def feed(self, chunk: bytes, rate: int, channels: int) -> None:
         """A microphone chunk of 16-bit PCM (on the event loop: only queued here)."""
-        self._queue.put((bytes(chunk), rate, channels))
+        _hub().queue.put((self, (bytes(chunk), rate, channels)))
 
-    def _run(self) -> None:
+    # --- on the listening thread -----------------------------------------------------------------
+
+    def _add(self, item) -> None:
+        chunk, rate, channels = item
         try:
-            self._work()
-        finally:
-            if self._model is not None:
-                _give_back(self._model)
-            try:
-                self.loop.call_soon_threadsafe(lambda: self._done.done() or self._done.set_result(None))
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
+            self.segmenter.add(pcm16_to_audio(chunk, rate, channels).samples, rate)
+        except Exception as exc:
+            self._failed(exc)
 
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue
-            chunk, rate, channels = item
-            try:
-                audio = pcm16_to_audio(chunk, rate, channels)
-                for seg in self.segmenter.push(audio.samples, rate):
-                    if seg.end is None:
-                        if self.on_speech is not None:
-                            self.loop.call_soon_threadsafe(self.on_speech, seg)
-                    else:
-                        self.ended.append(seg)
-                        self.loop.call_soon_threadsafe(self.on_segment, seg,
-                                                       self.segmenter.audio(seg.start, seg.end).copy())
-            except Exception as exc:  # the turn then hears the whole recording
-                log.error("voice activity failed (%s: %s); the whole question is transcribed", type(exc).__name__, exc)
-                self.error = exc
+    def _decided(self, p: float) -> None:
+        try:
+            for seg in self.segmenter.decide(p):
+                if seg.end is None:
+                    if self.on_speech is not None:
+                        self.loop.call_soon_threadsafe(self.on_speech, seg)
+                else:
+                    self.ended.append(seg)
+                    self.loop.call_soon_threadsafe(self.on_segment, seg, self.segmenter.audio(seg.start, seg.end).copy())
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:  # the turn then hears the whole recording
+        if self.error is None:
+            log.error("voice activity failed (%s: %s); the whole question is transcribed", type(exc).__name__, exc)
+        self.error = exc
+
+    def _close(self) -> None:
+        self._closed = True
+        if self._model is not None:
+            _give_back(self._model)
+            self._model = None
+        try:
+            self.loop.call_soon_threadsafe(lambda: self._done.done() or self._done.set_result(None))
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    # ---------------------------------------------------------------------------------------------
 
     async def finish(self) -> list[vad.Segment]:
         """After the release: every queued chunk decided, the open segment closed where the
         audio ends. Returns all segments in order (the last may be the tail)."""
-        self._queue.put(None)
-        await asyncio.shield(self._done)  # no thread waits for the worker: with a crowd they would queue
+        _hub().queue.put((self, None))
+        await asyncio.shield(self._done)  # no thread waits for the listening thread: with a crowd they would queue
         if self.error is not None:
             return []
         tail = self.segmenter.close()
@@ -174,5 +179,74 @@ class Listener:
         return self.segmenter.audio(start, end)
 
     def stop(self) -> None:
-        """Abandon: the worker ends after what is queued."""
-        self._queue.put(None)
+        """Abandon: the listening thread lets go of it after what is queued."""
+        _hub().queue.put((self, None))
+
+
+class _Hub:
+    """The host's one listening thread: every question's chunks in the order they came, and
+    each round of 32 ms windows, one from every question that has one, decided together in one
+    run of the model (skull.core.vad.probabilities: on onnxruntime 64 questions' windows cost
+    a third of what they cost one by one, and one thread never competes with itself)."""
+
+    def __init__(self):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="listen", daemon=True)
+        self.thread.start()
+
+    def listen(self, listener: Listener) -> None:
+        if not self.thread.is_alive():  # it never ends by itself; a fault in it must not deafen the host
+            self.thread = threading.Thread(target=self._run, name="listen", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            items = [self.queue.get()]
+            while True:  # everything queued meanwhile, decided together
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._round(items)
+            except Exception as exc:  # a fault here fails these questions, not the thread
+                log.error("voice activity failed (%s: %s)", type(exc).__name__, exc)
+                for listener, _ in items:
+                    if not listener._closed:
+                        listener._failed(exc)
+                        listener._close()
+
+    @staticmethod
+    def _round(items) -> None:
+        active, ending = [], []
+        for listener, item in items:
+            if listener._closed:
+                continue
+            if item is None:
+                if listener not in ending:
+                    ending.append(listener)
+            elif listener.error is None:
+                listener._add(item)
+                if listener not in active:
+                    active.append(listener)
+        while True:
+            ready = [(ls, w) for ls in active if ls.error is None and (w := ls.segmenter.window()) is not None]
+            if not ready:
+                break
+            ps = vad.probabilities([ls.segmenter.prob for ls, _ in ready], [w for _, w in ready])
+            for (listener, _), p in zip(ready, ps):
+                listener._decided(p)
+        for listener in ending:
+            listener._close()
+
+
+_the_hub: _Hub | None = None
+_hub_lock = threading.Lock()
+
+
+def _hub() -> _Hub:
+    global _the_hub
+    with _hub_lock:
+        if _the_hub is None:
+            _the_hub = _Hub()
+        return _the_hub

@@ -509,11 +509,16 @@ class Turn:
             text = clip_words(text, max(1, round(len(text) * len(samples) / len(speech.samples))))
             log.warning("%s: turn %d: the reply is longer than %g s of speech; it ends at %.1f s and the rest "
                         "is not spoken", self.skull, self.turn, REPLY_MAX_S, self._spoken_s + len(samples) / rate)
-        # the jaw track and the resampling (~10 ms of numpy a sentence) run on a worker, so the
-        # event loop keeps every other skull's audio moving meanwhile
-        pieces = await asyncio.get_running_loop().run_in_executor(
-            self.executor, _shaped, self.turn, self.segments, text, samples, rate,
-            self.shape or self.config.shape, self.play_rate)
+        # the jaw track and the resampling: ~1 ms of numpy per second of speech. A sentence of a
+        # few seconds is shaped right here: handing it to a worker thread cost far more than the
+        # work once a crowd's threads contend for the GIL (64 skulls: a first sentence waited
+        # 226 ms for its turn, p95 528 ms); a longer one goes to a worker, so the event loop
+        # keeps every other skull's audio moving meanwhile
+        args = (self.turn, self.segments, text, samples, rate, self.shape or self.config.shape, self.play_rate)
+        if len(samples) <= SHAPE_HERE_S * rate:
+            pieces = speech_segments(*args)
+        else:
+            pieces = await asyncio.get_running_loop().run_in_executor(self.executor, _shaped, *args)
         sent = []
         for msg, pcm in pieces:
             try:
@@ -679,6 +684,8 @@ def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 1)
 
 
+SHAPE_HERE_S = 4.0
+"""seconds of speech up to which a sentence is shaped on the event loop (a few ms)"""
 _SHAPING = threading.BoundedSemaphore(os.cpu_count() or 1)
 """sentences turned into segments at once: it is CPU work, so more at once than there are cores
 finish no sooner, and each holds a few MB of numpy while it runs (a crowd would hold them all)"""

@@ -96,3 +96,53 @@ def test_streams_on_the_shared_session_keep_their_own_state_across_threads():
 def test_an_engine_is_named_when_it_is_unknown():
     with pytest.raises(ValueError, match="choose onnx or ggml"):
         vad.SpeechProbability("torch")
+
+
+def test_windows_of_many_streams_decided_together_give_each_stream_its_own_answers():
+    need("onnx")
+    x = question()
+    windows = [x[k:k + vad.WINDOW] for k in range(0, len(x) - vad.WINDOW, vad.WINDOW)]
+    starts = (0, 5, 11, 23, 40)
+    streams = [windows[s:] + windows[:s] for s in starts]
+    alone = []
+    for stream in streams:
+        model = vad.SpeechProbability("onnx")
+        alone.append([model(w) for w in stream])
+    models = [vad.SpeechProbability("onnx") for _ in starts]
+    together = list(zip(*[vad.probabilities(models, [s[i] for s in streams]) for i in range(len(windows))]))
+    for a, t in zip(alone, together):
+        assert list(t) == pytest.approx(a, abs=1e-6)
+
+
+def test_the_hosts_listening_thread_keeps_questions_apart():
+    # several questions at once through the host's one listening thread: each finds the speech
+    # of its own audio, where it is, as it would alone
+    import asyncio
+
+    from host.listen import Listener, ListenSettings
+    from skull.core.wav import to_pcm16
+    need("onnx")
+    speech = question()
+    clips = [np.concatenate([np.zeros(int(lead * RATE), np.float32), speech, np.zeros(RATE, np.float32)])
+             for lead in (0.5, 1.0, 1.5)]
+
+    async def listen(clips):
+        loop = asyncio.get_running_loop()
+        listeners = [Listener(ListenSettings(), loop, on_segment=lambda seg, audio: None) for _ in clips]
+        chunks = [to_pcm16(c) for c in clips]
+        step = 3200  # 100 ms of 16-bit audio
+        for at in range(0, max(len(c) for c in chunks), step):
+            for listener, pcm in zip(listeners, chunks):
+                if at < len(pcm):
+                    listener.feed(pcm[at:at + step], RATE, 1)
+            await asyncio.sleep(0)
+        return [await listener.finish() for listener in listeners]
+
+    together = asyncio.run(listen(clips))
+    alone = [asyncio.run(listen([c]))[0] for c in clips]
+    assert together == alone
+    assert all(len(segments) == 1 for segments in together), together
+    first = together[0][0]
+    for lead, (seg,) in zip((0.5, 1.0, 1.5), together):  # each one's speech where its audio has it
+        assert abs((seg.start - first.start) / RATE - (lead - 0.5)) <= 0.04, together
+        assert abs((seg.end - first.end) / RATE - (lead - 0.5)) <= 0.04, together
