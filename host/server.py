@@ -335,8 +335,8 @@ def _tune_malloc() -> None:
 
     Arenas: glibc gives threads up to 8 arenas per core, each keeping its own freed memory;
     with a worker thread per waiting call a crowd of 64 skulls left the host at 255 MB against
-    119 MB for one skull. One arena per core (at least two): 158 MB, no slower (measured with
-    bench/scale.py; the threads hold Python's GIL most of the time anyway).
+    119 MB for one skull. One arena per core (at least two): 158 MB in the same setting, no
+    slower (bench/scale.py; the threads hold Python's GIL most of the time anyway).
 
     Big blocks: a turn's audio passes through arrays of 0.1-2 MB (a sentence's samples and PCM,
     its jaw analysis, a resampled copy). glibc maps each such block fresh from the system and

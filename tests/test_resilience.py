@@ -103,8 +103,11 @@ def test_cancelled_mid_answer_leaves_jaw_closed_and_led_off(host_config, backend
 
 
 def test_demo_ctrl_c_exits_cleanly():
+    # Ctrl-C as a terminal sends it, also when the tests themselves run as a background job (which
+    # starts with SIGINT ignored, and a child inherits that)
     proc = subprocess.Popen([sys.executable, "-m", "skull", "demo", "--no-audio"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(6)  # host up, question being asked
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
