@@ -141,8 +141,9 @@ class _SttTable(_StageTable):
     """the pause that ends a stretch of speech"""
     voice_activity_max: int | str = "auto"
     """questions the host listens to with its voice activity model at once (segmented, silence
-    trimmed); one more is transcribed whole, silence and all. Each costs the host ~11 ms of CPU
-    per second of question on onnxruntime, ~70 ms holding Python's GIL and 2.5 MB on ggml
+    trimmed); one more is transcribed whole, silence and all. Each costs the host ~25 ms of CPU
+    per second of question on onnxruntime (~3 ms in a crowd of 64, whose windows run together),
+    ~70 ms holding Python's GIL and 2.5 MB on ggml
     (skull/core/vad.py): with a crowd on a small host, this, not the model servers, is what runs
     out. "auto": every question the host admits ([server] max_turns) on onnxruntime, 8 on ggml;
     0: never listen, always transcribe whole"""
