@@ -150,7 +150,8 @@ def main() -> int:
         missed = sum(1 for v in r["edges"].values() if v is None)
         print(f"| {e} | {ms([a for a, _ in clean])} / {ms([a for a, _ in noisy])} "
               f"| {ms([b for _, b in clean])} / {ms([b for _, b in noisy])} | {r['false_s']:.2f} "
-              f"| {r['cpu_ms']:.3f} | {r['parallel']:.2f} |" + (f" ({missed} clips with no speech found)" if missed else ""))
+              f"| {r['cpu_ms']:.3f} | {r['parallel']:.2f} |"
+              + (f" ({missed} clips with no speech found)" if missed else ""))
     if len(engines) < 2:
         return 0
     a, b = (results[e]["edges"] for e in vad.ENGINES)

@@ -6,9 +6,9 @@ A :class:`Listener` belongs to one turn. The event loop hands it the microphone 
 (:meth:`Listener.feed`, cheap); the host's one listening thread resamples them to 16 kHz and
 runs the voice activity model (:mod:`skull.core.vad`) on every question's windows together (on
 onnxruntime one run for all: ~25 ms of CPU per second of one question alone, ~3 ms each for 64;
-on ggml ~70 ms each, one by one), and tells the loop when speech starts and ends. The turn transcribes each ended segment with whatever speech-to-text
-backend it has (one request per segment for a server; the embedded engines in-process), in
-order. At the release, :meth:`Listener.finish` drains what is still queued and returns the
+on ggml ~70 ms each, one by one), and tells the loop when speech starts and ends. The turn
+transcribes each ended segment with whatever speech-to-text backend it has (one request per
+segment for a server; the embedded engines in-process), in order. At the release, :meth:`Listener.finish` drains what is still queued and returns the
 segments: those already transcribed and the tail still open.
 
 Silence around the speech is never transcribed. When the model finds no speech at all (a
@@ -46,9 +46,9 @@ _lock = threading.Lock()
 def take_model(most: int):
     """A voice activity model for one more question, or None when ``most`` questions are
     listened to already: each costs the host ~25 ms of CPU per second of audio on onnxruntime
-    alone, ~3 ms in a crowd of 64 (~70 ms holding Python's GIL on ggml), so past some number at once the host's CPU, not the
-    model servers, would make every skull wait. Given back by the Listener when its question
-    ends."""
+    alone, ~3 ms in a crowd of 64 (~70 ms holding Python's GIL on ggml), so past some number at
+    once the host's CPU, not the model servers, would make every skull wait. Given back by the
+    Listener when its question ends."""
     global _busy
     with _lock:
         if _busy >= most:
@@ -143,7 +143,8 @@ class Listener:
                         self.loop.call_soon_threadsafe(self.on_speech, seg)
                 else:
                     self.ended.append(seg)
-                    self.loop.call_soon_threadsafe(self.on_segment, seg, self.segmenter.audio(seg.start, seg.end).copy())
+                    audio = self.segmenter.audio(seg.start, seg.end).copy()
+                    self.loop.call_soon_threadsafe(self.on_segment, seg, audio)
         except Exception as exc:
             self._failed(exc)
 
