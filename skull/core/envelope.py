@@ -125,7 +125,7 @@ def window_samples(rate: int, shape: JawShape) -> int:
 
 def levels_of_windows(frames: np.ndarray, rate: int, shape: JawShape) -> np.ndarray:
     """Speech-band level (dBFS, a full-scale sine reads about -3) of each row of ``frames``."""
-    window, weights, nfft = _weighing(frames.shape[1], rate, shape)
+    window, weights, nfft = _weighing(frames.shape[1], rate, tuple(_bands(shape)))
     padded = np.zeros((len(frames), nfft))  # float64: numpy's float32 FFT measured 3x slower here
     padded[:, :frames.shape[1]] = frames * window
     spec = np.fft.rfft(padded, axis=1)
@@ -134,13 +134,14 @@ def levels_of_windows(frames: np.ndarray, rate: int, shape: JawShape) -> np.ndar
 
 
 @functools.lru_cache(maxsize=32)
-def _weighing(win: int, rate: int, shape: JawShape) -> tuple[np.ndarray, np.ndarray, int]:
+def _weighing(win: int, rate: int, bands: tuple) -> tuple[np.ndarray, np.ndarray, int]:
     """The analysis window, the band weights per FFT bin (the power normalisation folded in) and
-    the FFT size for windows of ``win`` samples: the same for every frame at one rate."""
+    the FFT size for windows of ``win`` samples and ``bands`` ((low Hz, high Hz, weight), ...):
+    the same for every frame at one rate."""
     nfft = 1 << (win - 1).bit_length()
     freqs = np.fft.rfftfreq(nfft, 1.0 / rate)
     weights = np.zeros(len(freqs))
-    for lo, hi, w in _bands(shape):
+    for lo, hi, w in bands:
         weights[(freqs >= lo) & (freqs <= hi)] += w
     window = np.hanning(win)
     norm = np.sum(window.astype(np.float32) ** 2) * nfft / 2.0
