@@ -5,8 +5,9 @@ The host runs in its own process (host.process.HostProcess) with ``[server] max_
 as the largest crowd, first against the standard fake workload (bench/memory.serve_workload:
 four fake servers in a process of their own, each working on ``--slots`` requests at once and
 queueing the rest, as a real server with that many parallel slots does), then with the embedded
-backends. Each simulated skull is a minimal protocol client on a loopback websocket: at once with
-the others it presses (``listen`` and the bundled snapshot), streams the bundled question in real
+backends. The host's threads keep to one core against the fakes (its ``[server] core = "auto"``
+when every stage has a server); ``--core off`` compares without. Each simulated skull is a
+minimal protocol client on a loopback websocket: at once with the others it presses (``listen`` and the bundled snapshot), streams the bundled question in real
 time, releases (``stop``) and reads the reply. first audio = release to the first ``speech``
 segment received. A turn is an error when it ends without speech and ``done``, with an
 ``error`` message (a fallback line), or not within the timeout.
@@ -23,7 +24,7 @@ seen while the crowd was served. The last line is, for the fakes' largest crowd:
 fakes' crowds).
 
 Usage: python bench/scale.py [--skulls 1,2,4,8,16,32,64] [--embedded 1,2,4] [--slots 64] [--rounds 3]
-                             [--voice-activity-max N]
+                             [--voice-activity-max N] [--core auto|off|N]
 """
 from __future__ import annotations
 
@@ -242,6 +243,9 @@ def main() -> int:
     ap.add_argument("--voice-activity-max", type=int, default=None, metavar="N",
                     help="the host's [stt] voice_activity_max against the fakes (default: the host's own, "
                          "\"auto\": every question on onnxruntime, 8 on ggml; 0: every question transcribed whole)")
+    ap.add_argument("--core", default=None, metavar="auto|off|N",
+                    help="the host's [server] core (default: the host's own, \"auto\": its threads keep to one "
+                         "core when every stage has a server; \"off\": wherever the system puts them)")
     args = ap.parse_args()
     fakes_sizes, embedded_sizes = sizes_of(args.skulls, "--skulls"), sizes_of(args.embedded, "--embedded")
     if not fakes_sizes or 1 not in fakes_sizes:
@@ -262,6 +266,13 @@ def main() -> int:
             toml = Path(tmp) / "host.toml"
             toml.write_text(parent.recv())
             config = load_host_config(toml)
+        if args.core is not None:
+            core = int(args.core) if args.core.isdigit() else args.core
+            config = dataclasses.replace(config, server=dataclasses.replace(config.server, core=core))
+            try:
+                config.server.check("scale.py --core")
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
         if args.voice_activity_max is not None:
             config = dataclasses.replace(config, stt=dataclasses.replace(
                 config.stt, voice_activity_max=args.voice_activity_max))

@@ -61,6 +61,14 @@ class ServerConfig:
     false for networks that forbid multicast (host.discovery)"""
     name: str = ""
     """the name the host advertises (a skull's [link] host_name picks it); empty: this machine's name"""
+    core: int | str = "auto"
+    """the one core the host process's own threads run on. Its threads take turns at one Python
+    lock; spread over several cores they hand it from core to core, and with a crowd that costs
+    (64 skulls on 2 cores: about 25 % more CPU per turn, p95 first audio 1.3-1.6 x one skull's
+    instead of 1.25-1.28 x, bench/scale.py). "auto": the last core this host may use, when it may
+    use two or more and no engine computes inside the host process (every stage has a server or
+    runs in the [embedded] worker processes, which keep every core); "off": wherever the system
+    puts them; or a core's number"""
 
     def check(self, where: str) -> None:
         need(len(self.name) <= 63 and "." not in self.name, where, "name", self.name[:70],
@@ -86,6 +94,9 @@ class ServerConfig:
         need(0.01 <= self.turn_log_max_mb <= 10_000, where, "turn_log_max_mb", self.turn_log_max_mb,
              "must be 0.01..10000 MB")
         need(1 <= self.turn_log_backups <= 100, where, "turn_log_backups", self.turn_log_backups, "must be 1..100 files")
+        need(self.core in ("auto", "off") or (isinstance(self.core, int) and not isinstance(self.core, bool)
+                                              and 0 <= self.core <= 4095),
+             where, "core", self.core, '"auto", "off" or a core\'s number (0 is the first)')
 
 
 @dataclass(frozen=True)

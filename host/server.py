@@ -353,6 +353,45 @@ def _tune_malloc() -> None:
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
+def heavy_stages(backends: Backends) -> list[str]:
+    """The stages whose engine computes inside the host process (moonshine, OpenCV, espeak-ng,
+    piper, pocketsphinx without workers): they want every core. A server's client, a wyoming
+    client, an engine in the worker processes and the joke engine only wait or do a little."""
+    from .backends.reply import JokeEngine
+    from .backends.wyoming import _WyomingClient
+    from .pool import PooledBackend
+    light = (PooledBackend, _WyomingClient, JokeEngine)
+    return [stage for stage in ("stt", "vision", "reply", "tts")
+            if (b := getattr(backends, stage)) is not None and not isinstance(b, light) and not hasattr(b, "http")]
+
+
+def host_core(config: HostConfig, backends: Backends) -> int | None:
+    """The core ``[server] core`` keeps the host process's threads to, or None: where the system
+    puts them ("off", one core to use, or an engine computing in the process). A core this host
+    may not use is a ConfigError naming the ones it may."""
+    choice = config.server.core
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux: no affinity to set
+        return None
+    if choice == "off":
+        return None
+    if choice == "auto":
+        return allowed[-1] if len(allowed) > 1 and not heavy_stages(backends) else None
+    if choice not in allowed:
+        raise ConfigError(f"{config.stt.source} [server]: core = {choice} is not a core this host may use "
+                          f"(it may use {', '.join(map(str, allowed))}); pick one of them, or \"auto\"")
+    return int(choice)
+
+
+def keep_to_core(core: int) -> None:
+    """Every thread of this process runs on ``core`` from now on, and so do the threads and child
+    processes they start (the [embedded] worker processes were started before and keep every core)."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(tid), {core})
+
+
 WORKERS_PER_TURN = 4
 """blocking backend calls one turn can have under way at once: the caption, a stretch of speech
 being transcribed, the streamed reply and a sentence being voiced"""
@@ -495,6 +534,15 @@ class Host:
                 await self.stop()
                 raise
         return self
+
+    def keep_to_one_core(self) -> int | None:
+        """For a process that is the host alone (``skull host``, host.process), once started: its
+        threads keep to the core ``[server] core`` names (:func:`host_core`); that core, or None."""
+        core = host_core(self.config, self.backends)
+        if core is not None:
+            keep_to_core(core)
+            log.info("the host's threads keep to core %d ([server] core; \"off\" leaves them to the system)", core)
+        return core
 
     async def stop(self) -> None:
         """Close every connection and the server, write pending turn lines, close the thread pool

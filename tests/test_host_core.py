@@ -1,0 +1,156 @@
+"""[server] core: a host whose stages all have servers keeps its own threads to one core (they
+take turns at Python's lock, and handing it from core to core costs a crowd), while its
+[embedded] worker processes keep every core; a host with engines computing inside it is left
+where the system puts it. Real processes, their affinity read from /proc."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ask, sim_body, skull_config, wait_for
+from host.build import build_backends
+from host.config import HostConfig, ServerConfig, StageConfig, load_host_config
+from host.fakes import Knobs, LlamaCppFake, OpenAIAudioFake
+from host.process import HostProcess
+from host.server import heavy_stages, host_core
+from host.turn import Backends
+from skull.agent import Agent
+from skull.core.errors import ConfigError
+from skull.machine import State
+
+ALLOWED = sorted(os.sched_getaffinity(0))
+
+
+def cores_of(pid: int) -> dict[int, str]:
+    """Each thread of ``pid``: the cores it may run on (``Cpus_allowed_list``)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:  # a thread that has just ended
+            continue
+        out[int(tid)] = next(ln.split(":", 1)[1].strip() for ln in status.splitlines()
+                             if ln.startswith("Cpus_allowed_list:"))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for kid in kids.get(todo.pop(), []):
+            out.append(kid)
+            todo.append(kid)
+    return out
+
+
+def as_list(cores) -> str:
+    """The kernel's way of writing a set of cores: 0-1, or 0,2."""
+    cores, runs = sorted(cores), []
+    for c in cores:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+RULE = '"auto", "off" or a core\'s number'
+
+
+@pytest.mark.parametrize("value, words", [('"one"', RULE), ("-1", RULE), ("4096", RULE),
+                                          ("true", "a whole number or a string")])
+def test_core_must_be_auto_off_or_a_core_number(tmp_path, value, words):
+    path = tmp_path / "host.toml"
+    path.write_text(f"[server]\ncore = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_host_config(path)
+    assert "host.toml [server]: core = " in str(err.value) and words in str(err.value)
+
+
+def test_only_a_host_whose_engines_compute_elsewhere_keeps_to_one_core():
+    servers = HostConfig(stt=StageConfig.of("stt", "whisper.cpp", url="http://127.0.0.1:9"),
+                         vision=StageConfig.of("vision", "none"),
+                         reply=StageConfig.of("reply", "openai-chat", url="http://127.0.0.1:9"),
+                         tts=StageConfig.of("tts", "openai", url="http://127.0.0.1:9", voice="bm_george"))
+    remote = build_backends(servers)
+    assert heavy_stages(remote) == []
+    expected = ALLOWED[-1] if len(ALLOWED) > 1 else None
+    assert host_core(servers, remote) == expected
+    off = dataclasses.replace(servers, server=ServerConfig(core="off"))
+    assert host_core(off, remote) is None
+    assert host_core(dataclasses.replace(servers, server=ServerConfig(core=ALLOWED[0])), remote) == ALLOWED[0]
+    with pytest.raises(ConfigError) as err:
+        host_core(dataclasses.replace(servers, server=ServerConfig(core=4095)), remote)
+    assert f"core = 4095 is not a core this host may use (it may use {', '.join(map(str, ALLOWED))})" in str(err.value)
+
+    # the embedded default: the caption (OpenCV) and the voice (espeak-ng) compute in the process
+    local = Backends(stt=remote.stt, vision=build_backends(HostConfig()).vision, reply=remote.reply, tts=remote.tts)
+    assert heavy_stages(local) == ["vision"]
+    assert host_core(HostConfig(), local) is None
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="one core: nothing to keep to")
+def test_a_host_of_servers_keeps_its_threads_to_one_core_and_its_workers_keep_every_core(tmp_path):
+    """pocketsphinx in a worker process, the reply and the voice from servers: every thread of
+    the host process runs on the last core, the worker processes on all of them, and a turn is
+    answered as before."""
+    llm = LlamaCppFake(Knobs(delay_s=0.02, per_unit_s=0.005), reply="Boo! A fine question, mortal.",
+                       mmproj=False).start()
+    voice = OpenAIAudioFake(Knobs(delay_s=0.02), flavor="kokoro").start()
+    toml = tmp_path / "host.toml"
+    toml.write_text(f'[server]\nport = 0\n\n[embedded]\nworkers = 1\n\n[stt]\nbackend = "pocketsphinx"\n\n'
+                    f'[vision]\nbackend = "none"\n\n[reply]\nbackend = "openai-chat"\n[reply.openai-chat]\n'
+                    f'url = "{llm.url}"\n\n[tts]\nbackend = "openai"\n[tts.openai]\nurl = "{voice.url}"\n'
+                    f'voice = "bm_george"\n')
+    config = load_host_config(toml)
+    try:
+        with HostProcess(config) as hp:
+            host_pid = hp._proc.pid
+            workers = descendants(host_pid)
+
+            async def go():
+                cfg = skull_config(hp.port)
+                agent = Agent(cfg, sim_body(cfg, speed=6.0))
+                task = asyncio.create_task(agent.run())
+                try:
+                    await wait_for(lambda: agent.state is State.IDLE, timeout=30)
+                    return await ask(agent)
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            rec = asyncio.run(go())
+            threads = cores_of(host_pid)  # after a turn: the threads it started keep to the core too
+            worker_cores = {pid: set(cores_of(pid).values()) for pid in workers}
+    finally:
+        llm.stop()
+        voice.stop()
+    assert rec.outcome == "answered"
+    assert len(threads) > 5 and set(threads.values()) == {str(ALLOWED[-1])}, threads
+    assert workers and all(c == {as_list(ALLOWED)} for c in worker_cores.values()), worker_cores
+
+
+def test_skull_host_names_a_core_it_may_not_use(tmp_path):
+    (tmp_path / "host.toml").write_text(
+        '[server]\nport = 0\ncore = 4095\n\n[stt]\nbackend = "whisper.cpp"\n[stt."whisper.cpp"]\n'
+        'url = "http://127.0.0.1:9"\n\n[vision]\nbackend = "none"\n\n[reply]\nbackend = "openai-chat"\n'
+        '[reply.openai-chat]\nurl = "http://127.0.0.1:9"\n\n[tts]\nbackend = "openai"\n[tts.openai]\n'
+        'url = "http://127.0.0.1:9"\nvoice = "bm_george"\n')
+    out = subprocess.run([sys.executable, "-m", "skull", "host", "--config", "host.toml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode != 0
+    assert "core = 4095 is not a core this host may use" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
