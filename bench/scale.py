@@ -6,11 +6,12 @@ as the largest crowd, first against the standard fake workload (bench/memory.ser
 four fake servers in a process of their own, each working on ``--slots`` requests at once and
 queueing the rest, as a real server with that many parallel slots does), then with the embedded
 backends. The host's threads keep to one core against the fakes (its ``[server] core = "auto"``
-when every stage has a server); ``--core off`` compares without. Each simulated skull is a
-minimal protocol client on a loopback websocket: at once with the others it presses (``listen`` and the bundled snapshot), streams the bundled question in real
-time, releases (``stop``) and reads the reply. first audio = release to the first ``speech``
-segment received. A turn is an error when it ends without speech and ``done``, with an
-``error`` message (a fallback line), or not within the timeout.
+when every stage has a server); ``--core off`` compares without. Each simulated skull is a minimal
+protocol client on a loopback websocket: at once with the others it presses (``listen`` and the
+bundled snapshot), streams the bundled question in real time, releases (``stop``) and reads the
+reply. first audio = release to the first ``speech`` segment received. A turn is an error when it
+ends without speech and ``done``, with an ``error`` message (a fallback line), or not within the
+timeout.
 
 Per crowd size it prints the host's own p50 timings of the crowd's turns (heard, first token,
 first sentence, first segment sent: ms after the release, from ``done.timings_ms``: where a
