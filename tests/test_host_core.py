@@ -139,7 +139,7 @@ def test_a_host_of_servers_keeps_its_threads_to_one_core_and_its_workers_keep_ev
         llm.stop()
         voice.stop()
     assert rec.outcome == "answered"
-    assert len(threads) > 5 and set(threads.values()) == {str(ALLOWED[-1])}, threads
+    assert len(threads) > 2 and set(threads.values()) == {str(ALLOWED[-1])}, threads
     assert workers and all(c == {as_list(ALLOWED)} for c in worker_cores.values()), worker_cores
 
 
