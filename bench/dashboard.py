@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import HostProcess, skull  # noqa: E402
+from latency import HostProcess, skull, unwind_on_sigterm  # noqa: E402
 
 from host.fakes.workload import Workload, question_wav  # noqa: E402
 from skull.machine import State  # noqa: E402
@@ -150,6 +150,7 @@ def main() -> int:
     ap.add_argument("--phase-turns", type=int, default=16, help="turns of each phase (default 16)")
     ap.add_argument("--speed", type=float, default=3.0, help="mic and speaker speed (default 3x real time)")
     args = ap.parse_args()
+    unwind_on_sigterm()
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         print(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}); scripts/bootstrap.sh "
               f"installs them", file=sys.stderr)

@@ -71,6 +71,7 @@ import logging
 import os
 import re
 import statistics
+import signal
 import subprocess
 import sys
 import tempfile
@@ -749,6 +750,7 @@ def main() -> int:
     ap.add_argument("--load-skull", metavar="URL", help=argparse.SUPPRESS)
     ap.add_argument("--token", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds: the hogs stop
     if args.load_skull:
         return run_load_skull(args.load_skull, args.token, args.load_speed)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import HostProcess, pct, press_and_ask, skull  # noqa: E402  (bench/latency.py)
+from latency import HostProcess, pct, press_and_ask, skull, unwind_on_sigterm  # noqa: E402  (bench/latency.py)
 
 from skull.machine import State  # noqa: E402
 
@@ -85,6 +85,7 @@ def main() -> int:
                     help='[embedded] workers of each host compared, first one reported last: "auto,0" (default)')
     ap.add_argument("--stt", default="", help="the [stt] backend: moonshine (the default) or pocketsphinx")
     args = ap.parse_args()
+    unwind_on_sigterm()
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("skull").setLevel(logging.CRITICAL)
     results = {}

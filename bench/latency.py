@@ -28,6 +28,7 @@ import logging
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,12 @@ async def run_turns(port: int, turns: int, name: str, question=None) -> list[dic
     return firsts
 
 
+def unwind_on_sigterm() -> None:
+    """A bench stopped with SIGTERM (``kill``, a CI step's time limit) unwinds as Ctrl-C does, so
+    its ``finally`` blocks stop the host and skulls it started instead of leaving them running."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -153,6 +160,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--turns", type=int, default=30, help="turns per mode (default 30)")
     args = ap.parse_args()
+    unwind_on_sigterm()
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("skull").setLevel(logging.CRITICAL)  # the skull's warnings about failed stages are expected
     work = Workload()

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import HostProcess, skull  # noqa: E402
+from latency import HostProcess, skull, unwind_on_sigterm  # noqa: E402
 
 from host.fakes.workload import Workload  # noqa: E402
 from skull.machine import State  # noqa: E402
@@ -109,6 +109,7 @@ def main() -> int:
     ap.add_argument("--play-speed", type=float, default=2.0, help="the simulated speaker plays this many times "
                                                                   "faster than real time (default 2)")
     args = ap.parse_args()
+    unwind_on_sigterm()
     if args.turns < 10:
         ap.error("--turns must be at least 10 (the first reading is after turn 10)")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

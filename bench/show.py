@@ -59,7 +59,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import HostProcess, skull  # noqa: E402
+from latency import HostProcess, skull, unwind_on_sigterm  # noqa: E402
 from memory import serve_workload  # noqa: E402
 
 from host.config import FallbackConfig  # noqa: E402
@@ -503,6 +503,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--report-every", type=int, default=50)
     args = ap.parse_args()
+    unwind_on_sigterm()
     if os.environ.get("SHOW_TRACEMALLOC"):
         tracemalloc.start(8)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import HostProcess, press_and_ask, skull  # noqa: E402
+from latency import HostProcess, press_and_ask, skull, unwind_on_sigterm  # noqa: E402
 
 from host.config import FallbackConfig  # noqa: E402
 from host.sentences import split_sentences  # noqa: E402
@@ -95,6 +95,7 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=0.25, help="multiply every fake delay by this (default 0.25)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
+    unwind_on_sigterm()
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("skull").setLevel(logging.CRITICAL)  # the skull's warnings about failed stages are expected
     work = Workload(jitter=0.3, failure_rate=0.1, crash_rate=0.02, warmup_s=2.0, seed=args.seed).scaled(args.scale)
