@@ -64,11 +64,12 @@ class ServerConfig:
     core: int | str = "auto"
     """the one core the host process's own threads run on. Its threads take turns at one Python
     lock; spread over several cores they hand it from core to core, and with a crowd that costs
-    (64 skulls on 2 cores: about 25 % more CPU per turn, p95 first audio 1.3-1.6 x one skull's
-    instead of 1.25-1.28 x, bench/scale.py). "auto": the last core this host may use, when it may
+    (64 skulls on 2 cores: about 25 % more CPU per turn, p95 first audio 1.5-2.0 x one skull's p50
+    instead of 1.2-1.35 x, bench/scale.py). "auto": the last core this host may use, when it may
     use two or more and no engine computes inside the host process (every stage has a server or
-    runs in the [embedded] worker processes, which keep every core); "off": wherever the system
-    puts them; or a core's number"""
+    runs in the [embedded] worker processes); "off": wherever the system puts them; or a core's
+    number (kept to even with engines inside). The worker processes and the espeak-ng it starts
+    keep every core"""
 
     def check(self, where: str) -> None:
         need(len(self.name) <= 63 and "." not in self.name, where, "name", self.name[:70],

@@ -43,6 +43,14 @@ _PRELOAD = ["numpy", "cv2", "pocketsphinx", "moonshine_voice", "host.build", "ho
 """imported once by the fork server, so each worker starts as a fork with them already loaded"""
 
 
+def _affinity() -> set | None:
+    """The cores this process may run on, or None where the system has no CPU affinity."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return None
+
+
 def cores() -> int:
     """The cores this process may run on (its CPU affinity; os.cpu_count() where there is none)."""
     try:
@@ -69,10 +77,11 @@ class _Fault:
 class _Worker:
     """One worker process and the host's end of its pipe."""
 
-    def __init__(self, ctx, stages: dict, number: int):
+    def __init__(self, ctx, stages: dict, number: int, cores: set):
         self.number = number
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_work, args=(child, stages, number), name=f"skull-engine-{number}", daemon=True)
+        self.process = ctx.Process(target=_work, args=(child, stages, number, cores), name=f"skull-engine-{number}",
+                                   daemon=True)
         self.process.start()
         child.close()  # only the worker holds its end now: the worker's death is EOF here
 
@@ -123,6 +132,9 @@ class EnginePool:
 
     def __init__(self, stages: dict, workers: int):
         self.stages, self.size = dict(stages), workers
+        self.cores = _affinity()
+        """the cores the workers run on: the host's when the pool was made (a host whose threads
+        keep to one core afterwards, [server] core, leaves every core to its workers)"""
         self.names: dict[str, str] = {}
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(_PRELOAD)
@@ -157,7 +169,7 @@ class EnginePool:
             if self._closed:
                 raise ConfigError("the engine pool is closed")
             self._numbers += 1
-            worker = _Worker(self._ctx, self.stages, self._numbers)
+            worker = _Worker(self._ctx, self.stages, self._numbers, self.cores)
             self._all.append(worker)
         return worker
 
@@ -303,7 +315,7 @@ def _relog(records: list) -> None:
         logging.getLogger(name).log(level, "%s", message)
 
 
-def _work(conn, stages: dict, number: int) -> None:
+def _work(conn, stages: dict, number: int, cores: set | None = None) -> None:
     """A worker's life: build the backends, say which, then answer calls until told to stop
     (None) or until the host's end of the pipe closes."""
     import signal
@@ -317,8 +329,8 @@ def _work(conn, stages: dict, number: int) -> None:
     # when a model loads, and its threads spin while they wait: two workers with a pool each on two
     # cores slow each other down several times over. Loading on one core gives a pool of one; the
     # worker may then run on any core again.
-    cores = os.sched_getaffinity(0)
-    if len(cores) > 1:
+    cores = cores or _affinity()
+    if cores and len(cores) > 1:
         os.sched_setaffinity(0, {sorted(cores)[number % len(cores)]})
     from .build import build_stage
     records = _Records()
@@ -336,7 +348,8 @@ def _work(conn, stages: dict, number: int) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}", records.take()))
         return
     finally:
-        os.sched_setaffinity(0, cores)
+        if cores:
+            os.sched_setaffinity(0, cores)
     conn.send(("ready", {stage: b.name for stage, b in backends.items()}, records.take()))
     while True:
         try:

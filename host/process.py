@@ -35,14 +35,10 @@ def _serve() -> None:
         from .server import Host
         try:
             host = await Host(config).start()
-            try:
-                host.keep_to_one_core()
-            except Exception:
-                await host.stop()
-                raise
         except Exception as exc:  # reported to the parent, which raises it with this text
             print(f"error {type(exc).__name__}: {exc}", flush=True)
             return
+        host.keep_to_one_core()
         print(f"port {host.port}", flush=True)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

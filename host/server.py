@@ -42,6 +42,7 @@ from . import events as ev
 from .build import build_backends
 from .discovery import Advertiser
 from .config import HostConfig, ServerConfig, is_loopback
+from .cores import keep_to_core
 from .dashboard import Dashboard
 from .filter import FamilyFilter
 from .lines import LineBook
@@ -355,7 +356,7 @@ def _tune_malloc() -> None:
 
 def heavy_stages(backends: Backends) -> list[str]:
     """The stages whose engine computes inside the host process (moonshine, OpenCV, espeak-ng,
-    piper, pocketsphinx without workers): they want every core. A server's client, a wyoming
+    piper-local, pocketsphinx without workers): they want every core. A server's client, a wyoming
     client, an engine in the worker processes and the joke engine only wait or do a little."""
     from .backends.reply import JokeEngine
     from .backends.wyoming import _WyomingClient
@@ -382,14 +383,6 @@ def host_core(config: HostConfig, backends: Backends) -> int | None:
         raise ConfigError(f"{config.stt.source} [server]: core = {choice} is not a core this host may use "
                           f"(it may use {', '.join(map(str, allowed))}); pick one of them, or \"auto\"")
     return int(choice)
-
-
-def keep_to_core(core: int) -> None:
-    """Every thread of this process runs on ``core`` from now on, and so do the threads and child
-    processes they start (the [embedded] worker processes were started before and keep every core)."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
-            os.sched_setaffinity(int(tid), {core})
 
 
 WORKERS_PER_TURN = 4
@@ -436,6 +429,8 @@ class Host:
         self.advertiser: Advertiser | None = None
         """the host's mDNS record ([server] discovery), from start() on"""
         self.workers = workers or max(MIN_WORKERS, WORKERS_PER_TURN * s.max_turns)
+        self._core: int | None = None
+        """the core [server] core keeps this host's threads to, once checked by start()"""
         self.executor: ThreadPoolExecutor | None = None
         self.events: Bus[ev.TurnEvent] = Bus("host")
         self.timings = ev.TurnTimings().attach(self.events)
@@ -509,6 +504,7 @@ class Host:
 
     async def start(self):
         s = self.config.server
+        self._core = host_core(self.config, self.backends)  # a core it may not use is refused before it listens
         _tune_malloc()
         # backend calls run on the host's own pool (the loop's default executor is left to others
         # sharing the loop); sized from max_turns so admitted turns never wait for a thread, and a
@@ -537,11 +533,18 @@ class Host:
 
     def keep_to_one_core(self) -> int | None:
         """For a process that is the host alone (``skull host``, host.process), once started: its
-        threads keep to the core ``[server] core`` names (:func:`host_core`); that core, or None."""
-        core = host_core(self.config, self.backends)
-        if core is not None:
+        threads keep to the core ``[server] core`` named (:func:`host_core`, checked by
+        :meth:`start`); that core, or None. A system that refuses leaves them where they are."""
+        core = self._core
+        if core is None:
+            return None
+        try:
             keep_to_core(core)
-            log.info("the host's threads keep to core %d ([server] core; \"off\" leaves them to the system)", core)
+        except OSError as exc:  # the core went offline since the start: the host runs on, only slower
+            log.warning("the host's threads could not keep to core %d (%s); they run where the system puts them",
+                        core, exc.strerror or exc)
+            return None
+        log.info("the host's threads keep to core %d ([server] core; \"off\" leaves them to the system)", core)
         return core
 
     async def stop(self) -> None:

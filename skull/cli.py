@@ -130,13 +130,13 @@ def cmd_host(args) -> int:
         host = Host(cfg)  # refuses a non-loopback bind without a token
         try:
             await host.start()
-            host.keep_to_one_core()
         except OSError as exc:
             await host.stop()
             raise _listen_error(exc, server.bind, server.port) from None
-        except SkullError:  # [server] core names a core this machine does not let it use
+        except SkullError:  # e.g. [server] core names a core this machine does not let it use
             await host.stop()
             raise
+        host.keep_to_one_core()
         if server.tls_cert:
             fingerprint = cert_fingerprint(server.tls_cert)
             print(f"skull host listening on wss://{server.bind}:{host.port}\ncertificate {fingerprint}: a skull "

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ask, sim_body, skull_config, wait_for
-from host.build import build_backends
+from host.build import build_backends, build_stage
 from host.config import HostConfig, ServerConfig, StageConfig, load_host_config
 from host.fakes import Knobs, LlamaCppFake, OpenAIAudioFake
 from host.process import HostProcess
@@ -30,7 +30,11 @@ ALLOWED = sorted(os.sched_getaffinity(0))
 def cores_of(pid: int) -> dict[int, str]:
     """Each thread of ``pid``: the cores it may run on (``Cpus_allowed_list``)."""
     out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:  # it has ended
+        return out
+    for tid in tids:
         try:
             status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
         except OSError:  # a thread that has just ended
@@ -98,7 +102,7 @@ def test_only_a_host_whose_engines_compute_elsewhere_keeps_to_one_core():
     assert f"core = 4095 is not a core this host may use (it may use {', '.join(map(str, ALLOWED))})" in str(err.value)
 
     # the embedded default: the caption (OpenCV) and the voice (espeak-ng) compute in the process
-    local = Backends(stt=remote.stt, vision=build_backends(HostConfig()).vision, reply=remote.reply, tts=remote.tts)
+    local = Backends(stt=remote.stt, vision=build_stage(HostConfig().vision, True), reply=remote.reply, tts=remote.tts)
     assert heavy_stages(local) == ["vision"]
     assert host_core(HostConfig(), local) is None
 
@@ -154,3 +158,26 @@ def test_skull_host_names_a_core_it_may_not_use(tmp_path):
     assert out.returncode != 0
     assert "core = 4095 is not a core this host may use" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="one core: nothing to keep to")
+def test_programs_the_host_starts_to_compute_keep_every_core():
+    """espeak-ng (the fallback voice, the "one moment" line) is started by a thread kept to one
+    core; it gets every core, and the thread keeps to its one core after. In a process of its
+    own: keeping to a core takes every thread of the process."""
+    script = (
+        "import os, subprocess, sys, threading\n"
+        "from host.cores import every_core, keep_to_core\n"
+        f"keep_to_core({ALLOWED[-1]})\n"
+        "ask = [sys.executable, '-c', 'import os; print(sorted(os.sched_getaffinity(0)))']\n"
+        "def go():\n"
+        "    with every_core():\n"
+        "        wide = subprocess.Popen(ask, stdout=subprocess.PIPE, text=True)\n"
+        "    print(wide.communicate()[0].strip(), sorted(os.sched_getaffinity(0)))\n"
+        "    print(subprocess.run(ask, capture_output=True, text=True).stdout.strip())\n"
+        "t = threading.Thread(target=go)\n"
+        "t.start(); t.join()\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"{ALLOWED} {[ALLOWED[-1]]}", f"{[ALLOWED[-1]]}"]

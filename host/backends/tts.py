@@ -19,6 +19,7 @@ from skull.core.wav import pcm16_to_audio, read_wav, to_mono
 from skull.core.errors import AudioFormatError, BackendError
 from skull.core.validate import need
 
+from ..cores import every_core
 from ..http import content_bytes
 from ..text import speakable
 from . import Speech
@@ -128,15 +129,22 @@ class EspeakTTS:
         if not text:
             return Speech(np.zeros(0, np.float32), ESPEAK_RATE)
         cmd = [self.binary, "--stdout", "--stdin", "-v", self.voice, "-s", str(self.wpm), "-p", str(self.pitch)]
-        try:
-            out = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True, timeout=self.timeout_s,
-                                 check=False)
-        except subprocess.TimeoutExpired:
-            raise BackendError(self.stage, f"espeak-ng took longer than {self.timeout_s} s") from None
-        if out.returncode != 0 or not out.stdout:
-            raise BackendError(self.stage, f"espeak-ng failed (exit {out.returncode}): "
-                                           f"{out.stderr.decode(errors='replace').strip()[:200]}")
-        audio = read_wav(out.stdout, name="espeak-ng output")  # its header has placeholder sizes
+        with every_core():  # it computes: every core, even when the host's own threads keep to one
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with proc:  # as subprocess.run: never left running, its pipes closed
+            try:
+                stdout, stderr = proc.communicate(text.encode("utf-8"), timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise BackendError(self.stage, f"espeak-ng took longer than {self.timeout_s} s") from None
+            except BaseException:
+                proc.kill()
+                raise
+        if proc.returncode != 0 or not stdout:
+            raise BackendError(self.stage, f"espeak-ng failed (exit {proc.returncode}): "
+                                           f"{stderr.decode(errors='replace').strip()[:200]}")
+        audio = read_wav(stdout, name="espeak-ng output")  # its header has placeholder sizes
         return Speech(to_mono(audio), audio.rate)
 
     def check(self) -> str:
