@@ -354,6 +354,7 @@ def _tune_malloc() -> None:
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
+
 def heavy_stages(backends: Backends) -> list[str]:
     """The stages whose engine computes inside the host process (moonshine, OpenCV, espeak-ng,
     piper-local, pocketsphinx without workers): they want every core. A server's client, a wyoming
