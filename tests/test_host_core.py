@@ -181,3 +181,24 @@ def test_programs_the_host_starts_to_compute_keep_every_core():
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [f"{ALLOWED} {[ALLOWED[-1]]}", f"{[ALLOWED[-1]]}"]
+
+
+def test_moonshines_own_threads_give_way_to_the_voice():
+    """moonshine's onnxruntime threads spin for a while after every transcription; they run at a
+    lower priority than the host's, so the reply's voice started at the release goes first. They
+    still hear as before."""
+    from host.backends.stt import SPIN_NICE, MoonshineSTT, _threads
+    from skull.core.data import bundled
+    from skull.core.wav import read_wav, to_mono
+
+    before = _threads()
+    stt = build_stage(StageConfig.of("stt", "moonshine"))
+    if not isinstance(stt, MoonshineSTT):
+        pytest.skip("moonshine cannot load on this machine (pocketsphinx hears instead)")
+    started = _threads() - before
+    assert started, "moonshine started no threads of its own"
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {os.getpriority(os.PRIO_PROCESS, t) for t in started} == {min(19, mine + SPIN_NICE)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the calling thread (the host's) keeps its own
+    audio = read_wav(bundled("question.wav").read_bytes())
+    assert "costume" in stt.transcribe(to_mono(audio), audio.rate).lower()
