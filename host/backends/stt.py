@@ -86,8 +86,8 @@ class MoonshineSTT:
         # onnxruntime's threads, started with the model, spin for ~40 ms after every transcription
         # waiting for more work: at the release that is when the reply's voice (espeak-ng) wants
         # the cores. A lower priority lets the voice go first; alone they compute as fast (two
-        # skulls at once, bench/embedded_scale.py side by side: first audio 1.10-1.36 x one
-        # skull's instead of 2.0 x; the voice's step 29-32 ms instead of 47-50)
+        # skulls at once, bench/embedded_scale.py side by side: first audio 1.10 and 1.36 x one
+        # skull's against 2.0 x, the voice's step 29-32 ms against 47-50; later runs 1.4-2.2 x)
         for tid in _threads() - before:
             with contextlib.suppress(OSError):  # a thread that ended, or a system without per-thread nice
                 os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + SPIN_NICE)
