@@ -12,6 +12,22 @@ _every: set[int] | None = None
 _lock = threading.Lock()
 
 
+def allowed() -> set[int] | None:
+    """The cores this process may run on, or None where the system has no CPU affinity."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return None
+
+
+def threads() -> set[int]:
+    """This process's threads (Linux; empty elsewhere)."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
 def keep_to_core(core: int) -> None:
     """Every thread of this process runs on ``core`` from now on, and so do the threads and child
     processes they start (the [embedded] worker processes keep the cores the pool was made with).
@@ -20,14 +36,11 @@ def keep_to_core(core: int) -> None:
     with _lock:
         if _every is None:
             _every = set(os.sched_getaffinity(0))
-    done: set[str] = set()
-    while True:
-        todo = set(os.listdir("/proc/self/task")) - done
-        if not todo:
-            return
+    done: set[int] = set()
+    while todo := threads() - done:
         for tid in todo:
             with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
-                os.sched_setaffinity(int(tid), {core})
+                os.sched_setaffinity(tid, {core})
         done |= todo
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 from skull.core.errors import BackendError, ConfigError
 
+from .cores import allowed
+
 log = logging.getLogger("host.pool")
 
 START_TIMEOUT_S = 120.0
@@ -43,20 +45,10 @@ _PRELOAD = ["numpy", "cv2", "pocketsphinx", "moonshine_voice", "host.build", "ho
 """imported once by the fork server, so each worker starts as a fork with them already loaded"""
 
 
-def _affinity() -> set | None:
-    """The cores this process may run on, or None where the system has no CPU affinity."""
-    try:
-        return set(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return None
-
-
 def cores() -> int:
     """The cores this process may run on (its CPU affinity; os.cpu_count() where there is none)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    mine = allowed()
+    return max(1, len(mine) if mine is not None else (os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -132,7 +124,7 @@ class EnginePool:
 
     def __init__(self, stages: dict, workers: int):
         self.stages, self.size = dict(stages), workers
-        self.cores = _affinity()
+        self.cores = allowed()
         """the cores the workers run on: the host's when the pool was made (a host whose threads
         keep to one core afterwards, [server] core, leaves every core to its workers)"""
         self.names: dict[str, str] = {}
@@ -329,7 +321,7 @@ def _work(conn, stages: dict, number: int, cores: set | None = None) -> None:
     # when a model loads, and its threads spin while they wait: two workers with a pool each on two
     # cores slow each other down several times over. Loading on one core gives a pool of one; the
     # worker may then run on any core again.
-    cores = cores or _affinity()
+    cores = cores or allowed()
     if cores and len(cores) > 1:
         os.sched_setaffinity(0, {sorted(cores)[number % len(cores)]})
     from .build import build_stage

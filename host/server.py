@@ -42,7 +42,7 @@ from . import events as ev
 from .build import build_backends
 from .discovery import Advertiser
 from .config import HostConfig, ServerConfig, is_loopback
-from .cores import keep_to_core
+from .cores import allowed, keep_to_core
 from .dashboard import Dashboard
 from .filter import FamilyFilter
 from .lines import LineBook
@@ -372,17 +372,17 @@ def host_core(config: HostConfig, backends: Backends) -> int | None:
     puts them ("off", one core to use, or an engine computing in the process). A core this host
     may not use is a ConfigError naming the ones it may."""
     choice = config.server.core
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux: no affinity to set
+    mine = allowed()
+    if mine is None:  # pragma: no cover - not Linux: no affinity to set
         return None
+    usable = sorted(mine)
     if choice == "off":
         return None
     if choice == "auto":
-        return allowed[-1] if len(allowed) > 1 and not heavy_stages(backends) else None
-    if choice not in allowed:
+        return usable[-1] if len(usable) > 1 and not heavy_stages(backends) else None
+    if choice not in usable:
         raise ConfigError(f"{config.stt.source} [server]: core = {choice} is not a core this host may use "
-                          f"(it may use {', '.join(map(str, allowed))}); pick one of them, or \"auto\"")
+                          f"(it may use {', '.join(map(str, usable))}); pick one of them, or \"auto\"")
     return int(choice)
 
 

@@ -187,15 +187,16 @@ def test_moonshines_own_threads_give_way_to_the_voice():
     """moonshine's onnxruntime threads spin for a while after every transcription; they run at a
     lower priority than the host's, so the reply's voice started at the release goes first. They
     still hear as before."""
-    from host.backends.stt import SPIN_NICE, MoonshineSTT, _threads
+    from host.backends.stt import SPIN_NICE, MoonshineSTT
+    from host.cores import threads
     from skull.core.data import bundled
     from skull.core.wav import read_wav, to_mono
 
-    before = _threads()
+    before = threads()
     stt = build_stage(StageConfig.of("stt", "moonshine"))
     if not isinstance(stt, MoonshineSTT):
         pytest.skip("moonshine cannot load on this machine (pocketsphinx hears instead)")
-    started = _threads() - before
+    started = threads() - before
     assert started, "moonshine started no threads of its own"
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     assert {os.getpriority(os.PRIO_PROCESS, t) for t in started} == {min(19, mine + SPIN_NICE)}

@@ -17,6 +17,8 @@ from skull.core.wav import resample, to_pcm16, wav_bytes
 from skull.core.errors import BackendError
 from skull.core.validate import need
 
+from ..cores import threads
+
 from .registry import BackendContext, HttpSettings, NoSettings, backend
 
 log = logging.getLogger("host.stt")
@@ -46,14 +48,6 @@ SPIN_NICE = 10
 """how much lower the priority of moonshine's onnxruntime threads is than the host's own"""
 
 
-def _threads() -> set[int]:
-    """This process's threads (Linux; empty elsewhere)."""
-    try:
-        return {int(t) for t in os.listdir("/proc/self/task")}
-    except OSError:
-        return set()
-
-
 @backend("moonshine", "stt", settings=MoonshineSettings, default=True, fallback="pocketsphinx")
 class MoonshineSTT:
     """Offline recognition with the model loaded once. The tiny English model ships inside
@@ -73,7 +67,7 @@ class MoonshineSTT:
         folder = Path(settings.model).expanduser() if settings.model else get_model_path("tiny-en")
         self.folder = folder
         arch = ModelArch.TINY if settings.arch == "tiny" else ModelArch.BASE
-        before = _threads()
+        before = threads()
         try:
             self._transcriber = Transcriber(str(folder), arch)
         except (MoonshineError, OSError) as exc:
@@ -88,7 +82,7 @@ class MoonshineSTT:
         # the cores. A lower priority lets the voice go first; alone they compute as fast (two
         # skulls at once, bench/embedded_scale.py side by side: first audio 1.10 and 1.36 x one
         # skull's against 2.0 x, the voice's step 29-32 ms against 47-50; later runs 1.4-2.2 x)
-        for tid in _threads() - before:
+        for tid in threads() - before:
             with contextlib.suppress(OSError):  # a thread that ended, or a system without per-thread nice
                 os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + SPIN_NICE)
 
