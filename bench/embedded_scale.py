@@ -11,12 +11,16 @@ pressing together, ``--turns`` presses each); each round starts when every skull
 ``--workers`` lists the hosts' ``[embedded] workers``, compared side by side in one run ("auto":
 one worker process per core; 0: the engines inside the host process, as before the pool).
 ``--stt pocketsphinx`` measures the engine that holds the GIL for its whole decode.
+``--espeak library,program`` compares espeak-ng's library loaded in the workers (the default)
+with the program started for every sentence (``SKULL_ESPEAK=program``), each against each
+``--workers`` value.
 
 Prints per-stage host medians, one summary line per host and, as its last line (the first
 host's figures):
     skulls=1 p50_ms=<a> skulls=2 p50_ms=<b> ratio=<b/a>
 
 Usage: python bench/embedded_scale.py [--turns 20] [--workers auto,0] [--stt pocketsphinx]
+       [--espeak library,program]
 """
 from __future__ import annotations
 
@@ -58,10 +62,10 @@ async def rounds(port: int, skulls: int, turns: int) -> list[dict]:
     return out
 
 
-def measure(toml: str, turns: int, tmp: Path, label: str) -> dict[int, float]:
+def measure(toml: str, turns: int, tmp: Path, label: str, env: dict | None = None) -> dict[int, float]:
     """first_audio p50 of one skull, then of two at once, against one host; prints each."""
     p50 = {}
-    host = HostProcess(toml, tmp, label)
+    host = HostProcess(toml, tmp, label.replace(" ", "-"), env)
     try:
         for n in (1, 2):
             t0 = time.monotonic()
@@ -84,6 +88,8 @@ def main() -> int:
     ap.add_argument("--workers", default="auto,0",
                     help='[embedded] workers of each host compared, first one reported last: "auto,0" (default)')
     ap.add_argument("--stt", default="", help="the [stt] backend: moonshine (the default) or pocketsphinx")
+    ap.add_argument("--espeak", default="library",
+                    help='how espeak-ng speaks in each host: "library" (default), "program" or both: "library,program"')
     args = ap.parse_args()
     unwind_on_sigterm()
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -91,13 +97,16 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers.split(","):
-            value = '"auto"' if workers == "auto" else str(int(workers))
-            toml = f"[embedded]\nworkers = {value}\n" + (f'[stt]\nbackend = "{args.stt}"\n' if args.stt else "")
-            results[workers] = measure(toml, args.turns, Path(tmp), f"workers={workers}")
-    for workers, p50 in results.items():
-        print(f"[embedded] workers = {workers}: skulls=1 p50 {p50[1]:.0f} ms, skulls=2 p50 {p50[2]:.0f} ms, "
-              f"ratio {p50[2] / p50[1]:.2f}")
-    p50 = results[args.workers.split(",")[0]]
+            for espeak in args.espeak.split(","):
+                if espeak not in ("library", "program"):
+                    ap.error(f"--espeak {espeak!r}: choose library, program or both")
+                value = '"auto"' if workers == "auto" else str(int(workers))
+                toml = f"[embedded]\nworkers = {value}\n" + (f'[stt]\nbackend = "{args.stt}"\n' if args.stt else "")
+                label = f"workers={workers} espeak={espeak}"
+                results[label] = measure(toml, args.turns, Path(tmp), label, {"SKULL_ESPEAK": espeak})
+    for label, p50 in results.items():
+        print(f"{label}: skulls=1 p50 {p50[1]:.0f} ms, skulls=2 p50 {p50[2]:.0f} ms, ratio {p50[2] / p50[1]:.2f}")
+    p50 = next(iter(results.values()))
     print(f"skulls=1 p50_ms={p50[1]:.0f} skulls=2 p50_ms={p50[2]:.0f} ratio={p50[2] / p50[1]:.2f}")
     return 0
 

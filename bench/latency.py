@@ -53,14 +53,14 @@ from skull.runtime import build_body  # noqa: E402
 class HostProcess:
     """``skull host`` in a subprocess; its log goes to a file."""
 
-    def __init__(self, config_text: str, workdir: Path, name: str):
+    def __init__(self, config_text: str, workdir: Path, name: str, env: dict | None = None):
         self.config = workdir / f"{name}.toml"
         self.config.write_text(config_text)
         self.log_path = workdir / f"{name}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "skull", "-v", "host", "--config", str(self.config),
                                       "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         line = self.proc.stdout.readline()
         m = re.search(r"ws://[\d.]+:(\d+)", line)
         if not m:

@@ -1,4 +1,6 @@
-"""Text to speech. Embedded default: espeak-ng (a Debian package), run as a subprocess. Over
+"""Text to speech. Embedded default: espeak-ng (a Debian package), its library loaded once in the
+process that speaks (host.espeak; the program run for each sentence where the library cannot
+load), in the host's engine worker processes so several skulls are spoken for at once. Over
 HTTP: OpenAI-compatible /v1/audio/speech (Kokoro-FastAPI, speaches, openedai-speech, LocalAI),
 Piper's HTTP server (all three of its API forms) and xtts-api-server (voice cloning from a
 speaker WAV). Whatever rate and sample format a voice produces, the result is mono float audio
@@ -6,6 +8,7 @@ with its rate; the host resamples it to what the skull plays.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +22,7 @@ from skull.core.wav import pcm16_to_audio, read_wav, to_mono
 from skull.core.errors import AudioFormatError, BackendError
 from skull.core.validate import need
 
+from .. import espeak
 from ..cores import every_core
 from ..http import content_bytes
 from ..text import speakable
@@ -29,6 +33,9 @@ ESPEAK_WPM = 155
 """espeak-ng words per minute at speed 1.0: a slow, deliberate skull"""
 ESPEAK_RATE = 22050
 """Hz: what espeak-ng's voices produce"""
+USE_LIBRARY = os.environ.get("SKULL_ESPEAK") != "program"
+"""speak with libespeak-ng in this process where it loads; ``SKULL_ESPEAK=program`` in the
+environment runs the program for every sentence instead (bench/embedded_scale.py compares them)"""
 
 
 def _wav_speech(data: bytes, where: str, stage: str) -> Speech:
@@ -103,9 +110,10 @@ class EspeakSettings:
         need(0 <= self.pitch <= 99, where, "pitch", self.pitch, "must be 0..99")
 
 
-@backend("espeak-ng", "tts", settings=EspeakSettings, default=True)
+@backend("espeak-ng", "tts", settings=EspeakSettings, default=True, engine=True)
 class EspeakTTS:
-    """espeak-ng's robotic voice suits a skull, run as a subprocess within the stage's timeout."""
+    """espeak-ng's robotic voice suits a skull, spoken by its library (host.espeak) or, where that
+    cannot load, by the program run for each sentence, within the stage's timeout."""
 
     name = "espeak-ng"
 
@@ -118,16 +126,35 @@ class EspeakTTS:
         self.wpm, self.stage = round(ESPEAK_WPM * settings.speed), ctx.stage
         self.voice_problem = espeak_voice_problem(self.binary, self.voice)
         """why the voice cannot be used (the stage is down: its turns get the fallback voice), or None"""
+        self.library = espeak.library() if USE_LIBRARY else None
+        """libespeak-ng loaded in this process (loaded now: the first visitor's sentence does not wait
+        for it), or None: the program is run for each sentence"""
+        if self.library is not None and not self.voice_problem:
+            try:
+                self.library.use(self.voice, self.wpm, self.pitch)
+            except ValueError as exc:
+                self.voice_problem = f"{exc}; 'espeak-ng --voices' lists them (e.g. 'en-us', 'en-gb', 'de')"
 
     def synthesize(self, text: str) -> Speech:
-        """The text spoken; no audio at all when nothing speakable is left of it. The text goes
-        in on standard input, never on the command line, so a sentence that starts with ``-`` is
-        spoken, not taken for an option, and no length of it meets the command line's limit."""
+        """The text spoken; no audio at all when nothing speakable is left of it. The text goes to
+        the library as it is or to the program on standard input, never on its command line, so a
+        sentence that starts with ``-`` is spoken, not taken for an option, and no length of it
+        meets the command line's limit."""
         if self.voice_problem:  # never the default voice in its place without a word
             raise BackendError(self.stage, self.voice_problem)
         text = speakable(text)
         if not text:
             return Speech(np.zeros(0, np.float32), ESPEAK_RATE)
+        if self.library is not None:
+            try:
+                return Speech(self.library.speak(text, self.voice, self.wpm, self.pitch, self.timeout_s),
+                              self.library.rate)
+            except TimeoutError as exc:
+                raise BackendError(self.stage, str(exc)) from None
+            except ValueError as exc:
+                raise BackendError(self.stage, f"{exc}; 'espeak-ng --voices' lists the voices") from None
+            except RuntimeError as exc:
+                raise BackendError(self.stage, str(exc), retryable=True) from None
         cmd = [self.binary, "--stdout", "--stdin", "-v", self.voice, "-s", str(self.wpm), "-p", str(self.pitch)]
         with every_core():  # it computes: every core, even when the host's own threads keep to one
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -150,7 +177,8 @@ class EspeakTTS:
     def check(self) -> str:
         if self.voice_problem:
             raise BackendError(self.stage, self.voice_problem)
-        return f"embedded ({self.binary}, voice {self.voice})"
+        how = f"libespeak-ng {self.library.version}" if self.library is not None else self.binary
+        return f"embedded ({how}, voice {self.voice})"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""espeak-ng's library in the process that speaks (host.espeak) against the espeak-ng program it
+replaces: the same voice, the sentence spoken at once, the program where the library cannot load."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from host import espeak
+from host.backends.registry import BackendContext
+from host.backends.tts import EspeakSettings, EspeakTTS
+from skull.core.errors import BackendError
+
+SENTENCES = ["Ha! A skull that tells jokes, what next?", "I see a person in a red hat.",
+             "Numbers 1,234 and 3.5 percent, spoken plainly."]
+
+
+def voice(timeout_s: float = 10.0, **settings) -> EspeakTTS:
+    return EspeakTTS(EspeakSettings(**settings), BackendContext("tts", timeout_s))
+
+
+def program(tts: EspeakTTS, text: str) -> np.ndarray:
+    library, tts.library = tts.library, None
+    try:
+        return tts.synthesize(text).samples
+    finally:
+        tts.library = library
+
+
+def test_the_first_sentence_of_a_fresh_process_is_the_programs_sample_for_sample():
+    code = ("import json, sys; from host.backends.tts import EspeakTTS, EspeakSettings; "
+            "from host.backends.registry import BackendContext; "
+            "v = EspeakTTS(EspeakSettings(), BackendContext('tts', 10.0)); "
+            "s = v.synthesize(sys.argv[1]); print(json.dumps([v.library is not None, s.rate, s.samples.tolist()]))")
+    for text in SENTENCES[:2]:
+        out = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, timeout=60, check=True)
+        used_library, rate, samples = json.loads(out.stdout)
+        assert used_library and rate == 22050
+        assert np.array_equal(np.array(samples, np.float32), program(voice(), text)), text
+
+
+def sounds(x: np.ndarray, rate: int = 22050) -> list[tuple[int, int]]:
+    """The stretches of sound between pauses, in 10 ms steps: (start, end)."""
+    step = rate // 100
+    n = len(x) // step
+    loud = np.sqrt(np.square(x[:n * step]).reshape(n, step).mean(axis=1)) > 0.01
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], loud.astype(np.int8), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def alike(said: np.ndarray, alone: np.ndarray) -> bool:
+    """The same sentence in the same time: as much sound within 60 ms (or 5 %) in as many stretches
+    within two, as long within 150 ms (a pause after "Ha!" or "?" may fall 100 ms longer, pitch
+    periods differently)."""
+    a, b = sounds(said), sounds(alone)
+    voiced = [sum(e - s for s, e in x) for x in (a, b)]
+    return (abs(len(said) - len(alone)) <= 0.15 * 22050 and abs(len(a) - len(b)) <= 2
+            and abs(voiced[0] - voiced[1]) <= max(6, 0.05 * voiced[1]))
+
+
+def test_later_sentences_say_the_same_in_the_same_time():
+    """The voice's flutter runs on from one sentence to the next, so later sentences differ from
+    the program's in their pitch periods and a pause may fall differently; not in words or length.
+    Over a night's sentences nothing builds up."""
+    tts = voice()
+    assert tts.library is not None, "libespeak-ng1 is a dependency of espeak-ng: it is installed here"
+    for text in SENTENCES * 2:
+        assert alike(tts.synthesize(text).samples, program(tts, text)), text
+    assert not alike(tts.synthesize(SENTENCES[0]).samples, program(tts, SENTENCES[1]))  # it tells sentences apart
+    for i in range(300):
+        tts.synthesize(f"Sentence {i}: boo? Ha! What a night...")
+    assert alike(tts.synthesize(SENTENCES[0]).samples, program(tts, SENTENCES[0]))
+
+
+def test_a_sentence_is_spoken_in_a_few_milliseconds_not_a_programs_start():
+    tts = voice()
+    text = SENTENCES[0]
+    tts.synthesize(text)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        tts.synthesize(text)
+    library_s = (time.perf_counter() - t0) / 5
+    t0 = time.perf_counter()
+    for _ in range(5):
+        program(tts, text)
+    program_s = (time.perf_counter() - t0) / 5
+    assert library_s < program_s, f"the library took {library_s * 1000:.1f} ms, the program {program_s * 1000:.1f} ms"
+
+
+def test_two_threads_speaking_at_once_each_get_their_own_sentence():
+    tts = voice()
+    lengths = {text: len(tts.synthesize(text).samples) for text in SENTENCES}
+    got, errors = [], []
+
+    def speak(text):
+        try:
+            for _ in range(4):
+                got.append((text, len(tts.synthesize(text).samples)))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=speak, args=(t,)) for t in SENTENCES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(got) == 12
+    assert all(abs(n - lengths[text]) < 0.05 * lengths[text] for text, n in got)
+
+
+def test_a_sentence_past_the_timeout_is_cut_with_a_clear_error_and_the_next_one_is_whole():
+    tts = voice(timeout_s=0.001)
+    with pytest.raises(BackendError, match=r"tts: espeak-ng took longer than 0.001 s"):
+        tts.synthesize("A very long sentence. " * 200)
+    tts.timeout_s = 10.0
+    for text in SENTENCES:  # nothing of the cut one is left in the next ones
+        assert alike(tts.synthesize(text).samples, program(tts, text)), text
+
+
+def test_voices_and_settings_switch_between_sentences():
+    low, fast = voice(), voice(voice="en-gb", speed=2.0, pitch=80)
+    slow_s = len(low.synthesize(SENTENCES[0]).samples)
+    fast_s = len(fast.synthesize(SENTENCES[0]).samples)
+    assert fast_s < 0.7 * slow_s
+    assert abs(len(low.synthesize(SENTENCES[0]).samples) - slow_s) < 0.05 * slow_s  # its own settings again
+    assert alike(fast.synthesize(SENTENCES[0]).samples, program(fast, SENTENCES[0]))
+
+
+def test_a_voice_is_taken_by_its_name_or_its_language_as_the_program_takes_it():
+    for name in ("en-gb", "en-us+m3", "de+klatt", "English (Great Britain)"):
+        tts = voice(voice=name)
+        assert tts.voice_problem is None, name
+        assert alike(tts.synthesize(SENTENCES[1]).samples, program(tts, SENTENCES[1])), name
+    refused = voice(voice="English_(Great_Britain)")  # neither the program nor the library has it
+    assert "espeak-ng has no voice 'English_(Great_Britain)'" in refused.voice_problem
+    with pytest.raises(BackendError, match="no voice"):
+        refused.synthesize("Hello.")
+
+
+def test_without_the_library_the_program_speaks(monkeypatch, caplog):
+    monkeypatch.setattr(espeak.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(espeak.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(f"{name}: not found")))
+    with caplog.at_level("INFO", logger="host.espeak"):
+        assert espeak._load() is None
+    assert "runs as a program" in caplog.text
+    monkeypatch.setattr(espeak, "_loaded", None)
+    tts = voice()
+    assert tts.library is None and tts.check().startswith(f"embedded ({tts.binary}, ")
+    assert len(tts.synthesize(SENTENCES[1]).samples) > 0.5 * 22050
