@@ -68,8 +68,8 @@ class ServerConfig:
     instead of 1.2-1.35 x, bench/scale.py). "auto": the last core this host may use, when it may
     use two or more and no engine computes inside the host process (every stage has a server or
     runs in the [embedded] worker processes); "off": wherever the system puts them; or a core's
-    number (kept to even with engines inside). The worker processes and the espeak-ng it starts
-    keep every core"""
+    number (kept to even with engines inside). The worker processes and the espeak-ng speakers it
+    starts keep every core"""
 
     def check(self, where: str) -> None:
         need(len(self.name) <= 63 and "." not in self.name, where, "name", self.name[:70],

@@ -1,6 +1,6 @@
 """Where the host process's threads run: on one core when its work is waiting on servers
-(``[server] core``, host.server.host_core), while the programs it starts that compute (espeak-ng)
-keep every core it may use."""
+(``[server] core``, host.server.host_core), while the processes it starts that compute (espeak-ng's
+speakers, or its program) keep every core it may use."""
 from __future__ import annotations
 
 import contextlib

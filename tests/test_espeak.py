@@ -1,8 +1,11 @@
-"""espeak-ng's library in the process that speaks (host.espeak) against the espeak-ng program it
-replaces: the same voice, the sentence spoken at once, the program where the library cannot load."""
+"""espeak-ng's speaker processes (host.espeak) against the espeak-ng program they replace: the same
+voice, the sentence spoken at once, several at a time, failures named, the program where the
+library cannot load."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,23 +28,27 @@ def voice(timeout_s: float = 10.0, **settings) -> EspeakTTS:
 
 
 def program(tts: EspeakTTS, text: str) -> np.ndarray:
-    library, tts.library = tts.library, None
+    speakers, tts.speakers = tts.speakers, None
     try:
         return tts.synthesize(text).samples
     finally:
-        tts.library = library
+        tts.speakers = speakers
 
 
-def test_the_first_sentence_of_a_fresh_process_is_the_programs_sample_for_sample():
-    code = ("import json, sys; from host.backends.tts import EspeakTTS, EspeakSettings; "
-            "from host.backends.registry import BackendContext; "
-            "v = EspeakTTS(EspeakSettings(), BackendContext('tts', 10.0)); "
-            "s = v.synthesize(sys.argv[1]); print(json.dumps([v.library is not None, s.rate, s.samples.tolist()]))")
+def samples(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+
+
+def test_the_first_sentence_of_a_new_speaker_is_the_programs_sample_for_sample():
+    tts = voice()
     for text in SENTENCES[:2]:
-        out = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, timeout=60, check=True)
-        used_library, rate, samples = json.loads(out.stdout)
-        assert used_library and rate == 22050
-        assert np.array_equal(np.array(samples, np.float32), program(voice(), text)), text
+        speaker = espeak.Speaker()
+        try:
+            assert speaker.rate == 22050
+            assert np.array_equal(samples(speaker.speak(text, tts.voice, tts.wpm, tts.pitch, 10.0)),
+                                  program(tts, text)), text
+        finally:
+            speaker.close()
 
 
 def sounds(x: np.ndarray, rate: int = 22050) -> list[tuple[int, int]]:
@@ -68,7 +75,7 @@ def test_later_sentences_say_the_same_in_the_same_time():
     the program's in their pitch periods and a pause may fall differently; not in words or length.
     Over a night's sentences nothing builds up."""
     tts = voice()
-    assert tts.library is not None, "libespeak-ng1 is a dependency of espeak-ng: it is installed here"
+    assert tts.speakers is not None, "libespeak-ng1 is a dependency of espeak-ng: it is installed here"
     for text in SENTENCES * 2:
         assert alike(tts.synthesize(text).samples, program(tts, text)), text
     assert not alike(tts.synthesize(SENTENCES[0]).samples, program(tts, SENTENCES[1]))  # it tells sentences apart
@@ -92,7 +99,7 @@ def test_a_sentence_is_spoken_in_a_few_milliseconds_not_a_programs_start():
     assert library_s < program_s, f"the library took {library_s * 1000:.1f} ms, the program {program_s * 1000:.1f} ms"
 
 
-def test_two_threads_speaking_at_once_each_get_their_own_sentence():
+def test_three_threads_speaking_at_once_each_get_their_own_sentence():
     tts = voice()
     lengths = {text: len(tts.synthesize(text).samples) for text in SENTENCES}
     got, errors = [], []
@@ -110,6 +117,7 @@ def test_two_threads_speaking_at_once_each_get_their_own_sentence():
         t.join(60)
     assert not errors and len(got) == 12
     assert all(abs(n - lengths[text]) < 0.05 * lengths[text] for text, n in got)
+    assert 2 <= len(tts.speakers.pids()) <= tts.speakers.size  # started as the sentences overlapped
 
 
 def test_a_sentence_past_the_timeout_is_cut_with_a_clear_error_and_the_next_one_is_whole():
@@ -139,15 +147,68 @@ def test_a_voice_is_taken_by_its_name_or_its_language_as_the_program_takes_it():
     assert "espeak-ng has no voice 'English_(Great_Britain)'" in refused.voice_problem
     with pytest.raises(BackendError, match="no voice"):
         refused.synthesize("Hello.")
+    assert alike(voice().synthesize(SENTENCES[1]).samples, program(voice(), SENTENCES[1]))  # the speaker goes on
+
+
+def test_a_speaker_that_dies_is_replaced_unheard_and_one_that_hangs_fails_its_sentence_by_name(caplog):
+    tts = voice(timeout_s=2.0)
+    tts.speakers = espeak.Speakers(1)
+    try:
+        (first,) = tts.speakers.pids()
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.1)
+        assert alike(tts.synthesize(SENTENCES[1]).samples, program(tts, SENTENCES[1]))  # said by a new one
+        (second,) = tts.speakers.pids()
+        assert second != first and "ended while idle (exit code -9)" in caplog.text
+        os.kill(second, signal.SIGSTOP)  # alive, but never answers
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match=r"tts: the espeak-ng speaker gave no answer in time") as err:
+            tts.synthesize(SENTENCES[1])
+        assert time.monotonic() - t0 < 4.0 and not err.value.retryable
+        assert alike(tts.synthesize(SENTENCES[1]).samples, program(tts, SENTENCES[1]))
+        assert second not in tts.speakers.pids()
+        with pytest.raises(ProcessLookupError):
+            os.kill(second, 0)  # killed and reaped, not left stopped
+    finally:
+        tts.speakers.close()
+
+
+def test_a_garbled_request_gets_a_named_error_and_the_speaker_goes_on():
+    proc = subprocess.Popen([sys.executable, "-m", "host.espeak"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert json.loads(proc.stdout.readline())["ready"]
+        proc.stdin.write(b"not json\n" + json.dumps({"text": "hi"}).encode() + b"\n")
+        proc.stdin.write(json.dumps({"text": "Boo.", "voice": "en-us", "wpm": 155, "pitch": 35,
+                                     "timeout_s": 5}).encode() + b"\n")
+        proc.stdin.flush()
+        for _ in range(2):
+            head = json.loads(proc.stdout.readline())
+            assert head["kind"] == "failed" and "cannot read" in head["error"]
+        head = json.loads(proc.stdout.readline())
+        assert head["rate"] == 22050 and len(proc.stdout.read(head["bytes"])) == head["bytes"] > 10000
+        proc.stdin.close()
+        assert proc.wait(5) == 0  # it ends when the host's end of the pipe closes
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_without_the_library_the_program_speaks(monkeypatch, caplog):
+    monkeypatch.setattr(espeak, "_shared", False)
+    monkeypatch.setattr(espeak.Speaker, "__init__", lambda self: (_ for _ in ()).throw(
+        espeak.SpeakerError("libespeak-ng cannot be loaded (libespeak-ng.so.1: not found)", "unavailable")))
+    with caplog.at_level("INFO", logger="host.espeak"):
+        tts = voice()
+    assert "libespeak-ng cannot be loaded" in caplog.text and "runs as a program for each sentence" in caplog.text
+    assert tts.speakers is None and tts.computes_here and tts.check().startswith(f"embedded ({tts.binary}, ")
+    assert len(tts.synthesize(SENTENCES[1]).samples) > 0.5 * 22050
+
+
+def test_a_speaker_without_the_library_says_why_and_ends(monkeypatch):
+    import io
     monkeypatch.setattr(espeak.ctypes.util, "find_library", lambda name: None)
     monkeypatch.setattr(espeak.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(f"{name}: not found")))
-    with caplog.at_level("INFO", logger="host.espeak"):
-        assert espeak._load() is None
-    assert "runs as a program" in caplog.text
-    monkeypatch.setattr(espeak, "_loaded", None)
-    tts = voice()
-    assert tts.library is None and tts.check().startswith(f"embedded ({tts.binary}, ")
-    assert len(tts.synthesize(SENTENCES[1]).samples) > 0.5 * 22050
+    out = io.BytesIO()
+    assert espeak.serve(io.BytesIO(b""), out) == 1
+    head = json.loads(out.getvalue())
+    assert head["kind"] == "unavailable" and "libespeak-ng cannot be loaded (libespeak-ng.so.1: not found)" in head["error"]

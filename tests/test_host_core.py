@@ -101,10 +101,18 @@ def test_only_a_host_whose_engines_compute_elsewhere_keeps_to_one_core():
         host_core(dataclasses.replace(servers, server=ServerConfig(core=4095)), remote)
     assert f"core = 4095 is not a core this host may use (it may use {', '.join(map(str, ALLOWED))})" in str(err.value)
 
-    # the embedded default: the caption (OpenCV) and the voice (espeak-ng) compute in the process
+    # the embedded default: the caption (OpenCV) computes in the process
     local = Backends(stt=remote.stt, vision=build_stage(HostConfig().vision, True), reply=remote.reply, tts=remote.tts)
     assert heavy_stages(local) == ["vision"]
     assert host_core(HostConfig(), local) is None
+
+    # espeak-ng speaks in its speaker processes; only where they cannot run, the program it starts
+    # per sentence counts as the host's own work
+    voice = build_stage(HostConfig().tts)
+    spoken = dataclasses.replace(remote, tts=voice)
+    assert voice.speakers is not None and heavy_stages(spoken) == []
+    voice.speakers, voice.computes_here = None, True
+    assert heavy_stages(spoken) == ["tts"]
 
 
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="one core: nothing to keep to")

@@ -96,7 +96,7 @@ def test_a_dead_or_hung_worker_fails_only_its_call_and_is_replaced():
 
 def test_the_host_runs_its_engines_in_workers_falls_back_when_one_dies_and_stops_them():
     """A host built from its config hears the question with pocketsphinx in a worker process (the
-    engine that holds the GIL) and speaks with espeak-ng there; a worker that died
+    engine that holds the GIL); a worker that died
     costs the turn that hit it the fallback line (never silence), the next turn is heard again,
     and stopping the host ends every worker."""
     base = HostConfig()
@@ -112,13 +112,11 @@ def test_the_host_runs_its_engines_in_workers_falls_back_when_one_dies_and_stops
         pool = host.backends.pool
         pids = pool.pids()
         assert len(pids) == 1 and host.backends.stt.name == "pocketsphinx"
-        assert type(host.backends.tts).__name__ == "PooledBackend" and host.backends.tts.name == "espeak-ng"
         cfg = skull_config(host.port)
         agent = Agent(cfg, sim_body(cfg))
         task = asyncio.create_task(agent.run())
         try:
             await wait_for(lambda: agent.state is State.IDLE, 20)
-            await wait_for(lambda: agent.voice.set_id, 30)  # its offline lines were spoken in the worker too
             os.kill(pids[0], signal.SIGKILL)
             broken = await ask(agent)
             assert broken.reply == config.fallback.stt and broken.segments
@@ -142,13 +140,6 @@ def test_no_workers_keeps_the_engines_in_the_host_process():
 
 
 def test_engines_that_release_the_gil_stay_in_the_host_process():
-    """moonshine and OpenCV compute on every core by themselves: they stay in the default host's
-    process, and only espeak-ng (one sentence at a time per process) goes to its workers."""
+    """moonshine and OpenCV compute on every core by themselves: the default host starts no workers."""
     backends = build_backends(HostConfig())
-    try:
-        assert type(backends.vision).__name__ == "OpenCVCaptioner" and type(backends.stt).__name__ == "MoonshineSTT"
-        assert backends.pool is not None and set(backends.pool.stages) == {"tts"}
-        assert type(backends.fallback_voice).__name__ == "EspeakTTS"  # speaks even when the workers cannot
-    finally:
-        if backends.pool is not None:
-            backends.pool.close()
+    assert backends.pool is None and type(backends.vision).__name__ == "OpenCVCaptioner"

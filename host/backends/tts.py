@@ -1,6 +1,6 @@
-"""Text to speech. Embedded default: espeak-ng (a Debian package), its library loaded once in the
-process that speaks (host.espeak; the program run for each sentence where the library cannot
-load), in the host's engine worker processes so several skulls are spoken for at once. Over
+"""Text to speech. Embedded default: espeak-ng (a Debian package), kept running in speaker
+processes that load its library once (host.espeak; the program is run for each sentence where
+the library cannot load). Over
 HTTP: OpenAI-compatible /v1/audio/speech (Kokoro-FastAPI, speaches, openedai-speech, LocalAI),
 Piper's HTTP server (all three of its API forms) and xtts-api-server (voice cloning from a
 speaker WAV). Whatever rate and sample format a voice produces, the result is mono float audio
@@ -34,7 +34,7 @@ ESPEAK_WPM = 155
 ESPEAK_RATE = 22050
 """Hz: what espeak-ng's voices produce"""
 USE_LIBRARY = os.environ.get("SKULL_ESPEAK") != "program"
-"""speak with libespeak-ng in this process where it loads; ``SKULL_ESPEAK=program`` in the
+"""speak through the speaker processes where libespeak-ng loads; ``SKULL_ESPEAK=program`` in the
 environment runs the program for every sentence instead (bench/embedded_scale.py compares them)"""
 
 
@@ -110,10 +110,10 @@ class EspeakSettings:
         need(0 <= self.pitch <= 99, where, "pitch", self.pitch, "must be 0..99")
 
 
-@backend("espeak-ng", "tts", settings=EspeakSettings, default=True, engine=True)
+@backend("espeak-ng", "tts", settings=EspeakSettings, default=True)
 class EspeakTTS:
-    """espeak-ng's robotic voice suits a skull, spoken by its library (host.espeak) or, where that
-    cannot load, by the program run for each sentence, within the stage's timeout."""
+    """espeak-ng's robotic voice suits a skull, spoken by the speaker processes (host.espeak) or,
+    where its library cannot load, by the program run for each sentence, within the stage's timeout."""
 
     name = "espeak-ng"
 
@@ -126,14 +126,17 @@ class EspeakTTS:
         self.wpm, self.stage = round(ESPEAK_WPM * settings.speed), ctx.stage
         self.voice_problem = espeak_voice_problem(self.binary, self.voice)
         """why the voice cannot be used (the stage is down: its turns get the fallback voice), or None"""
-        self.library = espeak.library() if USE_LIBRARY else None
-        """libespeak-ng loaded in this process (loaded now: the first visitor's sentence does not wait
-        for it), or None: the program is run for each sentence"""
-        if self.library is not None and not self.voice_problem:
-            try:
-                self.library.use(self.voice, self.wpm, self.pitch)
-            except ValueError as exc:
-                self.voice_problem = f"{exc}; 'espeak-ng --voices' lists them (e.g. 'en-us', 'en-gb', 'de')"
+        self.speakers = espeak.speakers() if USE_LIBRARY else None
+        """this process's espeak-ng speakers (the first started now: the first visitor's sentence
+        does not wait for it), or None: the program is run for each sentence"""
+        self.computes_here = self.speakers is None
+        """False: the speech is made in other processes; this one only waits (host.server.heavy_stages)"""
+        if self.speakers is not None and not self.voice_problem:
+            try:  # the voice loads now, not in the first visitor's sentence
+                self.speakers.speak("", self.voice, self.wpm, self.pitch, self.timeout_s)
+            except espeak.SpeakerError as exc:
+                if exc.kind == "voice":
+                    self.voice_problem = f"{exc}; 'espeak-ng --voices' lists them (e.g. 'en-us', 'en-gb', 'de')"
 
     def synthesize(self, text: str) -> Speech:
         """The text spoken; no audio at all when nothing speakable is left of it. The text goes to
@@ -145,16 +148,14 @@ class EspeakTTS:
         text = speakable(text)
         if not text:
             return Speech(np.zeros(0, np.float32), ESPEAK_RATE)
-        if self.library is not None:
+        if self.speakers is not None:
             try:
-                return Speech(self.library.speak(text, self.voice, self.wpm, self.pitch, self.timeout_s),
-                              self.library.rate)
-            except TimeoutError as exc:
-                raise BackendError(self.stage, str(exc)) from None
-            except ValueError as exc:
-                raise BackendError(self.stage, f"{exc}; 'espeak-ng --voices' lists the voices") from None
-            except RuntimeError as exc:
-                raise BackendError(self.stage, str(exc), retryable=True) from None
+                pcm = self.speakers.speak(text, self.voice, self.wpm, self.pitch, self.timeout_s)
+            except espeak.SpeakerError as exc:
+                if exc.kind == "voice":
+                    raise BackendError(self.stage, f"{exc}; 'espeak-ng --voices' lists them") from None
+                raise BackendError(self.stage, str(exc), retryable=exc.kind == "failed") from None
+            return Speech(to_mono(pcm16_to_audio(pcm, self.speakers.rate)), self.speakers.rate)
         cmd = [self.binary, "--stdout", "--stdin", "-v", self.voice, "-s", str(self.wpm), "-p", str(self.pitch)]
         with every_core():  # it computes: every core, even when the host's own threads keep to one
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -177,7 +178,7 @@ class EspeakTTS:
     def check(self) -> str:
         if self.voice_problem:
             raise BackendError(self.stage, self.voice_problem)
-        how = f"libespeak-ng {self.library.version}" if self.library is not None else self.binary
+        how = f"libespeak-ng {self.speakers.version}" if self.speakers is not None else self.binary
         return f"embedded ({how}, voice {self.voice})"
 
 
