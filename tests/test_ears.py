@@ -154,3 +154,34 @@ def test_past_voice_activity_max_questions_at_once_a_question_is_transcribed_who
     assert stt.voice_activity_max == "auto"
     assert stt.listen_at_once(64, "onnx") == 64 and stt.listen_at_once(64, "ggml") == 8
     assert load_stage("stt", {"voice_activity_max": 3}, "host.toml").listen_at_once(64, "onnx") == 3
+
+
+def test_moonshine_is_given_half_a_second_of_silence_after_the_last_word_whatever_the_clip_has():
+    import numpy as np
+    from host.backends.stt import TAIL_S, quiet_tail
+    rate = 16000
+    t = np.arange(rate) / rate
+    word = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # one second of sound
+    pad = int(TAIL_S * rate)
+    for silence_s in (0.0, 0.3, 0.5, 1.2):
+        clip = np.concatenate([np.zeros(rate // 4, np.float32), word, np.zeros(int(silence_s * rate), np.float32)])
+        out = quiet_tail(clip, rate)
+        assert len(out) == rate // 4 + rate + pad, silence_s  # the lead kept, exactly TAIL_S after the word
+        assert np.array_equal(out[:rate // 4 + rate], clip[:rate // 4 + rate])
+        assert not out[rate // 4 + rate:].any()
+    rng = np.random.default_rng(1)
+    noisy = np.concatenate([word, 0.2 * rng.standard_normal(rate // 2).astype(np.float32)])  # a loud room
+    assert np.array_equal(quiet_tail(noisy, rate)[:len(noisy)], noisy) and len(quiet_tail(noisy, rate)) == len(noisy) + pad
+    assert len(quiet_tail(np.zeros(rate, np.float32), rate)) == rate + pad
+
+
+def test_moonshine_hears_the_samples_buffer_as_its_own_list_call_hears_them():
+    import numpy as np
+    from host.backends.stt import quiet_tail
+    stt = build_stage(HostConfig().stt)
+    x = quiet_tail(to_mono_rate(read_wav(bundled("question.wav")), 16000), 16000)
+    own = stt._transcriber.transcribe_without_streaming(x.tolist(), 16000)
+    ours = stt._transcribe(x)
+    assert [line.text for line in ours.lines] == [line.text for line in own.lines] != []
+    assert stt._transcribe(x[: len(x) // 3]).lines != ours.lines  # the length given is the buffer's own
+    assert isinstance(x, np.ndarray)
