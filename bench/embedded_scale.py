@@ -11,8 +11,8 @@ pressing together, ``--turns`` presses each); each round starts when every skull
 ``--workers`` lists the hosts' ``[embedded] workers``, compared side by side in one run ("auto":
 one worker process per core; 0: the engines inside the host process, as before the pool).
 ``--stt pocketsphinx`` measures the engine that holds the GIL for its whole decode.
-``--espeak library,program`` compares espeak-ng's library loaded in the workers (the default)
-with the program started for every sentence (``SKULL_ESPEAK=program``), each against each
+``--espeak library,program`` compares espeak-ng's speaker processes, which load its library
+once (the default), with the program started for every sentence (``SKULL_ESPEAK=program``), each against each
 ``--workers`` value.
 
 Prints per-stage host medians, one summary line per host and, as its last line (the first
@@ -91,6 +91,9 @@ def main() -> int:
     ap.add_argument("--espeak", default="library",
                     help='how espeak-ng speaks in each host: "library" (default), "program" or both: "library,program"')
     args = ap.parse_args()
+    for espeak in args.espeak.split(","):
+        if espeak not in ("library", "program"):
+            ap.error(f"--espeak {espeak!r}: choose library, program or both")
     unwind_on_sigterm()
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("skull").setLevel(logging.CRITICAL)
@@ -98,8 +101,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for workers in args.workers.split(","):
             for espeak in args.espeak.split(","):
-                if espeak not in ("library", "program"):
-                    ap.error(f"--espeak {espeak!r}: choose library, program or both")
                 value = '"auto"' if workers == "auto" else str(int(workers))
                 toml = f"[embedded]\nworkers = {value}\n" + (f'[stt]\nbackend = "{args.stt}"\n' if args.stt else "")
                 label = f"workers={workers} espeak={espeak}"

@@ -39,7 +39,7 @@ import weakref
 log = logging.getLogger("host.espeak")
 
 SPEAKERS_MAX = 4
-"""speaker processes at most (fewer on a machine with fewer cores): sentences spoken at once"""
+"""speaker processes at most (one per core, at least two): sentences spoken at once"""
 START_TIMEOUT_S = 10.0
 """seconds a speaker may take to load the library and say it is ready"""
 
@@ -112,7 +112,7 @@ class Library:
     def speak(self, text: str, voice: str, wpm: int, pitch: int, timeout_s: float) -> bytes:
         """``text`` spoken: 16-bit mono samples at ``self.rate``."""
         self.use(voice, wpm, pitch)
-        data = text.encode("utf-8") + b"\0"
+        data = text.encode("utf-8", errors="replace") + b"\0"
         self._chunks, self._cut = [], False
         self._deadline = time.monotonic() + timeout_s
         try:
@@ -184,22 +184,31 @@ def serve(stdin=None, stdout=None) -> int:
 class Speaker:
     """One speaker process and the host's ends of its pipes; used by one thread at a time."""
 
-    def __init__(self):
+    def __init__(self, deadline: float | None = None):
+        """Start one and wait (until ``deadline``, at most ``START_TIMEOUT_S``) for it to say it is
+        ready; SpeakerError("unavailable") saying why it is not."""
         from .cores import every_core
-        with every_core():  # it computes: every core, even when the host's own threads keep to one
-            self.proc = subprocess.Popen([sys.executable, "-m", "host.espeak"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        deadline = min(deadline or float("inf"), time.monotonic() + START_TIMEOUT_S)
+        self.proc = None
         self._buffer = b""
         try:
-            ready = self._line(time.monotonic() + START_TIMEOUT_S)
+            with every_core():  # it computes: every core, even when the host's own threads keep to one
+                self.proc = subprocess.Popen([sys.executable, "-m", "host.espeak"], stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            ready = self._line(deadline)
+            if "error" in ready:
+                raise SpeakerError(str(ready["error"]), "unavailable")
+            self.rate, self.version = int(ready["rate"]), str(ready.get("version", ""))
         except SpeakerError as exc:
             self.close()
+            if exc.kind == "unavailable":
+                raise
             raise SpeakerError(f"the espeak-ng speaker did not start ({exc})", "unavailable") from None
-        if "error" in ready:
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # no interpreter, an answer that is not its own
             self.close()
-            raise SpeakerError(ready["error"], "unavailable")
-        self.rate, self.version = int(ready["rate"]), str(ready.get("version", ""))
+            raise SpeakerError(f"the espeak-ng speaker did not start ({type(exc).__name__}: {exc})",
+                               "unavailable") from None
 
     def _fill(self, deadline: float) -> None:
         """More of the speaker's output into the buffer; SpeakerError at the deadline or its end."""
@@ -209,7 +218,11 @@ class Speaker:
             raise SpeakerError("the espeak-ng speaker gave no answer in time", "timeout")
         chunk = os.read(fd, 1 << 17)
         if not chunk:
-            raise SpeakerError(f"the espeak-ng speaker process ended (exit code {self.proc.poll()})", "failed")
+            try:
+                code = self.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                code = "unknown: it closed its output"
+            raise SpeakerError(f"the espeak-ng speaker process ended (exit code {code})", "failed")
         self._buffer += chunk
 
     def _line(self, deadline: float) -> dict:
@@ -246,9 +259,11 @@ class Speaker:
 
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None and not self.proc.stdin.closed
+        return self.proc is not None and self.proc.poll() is None and not self.proc.stdin.closed
 
     def close(self) -> None:
+        if self.proc is None:
+            return
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
                 pipe.close()
@@ -260,13 +275,19 @@ class Speaker:
 
 
 class Speakers:
-    """Up to ``size`` speakers, started as sentences overlap and reused; thread-safe."""
+    """Up to ``size`` speakers, started as sentences overlap and reused; thread-safe. One call's
+    whole wait (for a free speaker, for one to start, for its answer) keeps to its ``timeout_s``."""
+
+    POLL_S = 0.05
+    """how often a sentence waiting for a busy speaker looks again (one may have died meanwhile)"""
 
     def __init__(self, size: int):
         self.size = size
         self._idle: queue.LifoQueue[Speaker] = queue.LifoQueue()
-        self._all: list[Speaker] = []
+        self._all: list[Speaker | None] = []
+        """every speaker, and None in the place of one starting"""
         self._lock = threading.Lock()
+        self._closed = False
         self._finalizer = weakref.finalize(self, _close_all, self._all)
         first = Speaker()  # raises SpeakerError("unavailable") where the library cannot load
         self.rate, self.version = first.rate, first.version
@@ -274,14 +295,59 @@ class Speakers:
         self._idle.put(first)
 
     def speak(self, text: str, voice: str, wpm: int, pitch: int, timeout_s: float) -> bytes:
-        speaker = self._take(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        speaker = self._take(deadline, timeout_s)
         try:
-            return speaker.speak(text, voice, wpm, pitch, timeout_s)
+            return speaker.speak(text, voice, wpm, pitch, max(0.05, deadline - time.monotonic()))
+        except SpeakerError as exc:
+            if str(exc).startswith("espeak-ng took longer"):  # what the stage allows, not what was left of it
+                raise SpeakerError(f"espeak-ng took longer than {timeout_s:g} s", "timeout") from None
+            raise
         finally:
-            if speaker.alive:
+            if speaker.alive and not self._closed:
                 self._idle.put(speaker)
             else:
                 self._drop(speaker)
+
+    def _take(self, deadline: float, timeout_s: float) -> Speaker:
+        """An idle speaker that is alive, a new one while there are fewer than ``size``, else the
+        next to come free; one that died while idle is let go (no sentence is given to it)."""
+        while True:
+            if self._closed:
+                raise SpeakerError("the host is stopping: its espeak-ng speakers are closed", "failed")
+            try:
+                speaker = self._idle.get_nowait()
+            except queue.Empty:
+                speaker = None
+            if speaker is not None:
+                if speaker.alive:
+                    return speaker
+                log.warning("an espeak-ng speaker process ended while idle (exit code %s); another starts",
+                            speaker.proc.poll())
+                self._drop(speaker)
+                continue
+            with self._lock:
+                start = len(self._all) < self.size
+                if start:
+                    self._all.append(None)  # its place, held while it starts
+            if start:
+                try:
+                    speaker = Speaker(deadline)
+                except BaseException:
+                    with self._lock:
+                        self._all.remove(None)
+                    raise
+                with self._lock:
+                    self._all[self._all.index(None)] = speaker
+                return speaker
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SpeakerError(f"no espeak-ng speaker was free within {timeout_s:g} s", "timeout")
+            try:
+                speaker = self._idle.get(timeout=min(self.POLL_S, left))
+            except queue.Empty:
+                continue
+            self._idle.put(speaker)  # looked at (alive or not) at the top of the loop
 
     def _drop(self, speaker: Speaker) -> None:
         speaker.close()
@@ -289,41 +355,12 @@ class Speakers:
             if speaker in self._all:
                 self._all.remove(speaker)
 
-    def _take(self, timeout_s: float) -> Speaker:
-        while True:  # one that died while idle (killed, out of memory) is let go: the sentence goes to another
-            try:
-                speaker = self._idle.get_nowait()
-            except queue.Empty:
-                break
-            if speaker.alive:
-                return speaker
-            log.warning("an espeak-ng speaker process ended while idle (exit code %s); another starts",
-                        speaker.proc.poll())
-            self._drop(speaker)
-        with self._lock:
-            start = len(self._all) < self.size
-            if start:
-                self._all.append(None)  # a place held while it starts
-        if not start:
-            try:
-                return self._idle.get(timeout=timeout_s)
-            except queue.Empty:
-                raise SpeakerError(f"no espeak-ng speaker was free within {timeout_s:g} s", "timeout") from None
-        try:
-            speaker = Speaker()
-        except SpeakerError:
-            with self._lock:
-                self._all.remove(None)
-            raise
-        with self._lock:
-            self._all[self._all.index(None)] = speaker
-        return speaker
-
     def pids(self) -> list[int]:
         with self._lock:
             return [s.proc.pid for s in self._all if s is not None]
 
     def close(self) -> None:
+        self._closed = True
         self._finalizer()
 
 
@@ -346,14 +383,17 @@ def speakers() -> Speakers | None:
         if _shared is False:
             from .cores import allowed
             mine = allowed()
-            size = max(1, min(SPEAKERS_MAX, len(mine) if mine else (os.cpu_count() or 1)))
+            # at least two: the fallback voice shares them, and must speak while one hangs
+            size = max(2, min(SPEAKERS_MAX, len(mine) if mine else (os.cpu_count() or 1)))
             try:
                 _shared = Speakers(size)
             except SpeakerError as exc:
-                log.info("%s; espeak-ng runs as a program for each sentence", exc)
+                log.warning("%s; espeak-ng runs as a program for each sentence", exc)
                 _shared = None
         return _shared
 
 
 if __name__ == "__main__":
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's: it stops, and the speakers' input closes
     sys.exit(serve())

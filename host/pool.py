@@ -71,6 +71,7 @@ class _Worker:
 
     def __init__(self, ctx, stages: dict, number: int, cores: set):
         self.number = number
+        self._closing = threading.Lock()
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_work, args=(child, stages, number, cores), name=f"skull-engine-{number}",
                                    daemon=True)
@@ -110,7 +111,9 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(STOP_TIMEOUT_S)
-        self.conn.close()
+        with self._closing:  # the pool's close and a replacement that failed may both close it: once
+            if not self.conn.closed:
+                self.conn.close()
 
 
 class EnginePool:

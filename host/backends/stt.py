@@ -46,7 +46,8 @@ MOONSHINE_ARCHS = ("tiny", "base")
 
 
 QUIET = 0.02
-"""a 10 ms frame quieter than this fraction of the clip's loudest is silence (quiet_tail)"""
+"""a 10 ms frame quieter than this fraction of the clip's loud frames (their 90th percentile:
+a click louder than the words moves it little) is silence (quiet_tail)"""
 TAIL_S = 0.5
 """silence after the last sound: moonshine's own voice activity needs it to close its line (a
 clip cut close behind the speech, a stretch of a segmented question, otherwise gains a spurious
@@ -64,7 +65,7 @@ def quiet_tail(x: np.ndarray, rate: int) -> np.ndarray:
     pad = int(TAIL_S * rate)
     if n >= 2:
         level = np.sqrt(np.mean(np.square(x[:n * frame].reshape(n, frame), dtype=np.float64), axis=1))
-        loud = np.flatnonzero(level > QUIET * level.max())
+        loud = np.flatnonzero(level > QUIET * np.percentile(level, 90))
         if len(loud):
             end = (loud[-1] + 1) * frame
             tail = min(len(x) - end, pad)  # the silence it has, up to TAIL_S
@@ -131,6 +132,8 @@ class MoonshineSTT:
             from moonshine_voice.transcriber import TranscriptC, check_error
             lib, handle, parse = t._lib, t._handle, t._parse_transcript  # moonshine-voice 0.1.0 (pinned)
         except (ImportError, AttributeError):  # pragma: no cover - another release: its public call
+            handle = None
+        if handle is None:  # its public call, which says what is wrong with a closed transcriber
             return t.transcribe_without_streaming(x.tolist(), self.rate)
         x = np.ascontiguousarray(x, np.float32)
         out = ctypes.POINTER(TranscriptC)()
