@@ -176,7 +176,6 @@ def test_moonshine_is_given_half_a_second_of_silence_after_the_last_word_whateve
 
 
 def test_moonshine_hears_the_samples_buffer_as_its_own_list_call_hears_them():
-    import numpy as np
     from host.backends.stt import quiet_tail
     stt = build_stage(HostConfig().stt)
     x = quiet_tail(to_mono_rate(read_wav(bundled("question.wav")), 16000), 16000)
