@@ -23,6 +23,7 @@ Its first line says {"ready": true, "rate": r, "version": v} or {"error": ..., "
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -265,10 +266,8 @@ class Speaker:
         if self.proc is None:
             return
         for pipe in (self.proc.stdin, self.proc.stdout):
-            try:
+            with contextlib.suppress(OSError):  # a broken pipe: the process is killed below all the same
                 pipe.close()
-            except OSError:
-                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -381,10 +380,9 @@ def speakers() -> Speakers | None:
     global _shared
     with _shared_lock:
         if _shared is False:
-            from .cores import allowed
-            mine = allowed()
+            from .pool import cores
             # at least two: the fallback voice shares them, and must speak while one hangs
-            size = max(2, min(SPEAKERS_MAX, len(mine) if mine else (os.cpu_count() or 1)))
+            size = max(2, min(SPEAKERS_MAX, cores()))
             try:
                 _shared = Speakers(size)
             except SpeakerError as exc:

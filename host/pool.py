@@ -264,6 +264,9 @@ class PooledBackend:
     """A stage's backend that lives in the pool's workers: the same methods, called there.
     ``name`` is the backend the workers built (moonshine, or pocketsphinx where it fell back)."""
 
+    computes_here = False
+    """the workers compute; this only waits (host.server.heavy_stages)"""
+
     def __init__(self, pool: EnginePool, stage: str, timeout_s: float):
         self.pool, self.stage, self.timeout_s = pool, stage, timeout_s
         self.name = pool.names[stage]

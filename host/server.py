@@ -361,12 +361,8 @@ def heavy_stages(backends: Backends) -> list[str]:
     every core. A server's client, a wyoming client, an engine in the worker processes, espeak-ng's
     speaker processes and the joke engine only wait or do a little (a backend says so with
     ``computes_here = False``)."""
-    from .backends.reply import JokeEngine
-    from .backends.wyoming import _WyomingClient
-    from .pool import PooledBackend
-    light = (PooledBackend, _WyomingClient, JokeEngine)
     return [stage for stage in ("stt", "vision", "reply", "tts")
-            if (b := getattr(backends, stage)) is not None and not isinstance(b, light) and not hasattr(b, "http")
+            if (b := getattr(backends, stage)) is not None and not hasattr(b, "http")
             and getattr(b, "computes_here", True)]
 
 

@@ -122,6 +122,8 @@ class JokeEngine:
 
     name = "offline jokes"
     sees_images = False
+    computes_here = False
+    """a reply in microseconds: the host may keep to one core (host.server.heavy_stages)"""
 
     def __init__(self, settings: JokeSettings, ctx: BackendContext):
         if ctx.sees_images:

@@ -199,6 +199,8 @@ class _WyomingClient:
     """The part both Wyoming backends share: address, table, timeouts and how failures read."""
 
     name = "wyoming"
+    computes_here = False
+    """the server computes; this only waits (host.server.heavy_stages)"""
     start_hint: ClassVar[str] = ""
     """how to start the server this stage usually talks to, shown when it is not there"""
 
