@@ -72,9 +72,9 @@ LISTED = {
     "make test": ("it is the test suite this test belongs to", "`make -n test` shows it runs pytest"),
     "skull run --sim": ("no microphone or speaker on a CI machine",
                         "the same with `--no-audio --mic-file my-question.wav`: connects to `skull host`"),
-    'skull host --bind 0.0.0.0 --port 8765 --token "$SKULL_TOKEN"': (
+    'skull host --bind 0.0.0.0 --port 8765 --token="$SKULL_TOKEN"': (
         "port 8765 may be taken on a shared machine", "the same on a free port: listens on every address"),
-    'skull run --url ws://pc.local:8765 --token "$SKULL_TOKEN"': (
+    'skull run --url ws://pc.local:8765 --token="$SKULL_TOKEN"': (
         "on the Pi: needs its GPIO, mic and speaker; pc.local names the PC",
         "the same with 127.0.0.2 for pc.local, the host's port, `--sim --no-audio --mic-file`: connects "
         "and answers a turn, saying each step as the README shows"),
@@ -280,11 +280,14 @@ def test_the_readme_commands_work_as_written(tmp_path):
                            text=True, timeout=30)
         token = r.stdout.strip()
         assert r.returncode == 0 and re.fullmatch(r"[A-Za-z0-9_-]{22}", token), r.stdout + r.stderr
+        # one token in 64 starts with "-", which `--token "$SKULL_TOKEN"` handed to the parser as an
+        # option (seen in CI): the README's form must take it
+        token = "-" + token[1:]
         pc["SKULL_TOKEN"] = pi["SKULL_TOKEN"] = token
         pc_port = _free_port()
-        pc_host = start(f'skull host --bind 0.0.0.0 --port {pc_port} --token "$SKULL_TOKEN"', pc)
+        pc_host = start(f'skull host --bind 0.0.0.0 --port {pc_port} --token="$SKULL_TOKEN"', pc)
         pc_host.wait_for(rf"listening on ws://0\.0\.0\.0:{pc_port}")
-        pi_skull = start(f'skull run --url ws://127.0.0.2:{pc_port} --token "$SKULL_TOKEN" --sim --no-audio '
+        pi_skull = start(f'skull run --url ws://127.0.0.2:{pc_port} --token="$SKULL_TOKEN" --sim --no-audio '
                          f'--mic-file my-question.wav', pi, stdin=True)
         pi_skull.wait_for(rf"connected to ws://127\.0\.0\.2:{pc_port} as mr-bones")
         pc_host.wait_for(r"skull mr-bones connected from 127\.0\.0\.1:\d+")
