@@ -472,3 +472,95 @@ def test_a_backend_module_dropped_into_the_package_is_usable_from_host_toml(back
     path.write_text('[tts]\nbackend = "tone"\n\n[tts.tone]\nfrequency_hz = 20\n')
     with pytest.raises(ConfigError, match=r"\[tts.tone\]: frequency_hz = 20.0 is out of range: must be 50..2000 Hz"):
         load_host_config(path)
+
+
+# --- how requests go out (host/http.py) -------------------------------------------------------
+
+class _Recorder:
+    """A plain HTTP server (or proxy) that records each request line, its headers and body and
+    answers 200 with a JSON body, or what ``answer`` says."""
+
+    def __init__(self, answer=None):
+        import http.server
+        import threading
+        seen = self.seen = []
+        reply = answer or (lambda h: (200, {"Content-Type": "application/json"}, b'{"text": "boo"}'))
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                seen.append((self.command, self.path, dict(self.headers), self.rfile.read(n) if n else b"",
+                             self.client_address[1]))
+                status, headers, body = reply(self)
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_POST = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder():
+    made = []
+
+    def start(answer=None):
+        made.append(_Recorder(answer))
+        return made[-1]
+    yield start
+    for r in made:
+        r.close()
+
+
+def test_requests_go_out_as_requests_sends_them_over_one_kept_connection(recorder):
+    from host.http import Http
+    srv = recorder()
+    http = Http("stt", "openai", srv.url + "/prefix", api_key="k3y")
+    assert http.json("POST", "/form", data={"model": "m", "language": "en"},
+                     files={"file": ("q.wav", b"RIFFdata", "audio/wav")}) == {"text": "boo"}
+    http.request("POST", "/json", json={"input": "hi", "speed": 1.5})
+    http.request("POST", "/raw", data=b"plain words", headers={"Content-Type": "text/plain"})
+    http.request("GET", "/q", params={"text": "a b&c"})
+    form, js, raw, get = srv.seen
+    assert [s[1] for s in srv.seen] == ["/prefix/form", "/prefix/json", "/prefix/raw", "/prefix/q?text=a+b%26c"]
+    assert len({s[4] for s in srv.seen}) == 1, "every request reuses the one kept-alive connection"
+    for _, _, headers, _, _ in srv.seen:
+        assert headers["Authorization"] == "Bearer k3y" and headers["User-Agent"].startswith("python-requests/")
+    assert form[2]["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert b'name="model"\r\n\r\nm\r\n' in form[3] and b'filename="q.wav"' in form[3] and b"RIFFdata" in form[3]
+    assert js[2]["Content-Type"] == "application/json" and json.loads(js[3]) == {"input": "hi", "speed": 1.5}
+    assert raw[2]["Content-Type"] == "text/plain" and raw[3] == b"plain words"
+
+
+def test_a_proxy_in_the_environment_is_used_and_no_proxy_honoured(recorder, monkeypatch):
+    from host.http import Http
+    proxy, target = recorder(), recorder()
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.setenv("no_proxy", "")
+    Http("llm", "openai", "http://gpu-box.invalid:8080").request("GET", "/health")
+    assert proxy.seen[0][1] == "http://gpu-box.invalid:8080/health", "sent to the proxy with the whole address"
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    Http("llm", "openai", target.url).request("GET", "/health")
+    assert target.seen[0][1] == "/health" and len(proxy.seen) == 1
+
+
+def test_a_redirect_is_named_with_where_it_points(recorder):
+    from host.http import Http
+    srv = recorder(lambda h: (308, {"Location": "https://gpu-box:8443/v1/chat/completions"}, b""))
+    with pytest.raises(BackendError) as e:
+        Http("llm", "openai", srv.url).request("POST", "/v1/chat/completions", json={})
+    assert "https://gpu-box:8443/v1/chat/completions" in str(e.value) and "[llm.openai] url" in str(e.value)
+    assert len(srv.seen) == 1, "not sent on"
