@@ -360,6 +360,20 @@ def test_fake_delay_per_unit_and_warmup(fake):
     assert 0.2 + 0.1 * audio_s <= t2 - t1 < 0.7
 
 
+def test_a_fake_answers_a_kept_alive_client_when_its_wait_is_over(fake):
+    """Its headers and body go out together: a client on a kept-alive connection acknowledges
+    late, and a body held back for that acknowledgement came ~40 ms after the modelled wait."""
+    srv = fake(WhisperCppFake)
+    stt = make("stt", "whisper.cpp", srv.url)
+    stt.transcribe(QUESTION, 16000)
+    took = []
+    for _ in range(9):
+        t0 = time.monotonic()
+        stt.transcribe(QUESTION, 16000)
+        took.append(time.monotonic() - t0)
+    assert sorted(took)[4] < 0.025, f"median {sorted(took)[4] * 1000:.0f} ms for an answer modelled at 0 ms"
+
+
 # --- building from host.toml ------------------------------------------------------------------
 
 def test_shipped_examples_build(tmp_path):
