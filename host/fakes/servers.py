@@ -14,11 +14,11 @@ import struct
 import time
 import uuid
 
-from skull.core.wav import read_wav, to_pcm16, wav_bytes
+from skull.core.wav import read_wav, wav_bytes
 from skull.core.errors import AudioFormatError
 
 from .core import Crash, FakeServer, Handler, Knobs
-from .speech import speechlike
+from .speech import speechlike, speechlike_pcm16
 
 DEFAULT_TRANSCRIPT = "what do you think of my costume"
 DEFAULT_REPLY = ("Ooh, spooky! You asked me: {heard}. I would think harder, but my brain "
@@ -226,10 +226,9 @@ class OpenAIAudioFake(FakeServer):
         if not text:
             return self._detail(h, 400, "validation_error", "Text is empty after preprocessing")
         rate = int(body.get("sample_rate") or self.rate) if self.flavor == "speaches" else self.rate
-        samples = speechlike(text, rate, speed)
+        pcm = speechlike_pcm16(text, rate, speed)
         outcome = self.roll()
-        self.work(len(text) if self.unit == "char" else len(samples) / rate, h.t0)
-        pcm = to_pcm16(samples)
+        self.work(len(text) if self.unit == "char" else len(pcm) / 2 / rate, h.t0)
         stream = body.get("stream", True) if self.flavor == "kokoro" else True
         if fmt == "wav":
             data = _wav_header(rate, 0 if stream else len(pcm)) + pcm

@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from skull.core.wav import to_pcm16
+
 SYLLABLE_S = (0.11, 0.20)
 SYLLABLE_GAP_S = 0.035
 WORD_GAP_S = 0.09
@@ -23,6 +25,13 @@ SENTENCE_GAP_S = 0.25
 def speechlike(text: str, rate: int = 24000, speed: float = 1.0) -> np.ndarray:
     """Mono float32 audio in -1..1 that sounds (to a loudness meter) like ``text`` being said."""
     return _made(text, rate, speed).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def speechlike_pcm16(text: str, rate: int = 24000, speed: float = 1.0) -> bytes:
+    """``speechlike`` as 16-bit PCM, made once per text: converting a sentence's samples for every
+    request was most of a fake voice's CPU (1.5 of 3 ms for a 6 s sentence)."""
+    return to_pcm16(_made(text, rate, speed))
 
 
 @functools.lru_cache(maxsize=32)
