@@ -20,15 +20,20 @@ import abc
 import contextlib
 import json
 import random
+import re
 import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from email.parser import HeaderParser
-from email.policy import compat32
+import http.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^\s;]+))', re.I)
+"""a multipart body's boundary in its Content-Type, quoted or not"""
+_PARAM = re.compile(r';\s*([\w*-]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s;]*))')
+"""a Content-Disposition parameter (name="file"; filename=q.wav): its name, quoted value, bare value"""
 
 
 @dataclass
@@ -51,8 +56,19 @@ class Crash(Exception):
     """Raised inside a handler to drop the connection at once."""
 
 
+class _Headers(http.client.HTTPMessage):
+    """A request's headers. The standard library parses them as a whole email message, and for a
+    multipart request it then looks for parts in the (absent) body, compiling a pattern for that
+    request's new boundary: ~0.4 ms of a fake's CPU for every upload. The fake reads the parts
+    itself (Handler.multipart)."""
+
+    def get_content_maintype(self):
+        return "text"
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    MessageClass = _Headers
     disable_nagle_algorithm = True
     """TCP_NODELAY, as real servers set it (uvicorn, llama.cpp's): an answer goes out as its headers
     and then its body, and with Nagle's algorithm the body waited for the client to acknowledge
@@ -154,27 +170,32 @@ class Handler(BaseHTTPRequestHandler):
     def multipart(self) -> dict:
         """Parts of a multipart/form-data body: name -> (bytes, filename, content type).
 
-        The body is cut at its delimiters (CRLF, ``--``, the boundary) and only each part's few
-        header lines go through the email parser: parsing a whole 64 KB upload with it took 5 ms
-        of CPU, so a crowd's 64 questions at once queued on the fake itself (a real server parses
-        them in C)."""
-        ctype = self.headers.get("Content-Type", "")
-        if not ctype.startswith("multipart/form-data"):
+        The body is cut at its delimiters (CRLF, ``--``, the boundary) and each part's few header
+        lines are read with two patterns. Python's email parser cost 5 ms of CPU for a whole 64 KB
+        upload, and ~1 ms even on the part headers alone (it compiled a pattern for every new
+        boundary): a crowd's 64 questions at once queued on the fake itself, where a real server
+        parses them in C in microseconds."""
+        m = _BOUNDARY.search(self.headers.get("Content-Type", ""))
+        if not m or not self.headers.get("Content-Type", "").lower().startswith("multipart/form-data"):
             return {}
-        boundary = HeaderParser(policy=compat32).parsestr(f"Content-Type: {ctype}\r\n\r\n").get_boundary()
-        if not boundary:
-            return {}
+        boundary = (m.group(1) or m.group(2)).encode("latin-1")
         parts = {}
-        for chunk in (b"\r\n" + self.body).split(b"\r\n--" + boundary.encode("latin-1"))[1:]:
+        for chunk in (b"\r\n" + self.body).split(b"\r\n--" + boundary)[1:]:
             if chunk.startswith(b"--"):  # the closing delimiter
                 break
             head, blank, data = chunk.partition(b"\r\n\r\n")
             if not blank:
                 continue
-            part = HeaderParser(policy=compat32).parsestr(head.decode("utf-8", "replace").lstrip("\r\n") + "\r\n\r\n")
-            name = part.get_param("name", header="content-disposition")
+            fields = {}
+            for line in head.decode("utf-8", "replace").split("\r\n"):
+                key, colon, value = line.partition(":")
+                if colon:
+                    fields[key.strip().lower()] = value.strip()
+            params = {k.lower(): quoted or bare for k, quoted, bare in _PARAM.findall(fields.get("content-disposition", ""))}
+            name = params.get("name")
             if name:
-                parts[name] = (data, part.get_filename(), part.get_content_type())
+                kind = fields.get("content-type", "text/plain").split(";")[0].strip().lower() or "text/plain"
+                parts[name] = (data, params.get("filename"), kind)
         return parts
 
 
