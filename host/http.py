@@ -9,6 +9,7 @@ the server and what to do, marked retryable when asking again could help.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import json
@@ -127,15 +128,16 @@ def _pool_of(adapter: requests.adapters.HTTPAdapter, first: requests.PreparedReq
 
 
 def _body(json_, data, files) -> tuple:
-    """(body, Content-Type) encoded as requests encodes them."""
+    """(body, Content-Type) encoded as requests encodes them: ``files`` multipart with ``data``'s
+    fields, else ``data`` (a form, or bytes as they are), else ``json``."""
     if files:
         fields = list((data or {}).items()) + list(files.items())
         return urllib3.encode_multipart_formdata(fields)
-    if json_ is not None:
+    if not data and json_ is not None:
         return json.dumps(json_, allow_nan=False).encode(), "application/json"
     if isinstance(data, dict):
-        return urlencode(list(data.items()), doseq=True), "application/x-www-form-urlencoded"
-    return data, None
+        return (urlencode(list(data.items()), doseq=True), "application/x-www-form-urlencoded") if data else (None, None)
+    return data or None, None
 
 
 def _as_requests(exc: Exception) -> requests.exceptions.RequestException:
@@ -195,13 +197,20 @@ class Server:
         settings = self.session.merge_environment_settings(url, {}, None, None, None)
         self.session.trust_env = False
         self.session.proxies, self.session.verify = settings["proxies"], settings["verify"]
-        first = requests.Request("GET", url).prepare()
+        first = requests.Request("GET", url).prepare()  # an address it cannot use raises here, at start
         proxies = requests.utils.select_proxy(url, self.session.proxies) and self.session.proxies
         self.pool = _pool_of(adapter, first, self.session.verify, proxies)
         """the connection pool every request to this server goes through (the proxy's, when one applies)"""
-        self._prefix = url if adapter.request_url(first, proxies or {}) == first.url else urlsplit(url).path
+        adapter.cert_verify(self.pool, url, self.session.verify, None)  # the CA bundle (certifi's, or the environment's)
+        plain = requests.utils.urldefragauth(url)
+        proxied = adapter.request_url(first, proxies or {}) == requests.utils.urldefragauth(first.url)
+        self._prefix = plain if proxied else urlsplit(url).path
         """what comes before a request's path: the whole address through an HTTP proxy, else the
         address's own path ('' or a prefix such as /whisper)"""
+        user, password = requests.utils.get_auth_from_url(url)
+        self._auth = ({"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode("latin1")).decode()}
+                      if user or password else {})
+        """HTTP basic authentication from a ``user:password@`` in the address, as requests sends it"""
         self.refusals = Refusals()
         self.busy = 0
         """requests it is answering now (a streamed reply counts until its stream is closed)"""
@@ -219,8 +228,12 @@ class Server:
         raised as requests' exceptions, the answer a ``requests.Response``; read whole unless
         ``stream``."""
         target = self._prefix + path + (("&" if "?" in path else "?") + urlencode(params) if params else "")
-        body, kind = _body(json, data, files)
+        try:
+            body, kind = _body(json, data, files)
+        except (TypeError, ValueError) as exc:  # as requests refuses them (not JSON, a field it cannot send)
+            raise requests.exceptions.InvalidJSONError(f"the request's body cannot be sent: {exc}") from None
         sent = requests.structures.CaseInsensitiveDict(_HEADERS)
+        sent.update(self._auth)
         if kind:
             sent["Content-Type"] = kind
         sent.update(headers)
@@ -230,6 +243,8 @@ class Server:
                                     timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
         except (u3.HTTPError, OSError) as exc:
             raise _as_requests(exc) from None
+        except ValueError as exc:  # a header value with a line break in it (an api_key pasted with its newline)
+            raise requests.exceptions.InvalidHeader(f"a header cannot be sent: {exc}") from None
         resp = requests.Response()
         resp.status_code, resp.reason, resp.raw, resp.url = raw.status, raw.reason, raw, self.url + path
         resp.headers = requests.structures.CaseInsensitiveDict(raw.headers)
@@ -270,7 +285,10 @@ class Http:
             if not isinstance(u, str) or not re.match(r"https?://", u):
                 raise BackendError(stage, f"{_table(stage, server)} url = {u!r} must start with http:// or https://")
         self.stage, self.server = stage, server
-        self.servers = [Server(u.rstrip("/")) for u in urls]
+        try:
+            self.servers = [Server(u.rstrip("/")) for u in urls]
+        except requests.exceptions.RequestException as exc:  # e.g. http://gpu:80a, a space in the name
+            raise BackendError(stage, f"{_table(stage, server)} url: {exc}; write it as http://host:port") from None
         self.url = self.servers[0].url
         """the (first) server's address"""
         self.table = _table(stage, server)

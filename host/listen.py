@@ -18,6 +18,7 @@ wasted second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -155,10 +156,12 @@ class Listener:
 
     def _close(self, tell: "_Tell") -> None:
         self._closed = True
-        if self._model is not None:
-            _give_back(self._model)
-            self._model = None
-        tell.add(self.loop, self._finished)
+        try:
+            if self._model is not None:
+                model, self._model = self._model, None
+                _give_back(model)
+        finally:  # whoever awaits finish() is told, whatever happened to the model
+            tell.add(self.loop, self._finished)
 
     def _finished(self) -> None:
         if not self._done.done():
@@ -252,8 +255,10 @@ class _Hub:
                 for listener, _ in items:
                     if not listener._closed:
                         listener._failed(exc)
-                        listener._close(tell)
-            tell.send()
+                        with contextlib.suppress(Exception):
+                            listener._close(tell)
+            finally:
+                tell.send()
 
     @staticmethod
     def _round(items, tell: _Tell) -> None:

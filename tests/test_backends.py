@@ -571,6 +571,17 @@ def test_a_proxy_in_the_environment_is_used_and_no_proxy_honoured(recorder, monk
     assert target.seen[0][1] == "/health" and len(proxy.seen) == 1
 
 
+def test_a_user_and_password_in_the_address_are_sent_and_a_bad_address_is_named(recorder):
+    from host.http import Http
+    srv = recorder()
+    Http("stt", "openai", srv.url.replace("http://", "http://skull:b00@") + "/whisper").request("GET", "/health")
+    assert srv.seen[0][1] == "/whisper/health"
+    assert srv.seen[0][2]["Authorization"] == "Basic " + base64.b64encode(b"skull:b00").decode()
+    with pytest.raises(ConfigError) as e:
+        make("stt", "whisper.cpp", "http://gpu-box:80a")
+    assert "[stt.\"whisper.cpp\"] url" in str(e.value) and "gpu-box:80a" in str(e.value)
+
+
 def test_a_redirect_is_named_with_where_it_points(recorder):
     from host.http import Http
     srv = recorder(lambda h: (308, {"Location": "https://gpu-box:8443/v1/chat/completions"}, b""))

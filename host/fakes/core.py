@@ -30,7 +30,7 @@ import http.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^\s;]+))', re.I)
+_BOUNDARY = re.compile(r'(?:^|;)\s*boundary=(?:"([^"]+)"|([^\s;]+))', re.I)
 """a multipart body's boundary in its Content-Type, quoted or not"""
 _PARAM = re.compile(r';\s*([\w*-]+)=(?:"((?:[^"\\]|\\.)*)"|([^\s;]*))')
 """a Content-Disposition parameter (name="file"; filename=q.wav): its name, quoted value, bare value"""
