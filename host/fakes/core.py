@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import http.client
 import json
 import random
 import re
@@ -26,7 +27,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-import http.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
