@@ -327,13 +327,14 @@ def _malloc_trim():
 _MALLOC_TRIM = _malloc_trim()
 
 
-def _collect_and_trim() -> None:
-    """Free what a crowd's turns left in reference cycles, then give the freed memory back. The
-    cycles first: Python frees them only at its next full collection, and until then their
-    blocks keep the heap from shrinking. Crowds of 64 in a row (bench/scale.py) left the host at
+def _collect_and_trim(collect: bool) -> None:
+    """Free what a crowd's turns left in reference cycles (``collect``), then give the freed
+    memory back. The cycles first: Python frees them only at its next full collection, and until
+    then their blocks keep the heap from shrinking. Crowds of 64 in a row (bench/scale.py) left the host at
     151, 244, 226, 227, 227, 227 MB with the trim alone (one skull: 119); collected first, at 149,
     153, 154, 155 MB, and 149, 152, 154 in another run."""
-    gc.collect()
+    if collect:
+        gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
@@ -450,6 +451,8 @@ class Host:
         self.faults = FaultLog(log, "; the host goes on")
         self.peer_failure = PeerLog(log, s.log_failures_per_min)
         self._answering = 0
+        self._most_at_once = 0
+        """the most turns answered at once since the memory was last given back"""
         """turns holding a place now"""
         self._turns = asyncio.Semaphore(s.max_turns)
         """admission: turns answered at once; waiters are served first come, first served"""
@@ -485,6 +488,7 @@ class Host:
                 notice.cancel()
             raise
         self._answering += 1
+        self._most_at_once = max(self._most_at_once, self._answering)
         if notice is not None:  # done.timings_ms names the wait
             turn._emit(ev.StageFinished, stage="queued", ms=round((time.monotonic() - asked) * 1000, 1))
         try:
@@ -507,8 +511,9 @@ class Host:
         hand the memory its turns freed back to the system (glibc keeps freed memory in each thread's arena; without this a burst of 64 turns
         leaves the host three times its size for good). On a worker: it takes a few ms."""
         let_go(keep=1)  # the voice activity models a crowd needed, but one
-        if self.executor is not None:
-            self.executor.submit(_collect_and_trim)
+        crowd, self._most_at_once = self._most_at_once > 1, 0
+        if self.executor is not None:  # one skull's turns leave little: no full collection (~16 ms) after each
+            self.executor.submit(_collect_and_trim, crowd)
 
     @property
     def port(self) -> int:

@@ -268,9 +268,9 @@ def test_a_press_while_the_skull_thinks_interrupts_and_starts_a_new_turn(workloa
             s.pin.drive_high()
             await wait_for(lambda: s.agent.state is State.THINKING, 10)
             s.agent.turn_ended.clear()
+            spoken.clear()  # before the press: the new turn's half-second question plays in ~60 ms
             s.pin.drive_low()  # the visitor presses again before the answer
             await wait_for(lambda: s.agent.machine.turn == 2, 10)
-            spoken.clear()
             s.agent.turn_ended.clear()
             await asyncio.wait_for(spoken.wait(), 30)  # the mic file plays again for the new turn
             s.pin.drive_high()
