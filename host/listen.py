@@ -206,10 +206,8 @@ class _Tell:
     def send(self) -> None:
         calls, self.calls = self.calls, {}
         for loop, todo in calls.items():
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_run_all, todo)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
 
 
 def _run_all(todo: list) -> None:
