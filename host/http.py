@@ -243,8 +243,9 @@ class Server:
                                     timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
         except (u3.HTTPError, OSError) as exc:
             raise _as_requests(exc) from None
-        except ValueError as exc:  # a header value with a line break in it (an api_key pasted with its newline)
-            raise requests.exceptions.InvalidHeader(f"a header cannot be sent: {exc}") from None
+        except ValueError:  # a header value with a line break in it (an api_key pasted with its newline)
+            raise requests.exceptions.InvalidHeader("a header cannot be sent: a value has a line break in it; "
+                                                    "check api_key in host.toml") from None  # not the key itself
         resp = requests.Response()
         resp.status_code, resp.reason, resp.raw, resp.url = raw.status, raw.reason, raw, self.url + path
         resp.headers = requests.structures.CaseInsensitiveDict(raw.headers)
