@@ -283,7 +283,10 @@ class Turn:
     async def _blocking(self, stage: str, timeout_s: float, fn, *args):
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self.executor, fn, *args), timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel that arrives
+            # as the call finishes (CPython gh-86296), and an abandoned turn would go on speaking
+            async with asyncio.timeout(timeout_s):
+                return await loop.run_in_executor(self.executor, fn, *args)
         except (asyncio.TimeoutError, BackendError):
             raise
         except Exception as exc:  # a backend library failing in any way is a stage failure
@@ -621,26 +624,47 @@ class Voice:
     def __init__(self, turn: Turn):
         self.turn = turn
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.closed: ConnectionClosed | None = None
+        """the skull went away while a sentence was on its way"""
+        self._given_up = False
         self.task = asyncio.create_task(self._work(), name=f"voice-{turn.turn}")
+        self.task.add_done_callback(self._ended)
 
     def say(self, sentence: str) -> None:
         self.queue.put_nowait(sentence)
 
     async def drain(self) -> None:
-        """Wait until every sentence said so far was spoken (or failed); raises what the voice
-        task raised, if anything unexpected."""
+        """Wait until every sentence said so far was spoken (or failed); raises
+        ConnectionClosed when the skull went away meanwhile, and what the voice task raised,
+        if anything unexpected."""
         self.queue.put_nowait(None)
         await self.task
+        if self.closed is not None:
+            raise self.closed
 
     def cancel(self) -> None:
         if not self.task.done():
+            self._given_up = True
             self.task.cancel()
-        elif not self.task.cancelled():
-            self.task.exception()  # a fault here surfaced (or will) through the turn itself
 
     async def _work(self) -> None:
-        while (sentence := await self.queue.get()) is not None:
-            await self.turn.speak(sentence)
+        try:
+            while (sentence := await self.queue.get()) is not None:
+                await self.turn.speak(sentence)
+        except ConnectionClosed as exc:  # nothing more reaches this skull; drain() tells the turn
+            self.closed = exc
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """Whatever the task ended with is taken here, so it is never left unretrieved: a
+        fault after the turn gave up on its voice (a cancel lost on the way, as
+        asyncio.wait_for loses one on Python 3.11) is logged; before that, drain() raises it
+        into the turn."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._given_up:
+            log.error("%s: turn %d: the voice failed after the turn ended: %s: %s", self.turn.skull, self.turn.turn,
+                      type(exc).__name__, exc, exc_info=exc)
 
 
 def _pump(writer: ReplyWriter, ctx: ReplyContext, cancel: threading.Event, loop, pieces: asyncio.Queue) -> None:

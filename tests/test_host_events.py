@@ -476,3 +476,101 @@ def test_hostile_frames_are_answered_and_the_next_turn_goes_on(host_config, back
     error, answer = asyncio.run(go())
     assert isinstance(error, p.Error) and error.code in (p.E_BAD_JSON, p.E_BAD_FIELD) and error.message
     assert answered(answer) and not answer.errors
+
+
+# --- a skull that goes away mid-reply ---------------------------------------------------------
+
+def test_a_skull_that_goes_away_mid_reply_ends_its_turn_quietly(host_config, backends, caplog):
+    """The skull closes its connection as the first sentence arrives: the host ends that turn
+    with one info line (no error, no traceback, no task left with an unread exception) and
+    the next skull is answered."""
+    import gc
+
+    def ended_quietly(r):
+        return r.levelno == logging.INFO and r.getMessage() in ("leaver: connection closed during turn 1",
+                                                                "leaver: turn 1 abandoned")
+
+    async def go():
+        host = await _host(host_config, backends)
+        try:
+            client = await Client.connect(host.port, name="leaver")
+            await client.send(p.Listen(1))
+            await client.send(p.Image(1, "jpeg", len(SNAPSHOT)), SNAPSHOT)
+            await client.send(p.AudioStart(1, 16000, 2, 1))
+            for i in range(0, len(QUESTION), 3200):
+                await client.ws.send(QUESTION[i:i + 3200])
+            await client.send(p.Stop(1))
+            while not isinstance((await client.recv())[0], p.Speech):
+                pass
+            await client.ws.close()
+            # gone at once, the rest of the reply still to come: the turn ends on its next send
+            for _ in range(200):
+                if any(ended_quietly(r) for r in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            gc.collect()  # a task that ended with an unread exception is reported when collected
+            await asyncio.sleep(0)
+            other = await Client.connect(host.port, name="stayer")
+            answer = await other.ask(1)
+            await other.ws.close()
+        finally:
+            await host.stop()
+        return answer
+
+    with caplog.at_level(logging.INFO):
+        answer = asyncio.run(go())
+    assert answered(answer)
+    assert any(ended_quietly(r) for r in caplog.records)
+    loud = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not loud, [r.getMessage() for r in loud]
+
+
+def test_a_voice_whose_send_turns_a_cancel_into_a_closed_connection_leaves_nothing_unread(caplog):
+    """The turn gives up on its voice while a sentence is being sent, and the send path answers
+    the cancel with ConnectionClosed instead (a close racing the cancel): that exception is
+    taken, not left for asyncio to report as 'never retrieved' with a traceback. A voice whose
+    skull went away tells the turn through drain()."""
+    import gc
+    from websockets.exceptions import ConnectionClosedOK
+    from websockets.frames import Close
+
+    from host.turn import Voice
+
+    class Speaker:
+        skull, turn = "s", 1
+
+        def __init__(self, sending: asyncio.Event, *, at_once: bool = False):
+            self.sending, self.at_once = sending, at_once
+
+        async def speak(self, sentence):
+            self.sending.set()
+            if self.at_once:
+                raise ConnectionClosedOK(Close(1000, "bye"), Close(1000, "bye"), True)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                raise ConnectionClosedOK(Close(1000, "bye"), Close(1000, "bye"), True) from None
+
+    async def go():
+        reported = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        sending = asyncio.Event()
+        voice = Voice(Speaker(sending))
+        voice.say("Hello there.")
+        await sending.wait()
+        voice.cancel()
+        await asyncio.sleep(0.05)
+        del voice
+        gc.collect()
+        await asyncio.sleep(0)
+        gone = asyncio.Event()
+        voice = Voice(Speaker(gone, at_once=True))
+        voice.say("Hello there.")
+        with pytest.raises(ConnectionClosed):
+            await voice.drain()
+        return reported
+
+    with caplog.at_level(logging.INFO):
+        reported = asyncio.run(go())
+    assert not [c.get("message") for c in reported]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
