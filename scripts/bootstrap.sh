@@ -34,6 +34,15 @@ fi
 
 if [ "${1:-}" = "--system-only" ]; then exit 0; fi
 
+# the configuration is read with tomllib and the host's deadlines are asyncio.timeout: 3.11 on
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "bootstrap: the talking skull needs Python 3.11 or newer, and $PYTHON is" \
+         "$("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo 'not there')" \
+         "(Debian 12, Raspberry Pi OS Bookworm and Ubuntu 24.04 have 3.11 or newer): install one and run" \
+         "PYTHON=python3.11 make ..." >&2
+    exit 1
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV"
     "$PYTHON" -m venv "$VENV"

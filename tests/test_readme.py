@@ -416,3 +416,22 @@ def test_skull_run_names_the_profile_in_use(tmp_path):
             skull.stop()
         lines = skull.text.splitlines()
         assert line in lines and lines.index(line) == lines.index(f"config: {config} (--config)") + 1, skull.text
+
+
+def test_the_bootstrap_refuses_a_python_older_than_3_11_and_says_which_to_install(tmp_path):
+    """A machine whose python3 is 3.10 (Ubuntu 22.04) is told so before anything is made: the
+    project reads its configuration with tomllib, which 3.10 does not have."""
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/bash\n"
+                   "if [ \"$1\" = -c ]; then case \"$2\" in *version_info*) exit 1;; *python_version*) echo 3.10.12;"
+                   " exit 0;; esac; fi\n"
+                   f"exec {_venv() / 'bin' / 'python'} \"$@\"\n")
+    old.chmod(0o755)
+    venv = tmp_path / "venv"
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "bootstrap.sh")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHON": str(old), "VENV": str(venv)}, timeout=120)
+    assert run.returncode == 1
+    assert "needs Python 3.11 or newer" in run.stderr and "3.10.12" in run.stderr and "PYTHON=python3.11" in run.stderr
+    assert not venv.exists()
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["requires-python"] == ">=3.11"
