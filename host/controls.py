@@ -64,8 +64,8 @@ async def _say(host, session, text: str) -> str:
     timeout_s = host.config.tts.timeout_s
     loop = asyncio.get_running_loop()
     try:
-        speech = await asyncio.wait_for(loop.run_in_executor(host.executor, host.backends.tts.synthesize, words),
-                                        timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: see host/turn.py _blocking
+            speech = await loop.run_in_executor(host.executor, host.backends.tts.synthesize, words)
     except asyncio.TimeoutError:
         raise BackendError("tts", f"the voice gave no answer within {timeout_s:g} s ([tts] timeout_s)") from None
     samples, rate = speech.samples, speech.rate

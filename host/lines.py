@@ -93,8 +93,8 @@ class LineBook:
             for attempt in range(1, LINE_ATTEMPTS + 1):
                 left = lines.timeout_s - (time.monotonic() - t0)
                 try:
-                    speech = await asyncio.wait_for(loop.run_in_executor(executor, self.backends.tts.synthesize,
-                                                                         speakable(text)), max(0.01, left))
+                    async with asyncio.timeout(max(0.01, left)):  # not wait_for: see turn.py _blocking
+                        speech = await loop.run_in_executor(executor, self.backends.tts.synthesize, speakable(text))
                     break
                 except asyncio.TimeoutError:
                     raise BackendError("tts", f"the {kind} lines took longer than [lines] timeout_s = "

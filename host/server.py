@@ -647,7 +647,8 @@ class Host:
         s = self.config.server
         peer = ws.remote_address[0] if ws.remote_address else "?"
         try:
-            first = await asyncio.wait_for(ws.recv(), s.hello_timeout_s)
+            async with asyncio.timeout(s.hello_timeout_s):  # not wait_for: see host/turn.py _blocking
+                first = await ws.recv()
         except asyncio.TimeoutError:
             await _refuse(ws, p.CLOSE_HELLO_TIMEOUT, f"no hello within {s.hello_timeout_s:g} s")
             return None

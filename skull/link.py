@@ -227,7 +227,8 @@ class Link:
         await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, c.name, c.token, self.play_rate, self.jaw_shape,
                                             self.lines, controls=True))[0])
         try:
-            first = await asyncio.wait_for(ws.recv(), 10)
+            async with asyncio.timeout(10):  # not wait_for, which can lose a cancel on Python 3.11
+                first = await ws.recv()
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else None
             if code in FATAL_CLOSE_CODES:
