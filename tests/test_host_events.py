@@ -5,6 +5,7 @@ a fault inside a turn, a hostile frame) stops the host."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -574,3 +575,40 @@ def test_a_voice_whose_send_turns_a_cancel_into_a_closed_connection_leaves_nothi
         reported = asyncio.run(go())
     assert not [c.get("message") for c in reported]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_backend_call_that_finishes_as_its_turn_is_cancelled_is_cancelled():
+    """The turn is cancelled in the same moment its backend call finishes: the cancel wins, so
+    an abandoned turn goes no further (asyncio.wait_for on Python 3.11 returned the result
+    instead and the turn went on speaking)."""
+    import concurrent.futures
+    import types
+
+    from host.turn import Turn
+
+    class Held(concurrent.futures.Executor):
+        def __init__(self):
+            self.future = concurrent.futures.Future()
+
+        def submit(self, fn, *args, **kwargs):
+            return self.future
+
+    async def go():
+        held = Held()
+        owner = types.SimpleNamespace(executor=held)
+        went_on = []
+
+        async def turn():
+            went_on.append(await Turn._blocking(owner, "tts", 5.0, print))
+
+        task = asyncio.create_task(turn())
+        await asyncio.sleep(0.01)  # the call is under way
+        loop = asyncio.get_running_loop()
+        held.future.set_result("speech")  # its result reaches the loop on the next pass...
+        loop.call_soon(task.cancel)  # ...and the cancel right after it, before the turn wakes
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return task.cancelled(), went_on
+
+    cancelled, went_on = asyncio.run(go())
+    assert cancelled and went_on == []
