@@ -497,8 +497,9 @@ class Host:
                     await notice
                 else:
                     notice.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await notice
+                    # waited for, not awaited: the notice's own CancelledError stays in it, and a
+                    # cancel of this turn (suppressing it would swallow that too) goes through
+                    await asyncio.wait({notice})
             yield
         finally:
             self._turns.release()

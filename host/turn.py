@@ -627,6 +627,7 @@ class Voice:
         self.closed: ConnectionClosed | None = None
         """the skull went away while a sentence was on its way"""
         self._given_up = False
+        self._drained = False
         self.task = asyncio.create_task(self._work(), name=f"voice-{turn.turn}")
         self.task.add_done_callback(self._ended)
 
@@ -638,7 +639,14 @@ class Voice:
         ConnectionClosed when the skull went away meanwhile, and what the voice task raised,
         if anything unexpected."""
         self.queue.put_nowait(None)
-        await self.task
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            raise  # the turn's own cancel, or the voice's: cancel() still tells a fault nobody saw
+        except BaseException:
+            self._drained = True  # the fault goes up through the turn
+            raise
+        self._drained = True
         if self.closed is not None:
             raise self.closed
 
@@ -646,6 +654,9 @@ class Voice:
         if not self.task.done():
             self._given_up = True
             self.task.cancel()
+        elif not self._drained and not self.task.cancelled() and self.task.exception() is not None:
+            self._drained = True  # told once
+            self._fault(self.task.exception())  # the turn ended another way: nothing raised it
 
     async def _work(self) -> None:
         try:
@@ -655,16 +666,19 @@ class Voice:
             self.closed = exc
 
     def _ended(self, task: asyncio.Task) -> None:
-        """Whatever the task ended with is taken here, so it is never left unretrieved: a
-        fault after the turn gave up on its voice (a cancel lost on the way, as
-        asyncio.wait_for loses one on Python 3.11) is logged; before that, drain() raises it
-        into the turn."""
+        """Whatever the task ended with is taken here, so it is never left unretrieved. A fault
+        is raised into the turn by drain(); one that came after the turn gave up on its voice
+        (a cancel lost on the way, as asyncio.wait_for loses one on Python 3.11) is logged
+        here, and one the turn never drained is logged by cancel()."""
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None and self._given_up:
-            log.error("%s: turn %d: the voice failed after the turn ended: %s: %s", self.turn.skull, self.turn.turn,
-                      type(exc).__name__, exc, exc_info=exc)
+            self._fault(exc)
+
+    def _fault(self, exc: BaseException) -> None:
+        log.error("%s: turn %d: the voice failed and the turn had ended without it: %s: %s", self.turn.skull,
+                  self.turn.turn, type(exc).__name__, exc, exc_info=exc)
 
 
 def _pump(writer: ReplyWriter, ctx: ReplyContext, cancel: threading.Event, loop, pieces: asyncio.Queue) -> None:

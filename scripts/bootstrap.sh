@@ -6,6 +6,26 @@ set -euo pipefail
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
+# the configuration is read with tomllib and the host's deadlines are asyncio.timeout: 3.11 on;
+# said before anything is installed or made
+too_old() { ! "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+version_of() { "$1" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "not there"; }
+refuse_old_python() {
+    echo "bootstrap: the talking skull needs Python 3.11 or newer, and $PYTHON is $(version_of "$PYTHON")" \
+         "(Debian 12, Raspberry Pi OS Bookworm and Ubuntu 24.04 have 3.11 or newer): install python3.11 and" \
+         "python3.11-venv and run PYTHON=python3.11 make ..." >&2
+    exit 1
+}
+# (a machine with no python3 at all gets it with python3-venv below, and is checked after that)
+if [ "${1:-}" != "--system-only" ] && command -v "$PYTHON" >/dev/null 2>&1 && too_old "$PYTHON"; then
+    refuse_old_python
+fi
+if [ "${1:-}" != "--system-only" ] && [ -x "$VENV/bin/python" ] && too_old "$VENV/bin/python"; then
+    echo "bootstrap: $VENV was made with Python $(version_of "$VENV/bin/python"); the talking skull needs 3.11 or" \
+         "newer: remove it (rm -rf $VENV) and run this again" >&2
+    exit 1
+fi
+
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
@@ -22,7 +42,10 @@ command -v sox >/dev/null 2>&1 || need+=(sox)  # tests/test_ears.py resamples a 
 # tests/test_dashboard.py opens the operator's dashboard in headless Chromium through its WebDriver
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
-"$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# the venv package of that very Python (Ubuntu's python3.11 has its own, python3.11-venv)
+"$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 ||
+    need+=("$("$PYTHON" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}-venv")' \
+             2>/dev/null || echo python3-venv)")
 if [ ${#need[@]} -gt 0 ]; then
     echo "bootstrap: installing system packages: ${need[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
@@ -33,15 +56,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if [ "${1:-}" = "--system-only" ]; then exit 0; fi
+too_old "$PYTHON" && refuse_old_python
 
-# the configuration is read with tomllib and the host's deadlines are asyncio.timeout: 3.11 on
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    echo "bootstrap: the talking skull needs Python 3.11 or newer, and $PYTHON is" \
-         "$("$PYTHON" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo 'not there')" \
-         "(Debian 12, Raspberry Pi OS Bookworm and Ubuntu 24.04 have 3.11 or newer): install one and run" \
-         "PYTHON=python3.11 make ..." >&2
-    exit 1
-fi
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV"

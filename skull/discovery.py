@@ -79,7 +79,8 @@ async def browse(wait_s: float, host_name: str = "") -> FoundHost | None:
     try:
         while (left := deadline - loop.time()) > 0:
             try:
-                name = await asyncio.wait_for(seen.get(), left)
+                async with asyncio.timeout(left):  # not wait_for, which can lose a cancel on Python 3.11
+                    name = await seen.get()
             except asyncio.TimeoutError:
                 return None
             info = AsyncServiceInfo(p.DISCOVERY_SERVICE, name)
@@ -102,7 +103,8 @@ async def browse(wait_s: float, host_name: str = "") -> FoundHost | None:
 async def local_host_listens() -> bool:
     """True when something accepts connections at the default host address on this machine."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 8765), LOCAL_PROBE_S)
+        async with asyncio.timeout(LOCAL_PROBE_S):
+            _, writer = await asyncio.open_connection("127.0.0.1", 8765)
     except (OSError, asyncio.TimeoutError):
         return False
     writer.close()

@@ -419,8 +419,8 @@ def test_skull_run_names_the_profile_in_use(tmp_path):
 
 
 def test_the_bootstrap_refuses_a_python_older_than_3_11_and_says_which_to_install(tmp_path):
-    """A machine whose python3 is 3.10 (Ubuntu 22.04) is told so before anything is made: the
-    project reads its configuration with tomllib, which 3.10 does not have."""
+    """A machine whose python3 is 3.10 (Ubuntu 22.04) is told so before anything is installed or
+    made: the project reads its configuration with tomllib, which 3.10 does not have."""
     old = tmp_path / "python3.10"
     old.write_text("#!/bin/bash\n"
                    "if [ \"$1\" = -c ]; then case \"$2\" in *version_info*) exit 1;; *python_version*) echo 3.10.12;"
@@ -433,5 +433,12 @@ def test_the_bootstrap_refuses_a_python_older_than_3_11_and_says_which_to_instal
     assert run.returncode == 1
     assert "needs Python 3.11 or newer" in run.stderr and "3.10.12" in run.stderr and "PYTHON=python3.11" in run.stderr
     assert not venv.exists()
+    # a venv made earlier with that Python is named, with what to do, not reused
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(old)
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "bootstrap.sh")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHON": str(_venv() / "bin" / "python"), "VENV": str(venv)},
+                           timeout=120)
+    assert again.returncode == 1 and "made with Python 3.10.12" in again.stderr and f"rm -rf {venv}" in again.stderr
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["requires-python"] == ">=3.11"
