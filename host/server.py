@@ -451,9 +451,9 @@ class Host:
         self.faults = FaultLog(log, "; the host goes on")
         self.peer_failure = PeerLog(log, s.log_failures_per_min)
         self._answering = 0
+        """turns holding a place now"""
         self._most_at_once = 0
         """the most turns answered at once since the memory was last given back"""
-        """turns holding a place now"""
         self._turns = asyncio.Semaphore(s.max_turns)
         """admission: turns answered at once; waiters are served first come, first served"""
         self._replaced: dict[str, collections.deque] = {}

@@ -75,12 +75,7 @@ class Client:
         """One push-to-talk turn with the bundled question and snapshot; ``played_ms``: report
         first_audio back to the host, as a skull does once it starts playing."""
         answer = Answer()
-        await self.send(p.Listen(turn))
-        await self.send(p.Image(turn, "jpeg", len(SNAPSHOT)), SNAPSHOT)
-        await self.send(p.AudioStart(turn, 16000, 2, 1))
-        for i in range(0, len(QUESTION), 3200):
-            await self.ws.send(QUESTION[i:i + 3200])
-        await self.send(p.Stop(turn))
+        await self.put_question(turn)
         while answer.done is None:
             msg, payload = await self.recv()
             if isinstance(msg, p.Ack):
@@ -97,6 +92,15 @@ class Client:
         if played_ms is not None:
             await self.send(p.Played(turn, played_ms))
         return answer
+
+    async def put_question(self, turn: int) -> None:
+        """listen, the bundled snapshot, the bundled question's audio, stop."""
+        await self.send(p.Listen(turn))
+        await self.send(p.Image(turn, "jpeg", len(SNAPSHOT)), SNAPSHOT)
+        await self.send(p.AudioStart(turn, 16000, 2, 1))
+        for i in range(0, len(QUESTION), 3200):
+            await self.ws.send(QUESTION[i:i + 3200])
+        await self.send(p.Stop(turn))
 
     async def barrier(self) -> None:
         """Returns once the host has handled every frame sent before (frames are handled in order)."""
@@ -496,14 +500,10 @@ def test_a_skull_that_goes_away_mid_reply_ends_its_turn_quietly(host_config, bac
         host = await _host(host_config, backends)
         try:
             client = await Client.connect(host.port, name="leaver")
-            await client.send(p.Listen(1))
-            await client.send(p.Image(1, "jpeg", len(SNAPSHOT)), SNAPSHOT)
-            await client.send(p.AudioStart(1, 16000, 2, 1))
-            for i in range(0, len(QUESTION), 3200):
-                await client.ws.send(QUESTION[i:i + 3200])
-            await client.send(p.Stop(1))
-            while not isinstance((await client.recv())[0], p.Speech):
-                pass
+            await client.put_question(1)
+            first = None
+            while not isinstance(first, p.Speech):
+                first, _ = await client.recv()
             await client.ws.close()
             # gone at once, the rest of the reply still to come: the turn ends on its next send
             for _ in range(200):
