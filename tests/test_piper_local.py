@@ -204,14 +204,20 @@ def test_the_packaged_voice_speaks_words_moonshine_hears(voice, ears):
 
 
 @needs_voice
-def test_speed_one_and_a_half_speaks_in_about_two_thirds_of_the_time(voice, ears):
-    fast = build_stage(StageConfig.of("tts", "piper-local", speed=1.5))
+def test_speed_one_and_a_half_speaks_in_about_two_thirds_of_the_time(ears):
+    # Piper's noise off, so both readings are the same every run. With its default noise, one fast
+    # reading in 25 came out slurred enough that moonshine heard "pump" (measured; 25 of 25 at
+    # normal speed), and the test failed in CI on one of those
+    still = dict(noise_scale=0.0, noise_w=0.0)
+    normal = build_stage(StageConfig.of("tts", "piper-local", **still))
+    fast = build_stage(StageConfig.of("tts", "piper-local", speed=1.5, **still))
     sentence = "The skeleton laughed at the pumpkin."
-    normal_s = np.mean([len(voice.synthesize(sentence).samples) for _ in range(2)]) / voice.rate
+    normal_s = len(normal.synthesize(sentence).samples) / normal.rate
     speech = fast.synthesize(sentence)
     fast_s = len(speech.samples) / speech.rate
     assert 0.55 < fast_s / normal_s < 0.85, (fast_s, normal_s)  # 2/3, plus pauses that do not shrink
-    assert "pumpkin" in ears.transcribe(speech.samples, speech.rate).lower()  # faster, and still words
+    heard = set(re.findall(r"[a-z]+", ears.transcribe(speech.samples, speech.rate).lower()))
+    assert {"skeleton", "laughed", "pumpkin"} <= heard, heard  # faster, and still the words
 
 
 @needs_voice
