@@ -512,11 +512,11 @@ class Turn:
             text = clip_words(text, max(1, round(len(text) * len(samples) / len(speech.samples))))
             log.warning("%s: turn %d: the reply is longer than %g s of speech; it ends at %.1f s and the rest "
                         "is not spoken", self.skull, self.turn, REPLY_MAX_S, self._spoken_s + len(samples) / rate)
-        # the jaw track and the resampling: ~1 ms of numpy per second of speech. A sentence of a
-        # few seconds is shaped right here: handing it to a worker thread cost far more than the
-        # work once a crowd's threads contend for the GIL (64 skulls: a first sentence waited
-        # 226 ms for its turn, p95 528 ms); a longer one goes to a worker, so the event loop
-        # keeps every other skull's audio moving meanwhile
+        # the jaw track and the PCM: ~0.3 ms of numpy per second of speech, resampling up to ~0.5
+        # more. A sentence of a few seconds is shaped right here: handing it to a worker thread
+        # cost far more than the work once a crowd's threads contend for the GIL (64 skulls: a
+        # first sentence waited 226 ms for its turn, p95 528 ms); a longer one goes to a worker,
+        # so the event loop keeps every other skull's audio moving meanwhile
         args = (self.turn, self.segments, text, samples, rate, self.shape or self.config.shape, self.play_rate)
         if len(samples) <= SHAPE_HERE_S * rate:
             pieces = speech_segments(*args)

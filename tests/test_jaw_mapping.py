@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skull.core.envelope import JawMapper, JawShape, LiveEnvelope, frame_levels_dbfs, jaw_track
+from skull.core.envelope import (LEVEL_BLOCK, JawMapper, JawShape, LiveEnvelope, frame_levels_dbfs, jaw_track,
+                                 levels_of_windows, window_samples)
 from skull.config import load_skull_config
 from skull.core.errors import ConfigError
 
@@ -140,6 +141,29 @@ def test_band_hz_leaves_out_rumble():
     rumble = tone(60, 1.0, 0.5)
     assert frame_levels_dbfs(rumble, RATE).mean() < frame_levels_dbfs(tone(700, 1.0, 0.5), RATE).mean() - 30
     assert frame_levels_dbfs(rumble, RATE, JawShape(band_hz=(40, 3000))).mean() > -15
+
+
+def test_a_long_sentence_is_measured_frame_by_frame_the_same_as_in_blocks():
+    # a sentence's frames are measured LEVEL_BLOCK at a time: a frame's level must not depend on
+    # the block it falls in, nor the last short block go missing
+    t = np.arange(int(2.37 * RATE)) / RATE
+    x = (0.3 * np.sin(2 * np.pi * (300 + 600 * t) * t) * (0.55 + 0.45 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    levels = frame_levels_dbfs(x, RATE)
+    fps = JawShape().fps
+    assert len(levels) == int(np.ceil(len(x) * fps / RATE)) > 3 * LEVEL_BLOCK
+    win = window_samples(RATE, JawShape())
+    padded = np.concatenate([np.zeros(win // 2, np.float32), x, np.zeros(win, np.float32)])
+    for k in (0, LEVEL_BLOCK - 1, LEVEL_BLOCK, 2 * LEVEL_BLOCK + 5, len(levels) - 1):
+        start = int(k * RATE / fps)
+        alone = levels_of_windows(padded[start:start + win][None, :], RATE, JawShape())
+        assert alone[0] == pytest.approx(levels[k], abs=1e-9), k
+    assert np.ptp(levels[5:-5]) > 3  # the modulation is measured, not one level throughout
+
+
+def test_a_band_above_the_audio_s_highest_frequency_reads_silence():
+    above = JawShape(band_hz=(9000, 12000))  # 8 kHz audio holds nothing above 4 kHz
+    assert np.all(frame_levels_dbfs(tone(700, 0.5, 0.5, rate=8000), 8000, above) <= -119)
+    assert jaw_track(tone(700, 0.5, 0.5, rate=8000), 8000, above).max() == 0.0
 
 
 def test_steady_bed_stops_opening_the_jaw():
