@@ -6,8 +6,11 @@ process over loopback websockets. In each round every skull presses at the same 
 the bundled question as its microphone in real time and releases; first_audio is the skull's
 own measure: button release to the first reply sample leaving its (simulated) speaker.
 
-Against each host: ``skulls=1`` (one skull, ``--turns`` presses) then ``skulls=2`` (two skulls
-pressing together, ``--turns`` presses each); each round starts when every skull is idle again.
+Against each host two skulls are connected throughout, and ``--turns`` rounds of one skull
+pressing alone (``skulls=1``; the two take turns at it) alternate with as many rounds of both
+pressing together (``skulls=2``), so the two are measured side by side while the machine's load
+drifts, as ratios are here. Each round starts when every skull is idle again; one round of two
+before them is not counted (the host starts its second espeak-ng speaker then, once, ~100 ms).
 ``--workers`` lists the hosts' ``[embedded] workers``, compared side by side in one run ("auto":
 one worker process per core; 0: the engines inside the host process, as before the pool).
 ``--stt pocketsphinx`` measures the engine that holds the GIL for its whole decode.
@@ -38,23 +41,31 @@ from latency import HostProcess, pct, press_and_ask, skull, unwind_on_sigterm  #
 from skull.machine import State  # noqa: E402
 
 
-async def rounds(port: int, skulls: int, turns: int) -> list[dict]:
-    """``turns`` rounds in which ``skulls`` skulls press together; every turn's timings."""
-    agents = [skull(port, f"bench-{skulls}-{i}", play_speed=4.0) for i in range(skulls)]
+async def one_round(agents: list, pressing: list) -> list[dict]:
+    """``pressing`` press together once, when all ``agents`` are idle; their turns' timings."""
+    while any(a.state is not State.IDLE for a in agents):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    recs = await asyncio.gather(*(press_and_ask(a) for a in pressing))
+    for rec in recs:
+        if rec is None or "first_audio" not in rec.timings_ms:
+            raise RuntimeError(f"a turn produced no sound: {rec and rec.errors}")
+    return [rec.timings_ms for rec in recs]
+
+
+async def side_by_side(port: int, turns: int) -> dict[int, list[dict]]:
+    """``turns`` rounds of one skull alone alternating with ``turns`` rounds of two at once; every
+    turn's timings by the number of skulls in its round."""
+    agents = [skull(port, f"bench-{i}", play_speed=4.0) for i in range(2)]
     tasks = [asyncio.create_task(a.run()) for a in agents]
-    out = []
+    out: dict[int, list[dict]] = {1: [], 2: []}
     try:
         while any(a.state is not State.IDLE for a in agents):
             await asyncio.sleep(0.02)
-        for _ in range(turns):
-            while any(a.state is not State.IDLE for a in agents):  # each round starts on a quiet host
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)
-            recs = await asyncio.gather(*(press_and_ask(a) for a in agents))
-            for rec in recs:
-                if rec is None or "first_audio" not in rec.timings_ms:
-                    raise RuntimeError(f"a turn produced no sound: {rec and rec.errors}")
-                out.append(rec.timings_ms)
+        await one_round(agents, agents)  # warm-up, not counted
+        for i in range(turns):
+            for n in ((1, 2) if i % 2 == 0 else (2, 1)):
+                out[n] += await one_round(agents, agents if n == 2 else [agents[i % 2]])
     finally:
         for t in tasks:
             t.cancel()
@@ -63,17 +74,18 @@ async def rounds(port: int, skulls: int, turns: int) -> list[dict]:
 
 
 def measure(toml: str, turns: int, tmp: Path, label: str, env: dict | None = None) -> dict[int, float]:
-    """first_audio p50 of one skull, then of two at once, against one host; prints each."""
+    """first_audio p50 of one skull and of two at once, side by side against one host; prints each."""
     p50 = {}
     host = HostProcess(toml, tmp, label.replace(" ", "-"), env)
     try:
-        for n in (1, 2):
-            t0 = time.monotonic()
-            timings = asyncio.run(rounds(host.port, n, turns))
+        t0 = time.monotonic()
+        by_n = asyncio.run(side_by_side(host.port, turns))
+        took = time.monotonic() - t0
+        for n, timings in by_n.items():
             firsts = [t["first_audio"] for t in timings]
             p50[n] = pct(firsts, 50)
             steps = ("stt", "vision", "llm_first_sentence", "tts_first_segment")
-            print(f"{label}: skulls={n}: {len(firsts)} turns in {time.monotonic() - t0:5.1f} s: first_audio p50 "
+            print(f"{label}: skulls={n}: {len(firsts)} turns ({took:5.1f} s for both): first_audio p50 "
                   f"{p50[n]:6.0f} ms  p95 {pct(firsts, 95):6.0f} ms; host medians: " + "  ".join(
                       f"{k} {pct([t[k] for t in timings if k in t], 50):.0f}" for k in steps
                       if any(k in t for t in timings)) + " ms", flush=True)
