@@ -16,6 +16,7 @@ the sound's live level).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+try:
+    import fcntl
+except ImportError:  # Windows has none: there a save is not guarded against another process
+    fcntl = None
+
 import numpy as np
 
 from .core import protocol as p
@@ -37,6 +43,8 @@ log = logging.getLogger("skull.lines")
 
 POINTER = "CURRENT"
 """the file naming the folder of the set in use (replaced in one rename)"""
+LOCK = ".lock"
+"""the file a save holds locked, so saves of one folder take turns"""
 MANIFEST = "lines.json"
 FORMAT = 1
 """the layout of a set folder; a folder of another layout is ignored"""
@@ -224,6 +232,10 @@ class LineCache:
         if total > self.max_bytes:
             raise OSError(f"the line set is {total} bytes, over the cache's {self.max_bytes}")
         self.folder.mkdir(parents=True, exist_ok=True)
+        with _locked(self.folder / LOCK):
+            return self._save(received, set_id)
+
+    def _save(self, received: list[Received], set_id: str) -> LineSet:
         self._sweep(keep=None)
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.folder))
         try:
@@ -258,6 +270,18 @@ class LineCache:
                                                        and child.name != keep)
             if stale and child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold ``path`` locked (flock) against every other save, in this process or another: two
+    skulls of one name on one machine (``skull demo`` beside ``skull run``) share the folder,
+    and a save's sweep would remove the folder the other is writing (measured: two processes
+    saving 40 sets each at once, 19-29 saves of each failed)."""
+    with open(path, "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # let go when the file closes
+        yield
 
 
 def _write_synced(path: Path, data: bytes) -> None:

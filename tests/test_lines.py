@@ -7,6 +7,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,6 +340,34 @@ def test_a_half_written_set_never_replaces_a_good_one(tmp_path, monkeypatch):
     cache.save(_received("new", kinds=("offline",)))
     assert cache.load().id == "new"
     assert len([c for c in tmp_path.iterdir() if c.name.startswith("set-")]) == 1  # the old set is removed
+
+
+def test_two_skull_processes_of_one_name_keep_their_sets_without_breaking_each_other(tmp_path):
+    # `skull demo` beside `skull run` on one machine: both keep lines in the same folder. Each
+    # process saves 30 sets as fast as it can, at the same time as the other (before the saves
+    # took turns, 19-29 of 40 failed in each: one's sweep removed the folder the other wrote)
+    root = Path(__file__).resolve().parent.parent
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(root)!r}, {str(root / "tests")!r}]
+        from test_lines import _received
+        from skull.lines import LineCache
+        cache, failed = LineCache({str(tmp_path)!r}), []
+        for i in range(30):
+            try:
+                cache.save(_received(sys.argv[1] + str(i)))
+            except OSError as exc:
+                failed.append(repr(exc))
+        print(len(failed), failed[:1])
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for name in ("demo", "run")]
+    outs = [proc.communicate(timeout=120) for proc in procs]
+    assert [out.split()[0] for out, _ in outs] == ["0", "0"], outs
+    kept = LineCache(tmp_path).load()
+    assert kept is not None and kept.id in ("demo29", "run29") and len(kept.lines) == 3  # the last save, whole
+    sets = [c.name for c in tmp_path.iterdir() if c.name.startswith((".new-", "set-"))]
+    assert sets == [(tmp_path / "CURRENT").read_text().strip()]  # nothing half written or left over
 
 
 def test_a_set_is_kept_only_once_whole_and_within_its_cap():
