@@ -693,6 +693,11 @@ class Agent:
         self.events.emit(ev.LinesCached(kept.id, kept.kinds, "host"))
 
     def _voice_fault(self, what: str, exc: BaseException) -> None:
+        if isinstance(exc, OSError):  # the disk refused the line set: one plain line, as for a recording
+            self.last_error = (f"{what} failed ({exc}); the lines kept before stay in use: check that the disk "
+                               f"has room and the folder is writable, or set [offline] cache_dir in skull.toml")
+            log.error("%s", self.last_error)
+            return
         self.last_error = self.faults(what, exc)
 
     async def _idle_life(self) -> None:

@@ -124,6 +124,31 @@ def test_the_host_sends_its_set_on_connection_and_not_again_when_the_id_matches(
     assert (tmp_path / "lines" / "CURRENT").is_file()
 
 
+def test_a_cache_folder_that_cannot_be_written_is_named_in_one_line_and_the_skull_goes_on(tmp_path, backends,
+                                                                                          caplog):
+    (tmp_path / "a-file").write_text("not a folder")
+    folder = tmp_path / "a-file" / "lines"  # [offline] cache_dir under a file: refused even to root
+
+    async def go():
+        host = await start_host(HostConfig(server=ServerConfig(port=0)), backends)
+        try:
+            cfg = _config(host.port, folder)
+            agent = Agent(cfg, sim_body(cfg))
+            task, _ = await _run(agent)
+            await wait_for(lambda: agent.last_error != "", 60)
+            await wait_for(lambda: agent.state is State.IDLE)
+            await _stop(task)
+            return agent
+        finally:
+            await host.stop()
+    with caplog.at_level(logging.ERROR, "skull"):
+        agent = asyncio.run(go())
+    said = [r for r in caplog.records if "line set" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None, [r.getMessage() for r in caplog.records]
+    assert str(folder) in agent.last_error and "cache_dir" in agent.last_error and "Not a directory" in agent.last_error
+    assert "Traceback" not in caplog.text
+
+
 def test_the_set_id_changes_with_what_the_skull_would_hear(backends):
     book = LineBook(HostConfig(), backends)
     other = LineBook(dataclasses.replace(HostConfig(), lines=LinesConfig(greeting=("Boo!",))), backends)
